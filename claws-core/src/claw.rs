@@ -1,0 +1,256 @@
+//! The [`Claw`] transport trait, the events a claw reports, and the [`Delivery`] it hands over.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use crate::jid::Jid;
+use crate::{Error, Packet, Result, Via};
+
+/// A transport: it connects an instance (a JID) to a bus, delivers what arrives for it, and sends.
+///
+/// Claws are used through `Arc<dyn Claw>` by the [`Router`](crate::Router), which may hold claws
+/// of different types; the trait is object safe (async methods through `async_trait`).
+///
+/// The life of a claw: [`start`](Claw::start) connects, declares what it needs, starts consuming
+/// and reports [`Event::Connected`]; every packet arrives as [`Event::Received`] with a
+/// [`Delivery`] that must be settled (acked or rejected); a lost connection is reported as
+/// [`Event::Disconnected`] and, where the claw recovers, followed by a new `Connected`;
+/// [`close`](Claw::close) stops consuming, waits for in-flight deliveries to be settled, then
+/// disconnects.
+#[async_trait]
+pub trait Claw: Send + Sync + fmt::Debug + 'static {
+    /// The claw's name, unique within a router (it appears in [`Via::claw`]).
+    fn name(&self) -> &str;
+
+    /// The instance's JID.
+    fn jid(&self) -> &Jid;
+
+    /// What this claw guarantees; the conformance suite skips cases a claw does not support.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Connects and starts consuming, reporting to `events`. Returns once the first connection is
+    /// up and every consumer is active (after `Connected` was reported), or with the error that
+    /// prevented it (an unreachable broker fails within a bounded time).
+    async fn start(&self, events: Events) -> Result<()>;
+
+    /// Sends `packet` directly to `to` (full or bare JID) with correlation id `id`. Returns once
+    /// the broker has taken responsibility for it (a publisher confirm, an accepted outcome).
+    async fn send(&self, to: &Jid, id: Option<&str>, packet: Packet) -> Result<()>;
+
+    /// Broadcasts `packet` to every instance (and every group). Returns once confirmed.
+    async fn publish(&self, packet: Packet) -> Result<()>;
+
+    /// Stops consuming, waits (bounded) for in-flight deliveries to be settled and for outstanding
+    /// confirms, then disconnects. Unsettled deliveries return to their queue.
+    async fn close(&self) -> Result<()>;
+}
+
+#[async_trait]
+impl<C: Claw + ?Sized> Claw for Arc<C> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn jid(&self) -> &Jid {
+        (**self).jid()
+    }
+    fn capabilities(&self) -> Capabilities {
+        (**self).capabilities()
+    }
+    async fn start(&self, events: Events) -> Result<()> {
+        (**self).start(events).await
+    }
+    async fn send(&self, to: &Jid, id: Option<&str>, packet: Packet) -> Result<()> {
+        (**self).send(to, id, packet).await
+    }
+    async fn publish(&self, packet: Packet) -> Result<()> {
+        (**self).publish(packet).await
+    }
+    async fn close(&self) -> Result<()> {
+        (**self).close().await
+    }
+}
+
+#[async_trait]
+impl<C: Claw + ?Sized> Claw for Box<C> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn jid(&self) -> &Jid {
+        (**self).jid()
+    }
+    fn capabilities(&self) -> Capabilities {
+        (**self).capabilities()
+    }
+    async fn start(&self, events: Events) -> Result<()> {
+        (**self).start(events).await
+    }
+    async fn send(&self, to: &Jid, id: Option<&str>, packet: Packet) -> Result<()> {
+        (**self).send(to, id, packet).await
+    }
+    async fn publish(&self, packet: Packet) -> Result<()> {
+        (**self).publish(packet).await
+    }
+    async fn close(&self) -> Result<()> {
+        (**self).close().await
+    }
+}
+
+/// What a claw guarantees. The conformance suite reads it to decide which cases apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    /// A stanza sent to a bare JID reaches exactly one instance of the group.
+    pub load_balancing: bool,
+    /// Broadcasts (`publish`) reach every instance and every group.
+    pub fanout: bool,
+    /// Queued stanzas survive the instance closing (and restarting with the same JID).
+    pub persistence: bool,
+    /// Stanzas from one sender reach a single-consumer instance in order.
+    pub ordering: bool,
+    /// A rejected delivery is delivered again.
+    pub redelivery: bool,
+    /// A stanza rejected `max_deliveries` times is dead-lettered, not retried forever.
+    pub dead_letter: bool,
+    /// The claw reconnects by itself after its connection is cut, losing nothing.
+    pub reconnect: bool,
+    /// Persisted stanzas survive a broker restart.
+    pub survives_broker_restart: bool,
+    /// A direct send to a JID nobody consumes fails with [`Error::NoRoute`].
+    pub unroutable_errors: bool,
+}
+
+impl Capabilities {
+    /// Every capability.
+    pub const fn all() -> Self {
+        Self {
+            load_balancing: true,
+            fanout: true,
+            persistence: true,
+            ordering: true,
+            redelivery: true,
+            dead_letter: true,
+            reconnect: true,
+            survives_broker_restart: true,
+            unroutable_errors: true,
+        }
+    }
+
+    /// No capability.
+    pub const fn none() -> Self {
+        Self {
+            load_balancing: false,
+            fanout: false,
+            persistence: false,
+            ordering: false,
+            redelivery: false,
+            dead_letter: false,
+            reconnect: false,
+            survives_broker_restart: false,
+            unroutable_errors: false,
+        }
+    }
+}
+
+/// What a claw reports to its router.
+#[derive(Debug)]
+pub enum Event {
+    /// The claw is connected and every consumer is active.
+    Connected {
+        /// The claw's name.
+        claw: Arc<str>,
+    },
+    /// The claw lost its connection (it may be recovering).
+    Disconnected {
+        /// The claw's name.
+        claw: Arc<str>,
+        /// Why.
+        reason: String,
+    },
+    /// A packet arrived.
+    Received(Delivery),
+}
+
+/// The sending side of a router's event channel, handed to [`Claw::start`]. Cloning is cheap.
+///
+/// The channel is bounded: a claw that reports faster than handlers finish waits in
+/// [`received`](Events::received), which is how the router's concurrency limit pushes back.
+#[derive(Debug, Clone)]
+pub struct Events {
+    tx: mpsc::Sender<Event>,
+}
+
+impl Events {
+    /// A new channel holding up to `capacity` undispatched events.
+    pub fn channel(capacity: usize) -> (Events, mpsc::Receiver<Event>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (Events { tx }, rx)
+    }
+
+    /// Reports `Connected`.
+    pub async fn connected(&self, claw: &Arc<str>) {
+        let _ = self.tx.send(Event::Connected { claw: claw.clone() }).await;
+    }
+
+    /// Reports `Disconnected`.
+    pub async fn disconnected(&self, claw: &Arc<str>, reason: impl Into<String>) {
+        let _ = self
+            .tx
+            .send(Event::Disconnected {
+                claw: claw.clone(),
+                reason: reason.into(),
+            })
+            .await;
+    }
+
+    /// Hands a delivery to the router. If the router is gone, the delivery comes back so that
+    /// the claw can return it to its queue.
+    pub async fn received(&self, delivery: Delivery) -> std::result::Result<(), Delivery> {
+        self.tx.send(Event::Received(delivery)).await.map_err(|e| match e.0 {
+            Event::Received(d) => d,
+            _ => unreachable!("we sent a Received"),
+        })
+    }
+
+    /// Whether the router stopped listening.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// Settles one delivery with the claw that delivered it.
+///
+/// Dropping an acker without settling it must return the delivery to its queue (as a channel
+/// closing does on AMQP), so that nothing is lost when a task is cancelled.
+#[async_trait]
+pub trait Acker: Send + 'static {
+    /// The handler finished: remove the stanza from its queue.
+    async fn ack(self: Box<Self>) -> Result<()>;
+
+    /// The handler failed: deliver it again, or dead-letter it once it has been delivered
+    /// `max_deliveries` times.
+    async fn reject(self: Box<Self>, reason: &Error) -> Result<()>;
+}
+
+/// A packet, how it arrived, and the means to settle it.
+pub struct Delivery {
+    /// The payload.
+    pub packet: Packet,
+    /// How it arrived.
+    pub via: Via,
+    /// Which delivery this is: 1 the first time, 2 on the first redelivery, ...
+    pub attempt: u32,
+    /// Settles the delivery with the claw that delivered it.
+    pub acker: Box<dyn Acker>,
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("packet", &self.packet)
+            .field("via", &self.via)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,241 @@
+//! Typed configuration from `claws.toml`, `CLAWS_*` environment variables and code (figment).
+//!
+//! Keys common to every claw live at the top level; each backend reads its own table
+//! (`[amqp091]`, `[amqp10]`, ...) from [`Config::section`]. Unknown keys are errors.
+//!
+//! ```toml
+//! transport = "amqp091"
+//! url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+//! jid = "news.example.com/worker-1"
+//! prefetch = 64
+//!
+//! [subscriptions]
+//! fanout = false
+//!
+//! [amqp091]
+//! durable = true
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::Value;
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::jid::{self, Jid};
+use crate::topology::Subscriptions;
+use crate::{Error, Result};
+
+/// Which claw a config asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// The in-memory claw (no broker).
+    #[default]
+    Mem,
+    /// RabbitMQ over AMQP 0-9-1 (`claws-amqp091`).
+    Amqp091,
+    /// AMQP 1.0 (`claws-amqp10`).
+    Amqp10,
+}
+
+impl Transport {
+    /// The config value: `mem`, `amqp091`, `amqp10`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Mem => "mem",
+            Transport::Amqp091 => "amqp091",
+            Transport::Amqp10 => "amqp10",
+        }
+    }
+}
+
+/// The configuration every claw shares.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Which claw to build.
+    pub transport: Transport,
+    /// The broker's URL (`amqp://user:pass@host:port/vhost`); unused by `mem`.
+    pub url: Option<String>,
+    /// The instance's JID (validated by [`Config::jid`]).
+    pub jid: String,
+    /// The claw's name as it appears in `Via` (default: the transport's name).
+    pub name: Option<String>,
+    /// Unsettled deliveries allowed at once (AMQP basic.qos / link credit).
+    pub prefetch: u16,
+    /// Handler calls in flight at once.
+    pub concurrency: usize,
+    /// Deliveries after which a failing stanza is dead-lettered.
+    pub max_deliveries: u32,
+    /// Which subscriptions to consume.
+    pub subscriptions: Subscriptions,
+    /// Backend tables (`[amqp091]`, `[amqp10]`, ...), read by each backend with
+    /// [`Config::section`]. Any other key lands here too and [`Config::validate`] refuses it.
+    #[serde(flatten)]
+    pub sections: BTreeMap<String, Value>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            transport: Transport::Mem,
+            url: None,
+            jid: "claws@localhost/main".into(),
+            name: None,
+            prefetch: 32,
+            concurrency: 8,
+            max_deliveries: 5,
+            subscriptions: Subscriptions::all(),
+            sections: BTreeMap::new(),
+        }
+    }
+}
+
+/// The backend tables a config may hold.
+pub const SECTIONS: &[&str] = &["amqp091", "amqp10", "component"];
+
+impl Config {
+    /// The figment that [`Config::load`] reads: defaults, then `file` (if it exists), then
+    /// `CLAWS_*` variables (`CLAWS_AMQP091__DURABLE` for nested keys). Merge your own providers
+    /// on top to let code override.
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file(file));
+        }
+        figment.merge(Env::prefixed("CLAWS_").split("__"))
+    }
+
+    /// Loads from `file` (optional) and the environment, and validates.
+    pub fn load(file: Option<&Path>) -> Result<Self> {
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(Error::Config(format!(
+                    "config file `{}` does not exist",
+                    file.display()
+                )));
+            }
+        }
+        Self::from_figment(&Self::figment(file))
+    }
+
+    /// Extracts and validates a config from any figment.
+    pub fn from_figment(figment: &Figment) -> Result<Self> {
+        let config: Config = figment.extract()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the JID, numbers, and that every extra table is a known backend section.
+    pub fn validate(&self) -> Result<()> {
+        self.jid()?;
+        if let Some(key) = self.sections.keys().find(|k| !SECTIONS.contains(&k.as_str())) {
+            return Err(Error::Config(format!(
+                "unknown key `{key}`; known keys are transport, url, jid, name, prefetch, \
+                 concurrency, max_deliveries, subscriptions, and the tables {}",
+                SECTIONS.join(", ")
+            )));
+        }
+        if self.prefetch == 0 {
+            return Err(Error::Config("`prefetch` must be at least 1".into()));
+        }
+        if self.concurrency == 0 {
+            return Err(Error::Config("`concurrency` must be at least 1".into()));
+        }
+        if self.max_deliveries == 0 {
+            return Err(Error::Config("`max_deliveries` must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// The parsed JID.
+    pub fn jid(&self) -> Result<Jid> {
+        jid::parse(&self.jid)
+    }
+
+    /// The claw name: `name`, or the transport's.
+    pub fn claw_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(self.transport.as_str())
+    }
+
+    /// A backend's table, deserialized into its own type (missing table: `T::default()`).
+    /// Use `#[serde(deny_unknown_fields)]` on `T` so that typos are errors.
+    pub fn section<T: serde::de::DeserializeOwned + Default>(&self, name: &str) -> Result<T> {
+        match self.sections.get(name) {
+            None => Ok(T::default()),
+            Some(value) => value
+                .deserialize()
+                .map_err(|e| Error::Config(format!("in [{name}]: {e}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields, default)]
+    struct Amqp {
+        durable: bool,
+    }
+
+    #[test]
+    fn file_env_and_sections() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "claws.toml",
+                r#"
+                transport = "amqp091"
+                jid = "svc@example.com/w1"
+                prefetch = 10
+                [subscriptions]
+                fanout = false
+                [amqp091]
+                durable = true
+                "#,
+            )?;
+            jail.set_env("CLAWS_PREFETCH", "20");
+            let c = Config::load(Some(Path::new("claws.toml"))).unwrap();
+            assert_eq!(c.transport, Transport::Amqp091);
+            assert_eq!(c.prefetch, 20);
+            assert!(!c.subscriptions.fanout && c.subscriptions.direct);
+            assert_eq!(c.section::<Amqp>("amqp091").unwrap(), Amqp { durable: true });
+            assert_eq!(c.section::<Amqp>("amqp10").unwrap(), Amqp::default());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_are_clear() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("a.toml", "jid = \"a@b@c\"")?;
+            let e = Config::load(Some(Path::new("a.toml"))).unwrap_err().to_string();
+            assert!(e.contains("invalid JID `a@b@c`"), "{e}");
+
+            jail.create_file("b.toml", "prefetchh = 3")?;
+            let e = Config::load(Some(Path::new("b.toml"))).unwrap_err().to_string();
+            assert!(e.contains("unknown key `prefetchh`"), "{e}");
+
+            jail.create_file("c.toml", "transport = \"kafka\"")?;
+            let e = Config::load(Some(Path::new("c.toml"))).unwrap_err().to_string();
+            assert!(e.contains("kafka"), "{e}");
+
+            jail.create_file("d.toml", "prefetch = \"many\"")?;
+            let e = Config::load(Some(Path::new("d.toml"))).unwrap_err().to_string();
+            assert!(e.contains("prefetch"), "{e}");
+
+            jail.create_file("e.toml", "[amqp091]\ndurabel = true")?;
+            let c = Config::load(Some(Path::new("e.toml"))).unwrap();
+            let e = c.section::<Amqp>("amqp091").unwrap_err().to_string();
+            assert!(e.contains("durabel"), "{e}");
+
+            let e = Config::load(Some(Path::new("missing.toml"))).unwrap_err().to_string();
+            assert!(e.contains("does not exist"), "{e}");
+            Ok(())
+        });
+    }
+}

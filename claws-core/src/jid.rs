@@ -1,0 +1,72 @@
+//! JIDs (RFC 7622), from the well-kept [`jid`] crate, with claws' error messages.
+//!
+//! [`Jid`] may be bare or full; [`BareJid`] and [`FullJid`] are trusted once built.
+
+pub use jid::{BareJid, FullJid, Jid};
+
+use crate::{Error, Result};
+
+/// Parses and validates a JID, full or bare.
+///
+/// ```
+/// let jid = claws_core::jid::parse("news@example.com/worker-1")?;
+/// assert_eq!(jid.to_bare().as_str(), "news@example.com");
+/// assert!(claws_core::jid::parse("a@b@c").is_err());
+/// # Ok::<(), claws_core::Error>(())
+/// ```
+pub fn parse(input: &str) -> Result<Jid> {
+    Jid::new(input).map_err(|e| invalid(input, e))
+}
+
+/// Parses a JID that must carry a resource.
+pub fn parse_full(input: &str, what: &'static str) -> Result<FullJid> {
+    parse(input)?.try_into_full().map_err(|bare| Error::NeedFullJid {
+        jid: bare.to_string(),
+        what,
+    })
+}
+
+fn invalid(input: &str, err: jid::Error) -> Error {
+    let reason = if input.is_empty() {
+        "it is empty".to_owned()
+    } else {
+        err.to_string()
+    };
+    Error::InvalidJid {
+        input: input.chars().take(300).collect(),
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_and_bare() {
+        let full = parse("bot@example.com/r1").unwrap();
+        assert!(!full.is_bare());
+        assert_eq!(full.resource().map(|r| r.as_str()), Some("r1"));
+        assert_eq!(full.to_bare().to_string(), "bot@example.com");
+        let comp = parse("news.example.com").unwrap();
+        assert!(comp.is_bare());
+    }
+
+    #[test]
+    fn invalid_jids_say_why() {
+        for bad in ["", "@example.com", "a@", "user@example.com/", "a@b@c"] {
+            let err = parse(bad).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains("invalid JID"), "{bad}: {msg}");
+            assert!(matches!(err, Error::InvalidJid { .. }));
+        }
+        assert!(parse("").unwrap_err().to_string().contains("empty"));
+    }
+
+    #[test]
+    fn full_required() {
+        let err = parse_full("bot@example.com", "a worker").unwrap_err();
+        assert!(err.to_string().contains("bot@example.com/worker-1"), "{err}");
+        assert!(parse_full("bot@example.com/x", "a worker").is_ok());
+    }
+}

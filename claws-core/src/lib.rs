@@ -1,0 +1,75 @@
+//! # claws-core
+//!
+//! The vocabulary every claws backend shares. claws carries XMPP stanzas between service
+//! instances over a message broker: each instance has a JID; a stanza sent to a full JID reaches
+//! that instance, one sent to a bare JID reaches exactly one instance of the group sharing it, and
+//! a broadcast reaches every instance.
+//!
+//! - [`Claw`]: a transport (the in-memory [`mem`] claw here; RabbitMQ in `claws-amqp091`,
+//!   AMQP 1.0 in `claws-amqp10`).
+//! - [`Handler`]: what an application writes; [`Context`] lets it answer.
+//! - [`Router`]: holds claws, hands each packet and its [`Via`] to the handler, acks after the
+//!   handler finished, and sends replies back the way packets came.
+//! - [`Packet`] and [`stanza::Element`]: payloads as they travelled, parsed only when asked.
+//! - [`jid`], [`topology`] (the wire contract's names), [`config`], [`Error`].
+//!
+//! ## Example
+//!
+//! A worker group of two instances sharing `svc@example.com`, on the in-memory broker:
+//!
+//! ```
+//! use claws_core::{async_trait, jid, mem::MemBroker, Context, Handler, HandlerResult, Packet, Router, Via};
+//! use tokio::sync::mpsc;
+//!
+//! struct Worker(mpsc::UnboundedSender<String>);
+//!
+//! #[async_trait]
+//! impl Handler for Worker {
+//!     async fn received(&self, packet: Packet, via: Via, _ctx: &Context) -> HandlerResult {
+//!         self.0.send(format!("{} got {} via {}", via.claw, packet.as_str().unwrap_or("?"), via.queue))?;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> claws_core::Result<()> {
+//! let broker = MemBroker::new();
+//! let (tx, mut rx) = mpsc::unbounded_channel();
+//! let mut workers = Vec::new();
+//! for name in ["w1", "w2"] {
+//!     let claw = broker.claw_builder(&format!("svc@example.com/{name}"))?.name(name).build()?;
+//!     let router = Router::builder().claw(claw).build()?;
+//!     router.start(Worker(tx.clone())).await?;
+//!     workers.push(router);
+//! }
+//! let client = broker.claw("client@example.com/c")?;
+//! use claws_core::Claw;
+//! client.send(&jid::parse("svc@example.com")?, None, Packet::from("<message/>")).await?;
+//! let line = rx.recv().await.unwrap();
+//! assert!(line.ends_with("via group_direct"));
+//! for w in workers { w.close().await?; }
+//! # Ok(()) }
+//! ```
+
+pub mod claw;
+pub mod config;
+mod error;
+pub mod handler;
+pub mod jid;
+pub mod mem;
+mod packet;
+pub mod router;
+pub mod stanza;
+pub mod topology;
+mod via;
+
+pub use async_trait::async_trait;
+pub use claw::{Acker, Capabilities, Claw, Delivery, Event, Events};
+pub use config::{Config, Transport};
+pub use error::{BoxError, Error, Result};
+pub use handler::{handler_fn, Context, Handler, HandlerFn, HandlerResult};
+pub use jid::{BareJid, FullJid, Jid};
+pub use packet::Packet;
+pub use router::{Router, RouterBuilder};
+pub use stanza::Element;
+pub use topology::QueueKind;
+pub use via::Via;

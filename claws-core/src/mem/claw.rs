@@ -1,0 +1,337 @@
+//! [`MemClaw`]: one instance on a [`MemBroker`].
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+
+use super::broker::{MemBroker, Message, Queue};
+use crate::claw::{Acker, Capabilities, Claw, Delivery, Events};
+use crate::jid::{self, Jid};
+use crate::topology::{self, QueueSpec, Subscriptions, DIRECT_EXCHANGE, FANOUT_EXCHANGE};
+use crate::{Error, Packet, Result, Via};
+
+/// Builds a [`MemClaw`]; start from [`MemBroker::claw_builder`].
+#[must_use]
+#[derive(Debug)]
+pub struct MemClawBuilder {
+    broker: MemBroker,
+    jid: Jid,
+    name: String,
+    prefetch: usize,
+    max_deliveries: u32,
+    subscriptions: Subscriptions,
+    close_timeout: Duration,
+}
+
+impl MemClawBuilder {
+    /// The claw's name (default `mem`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// How many deliveries may be unsettled at once (default 32).
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = n.max(1);
+        self
+    }
+
+    /// After this many deliveries a rejected stanza is dead-lettered (default 5).
+    pub fn max_deliveries(mut self, n: u32) -> Self {
+        self.max_deliveries = n.max(1);
+        self
+    }
+
+    /// Which subscriptions to consume (default all four).
+    pub fn subscriptions(mut self, subscriptions: Subscriptions) -> Self {
+        self.subscriptions = subscriptions;
+        self
+    }
+
+    /// How long `close` waits for in-flight deliveries to be settled (default 30 s).
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
+        self
+    }
+
+    /// Builds the claw, checking its queue names.
+    pub fn build(self) -> Result<MemClaw> {
+        let queues = topology::queues(&self.jid, self.subscriptions)?;
+        Ok(MemClaw {
+            name: self.name.into(),
+            jid: self.jid,
+            broker: self.broker,
+            queues,
+            in_flight: Arc::new(Semaphore::new(self.prefetch)),
+            prefetch: self.prefetch,
+            max_deliveries: self.max_deliveries,
+            close_timeout: self.close_timeout,
+            run: Mutex::new(RunState::New),
+        })
+    }
+}
+
+impl MemBroker {
+    /// A claw for `jid` with the defaults (name `mem`, all four subscriptions).
+    pub fn claw(&self, jid: &str) -> Result<MemClaw> {
+        self.claw_builder(jid)?.build()
+    }
+
+    /// A builder for a claw for `jid`.
+    pub fn claw_builder(&self, jid: &str) -> Result<MemClawBuilder> {
+        Ok(MemClawBuilder {
+            broker: self.clone(),
+            jid: jid::parse(jid)?,
+            name: "mem".into(),
+            prefetch: 32,
+            max_deliveries: 5,
+            subscriptions: Subscriptions::all(),
+            close_timeout: Duration::from_secs(30),
+        })
+    }
+}
+
+#[derive(Debug)]
+enum RunState {
+    New,
+    Running {
+        stop: watch::Sender<bool>,
+        consumers: Vec<JoinHandle<()>>,
+    },
+    Closed,
+}
+
+/// A claw on the in-process [`MemBroker`]: the embedded default, needing no broker. It keeps
+/// TOPOLOGY.md exactly (full-JID direct, bare-JID competing consumers, fanout per instance and per
+/// group), acks after the handler, redelivers on failure and dead-letters after
+/// `max_deliveries`. Queues outlive the claw, so a new claw with the same JID gets what was left.
+#[derive(Debug)]
+pub struct MemClaw {
+    name: Arc<str>,
+    jid: Jid,
+    broker: MemBroker,
+    queues: Vec<QueueSpec>,
+    in_flight: Arc<Semaphore>,
+    prefetch: usize,
+    max_deliveries: u32,
+    close_timeout: Duration,
+    run: Mutex<RunState>,
+}
+
+impl MemClaw {
+    /// The broker this claw is on.
+    pub fn broker(&self) -> &MemBroker {
+        &self.broker
+    }
+
+    /// The queues this claw consumes.
+    pub fn queues(&self) -> &[QueueSpec] {
+        &self.queues
+    }
+
+    fn message(&self, exchange: &'static str, key: &str, id: Option<&str>, packet: Packet) -> Message {
+        Message {
+            payload: packet.into_bytes(),
+            exchange,
+            routing_key: key.to_owned(),
+            id: id.map(str::to_owned),
+            from: Some(self.jid.clone()),
+            deliveries: 0,
+        }
+    }
+
+    fn check_open(&self) -> Result<()> {
+        match *self.run.lock().expect("run lock") {
+            RunState::Closed => Err(Error::Closed {
+                claw: self.name.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl Claw for MemClaw {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn jid(&self) -> &Jid {
+        &self.jid
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            reconnect: false,
+            survives_broker_restart: false,
+            ..Capabilities::all()
+        }
+    }
+
+    async fn start(&self, events: Events) -> Result<()> {
+        let (stop, stopped) = watch::channel(false);
+        let mut consumers = Vec::with_capacity(self.queues.len());
+        {
+            let mut run = self.run.lock().expect("run lock");
+            match *run {
+                RunState::New => {}
+                RunState::Running { .. } => {
+                    return Err(Error::Config(format!("claw `{}` is already started", self.name)))
+                }
+                RunState::Closed => {
+                    return Err(Error::Closed {
+                        claw: self.name.to_string(),
+                    })
+                }
+            }
+            for spec in &self.queues {
+                let queue = self.broker.declare(&spec.name);
+                self.broker.bind(&spec.name, spec.exchange, &spec.routing_key);
+                let consumer = Consumer {
+                    spec: spec.clone(),
+                    queue,
+                    claw: self.name.clone(),
+                    broker: self.broker.clone(),
+                    in_flight: self.in_flight.clone(),
+                    max_deliveries: self.max_deliveries,
+                };
+                consumers.push(tokio::spawn(consumer.run(events.clone(), stopped.clone())));
+            }
+            *run = RunState::Running { stop, consumers };
+        }
+        events.connected(&self.name).await;
+        Ok(())
+    }
+
+    async fn send(&self, to: &Jid, id: Option<&str>, packet: Packet) -> Result<()> {
+        self.check_open()?;
+        topology::check_name("routing key", to.as_str())?;
+        let msg = self.message(DIRECT_EXCHANGE, to.as_str(), id, packet);
+        if self.broker.route(msg) == 0 {
+            return Err(Error::NoRoute {
+                to: to.to_string(),
+                claw: self.name.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, packet: Packet) -> Result<()> {
+        self.check_open()?;
+        let msg = self.message(FANOUT_EXCHANGE, self.jid.as_str(), None, packet);
+        self.broker.route(msg);
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        let previous = std::mem::replace(&mut *self.run.lock().expect("run lock"), RunState::Closed);
+        let RunState::Running { stop, consumers } = previous else {
+            return Ok(());
+        };
+        let _ = stop.send(true);
+        for c in consumers {
+            let _ = c.await;
+        }
+        // Every permit back means every delivery was settled.
+        let all = u32::try_from(self.prefetch).unwrap_or(u32::MAX);
+        match tokio::time::timeout(self.close_timeout, self.in_flight.acquire_many(all)).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(Error::Timeout {
+                what: format!("claw `{}` waiting for in-flight stanzas on close", self.name),
+                after: self.close_timeout,
+            }),
+        }
+    }
+}
+
+struct Consumer {
+    spec: QueueSpec,
+    queue: Arc<Queue>,
+    claw: Arc<str>,
+    broker: MemBroker,
+    in_flight: Arc<Semaphore>,
+    max_deliveries: u32,
+}
+
+impl Consumer {
+    async fn run(self, events: Events, mut stopped: watch::Receiver<bool>) {
+        loop {
+            let permit = tokio::select! {
+                biased;
+                _ = stopped.wait_for(|s| *s) => return,
+                p = self.in_flight.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
+            let mut msg = tokio::select! {
+                biased;
+                _ = stopped.wait_for(|s| *s) => return,
+                m = self.queue.pop() => m,
+            };
+            msg.deliveries += 1;
+            let via = Via::new(self.claw.clone(), self.spec.kind.clone(), msg.routing_key.clone())
+                .with_exchange(msg.exchange)
+                .with_id(msg.id.clone())
+                .with_from(msg.from.clone());
+            let delivery = Delivery {
+                packet: Packet::new(msg.payload.clone()),
+                via,
+                attempt: msg.deliveries,
+                acker: Box::new(MemAcker {
+                    msg: Some(msg),
+                    queue: self.queue.clone(),
+                    broker: self.broker.clone(),
+                    max_deliveries: self.max_deliveries,
+                    _permit: permit,
+                }),
+            };
+            tokio::select! {
+                biased;
+                _ = stopped.wait_for(|s| *s) => return, // the dropped delivery requeues itself
+                r = events.received(delivery) => if r.is_err() { return },
+            }
+        }
+    }
+}
+
+struct MemAcker {
+    msg: Option<Message>,
+    queue: Arc<Queue>,
+    broker: MemBroker,
+    max_deliveries: u32,
+    _permit: OwnedSemaphorePermit,
+}
+
+#[async_trait]
+impl Acker for MemAcker {
+    async fn ack(mut self: Box<Self>) -> Result<()> {
+        self.msg = None;
+        Ok(())
+    }
+
+    async fn reject(mut self: Box<Self>, reason: &Error) -> Result<()> {
+        if let Some(msg) = self.msg.take() {
+            if msg.deliveries >= self.max_deliveries {
+                tracing::warn!(deliveries = msg.deliveries, %reason, "dead-lettering a stanza");
+                self.broker.dead_letter(msg);
+            } else {
+                self.queue.push_front(msg);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for MemAcker {
+    fn drop(&mut self) {
+        // Never settled (a cancelled task, a router gone): back to the queue, as a closed AMQP
+        // channel would do.
+        if let Some(msg) = self.msg.take() {
+            self.queue.push_front(msg);
+        }
+    }
+}

@@ -1,0 +1,394 @@
+//! [`Router`]: holds claws, dispatches what they receive to a [`Handler`], and sends replies back
+//! the way packets came.
+
+use std::collections::hash_map::DefaultHasher;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::num::NonZeroUsize;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use lru::LruCache;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::claw::{Claw, Delivery, Event, Events};
+use crate::handler::{Context, Handler};
+use crate::jid::Jid;
+use crate::{Error, Packet, Result, Via};
+
+/// Builds a [`Router`]. Validation happens once, in [`build`](RouterBuilder::build).
+#[must_use]
+#[derive(Debug)]
+pub struct RouterBuilder {
+    claws: Vec<Arc<dyn Claw>>,
+    default: Option<String>,
+    concurrency: usize,
+    route_capacity: usize,
+    route_ttl: Duration,
+    close_timeout: Duration,
+}
+
+impl Default for RouterBuilder {
+    fn default() -> Self {
+        Self {
+            claws: Vec::new(),
+            default: None,
+            concurrency: 8,
+            route_capacity: 10_000,
+            route_ttl: Duration::from_secs(600),
+            close_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RouterBuilder {
+    /// Adds a claw. The first one added is the default unless [`default_claw`](Self::default_claw)
+    /// says otherwise.
+    pub fn claw(self, claw: impl Claw) -> Self {
+        self.claw_arc(Arc::new(claw))
+    }
+
+    /// Adds a claw that is already shared.
+    pub fn claw_arc(mut self, claw: Arc<dyn Claw>) -> Self {
+        self.claws.push(claw);
+        self
+    }
+
+    /// The claw that sends to JIDs the router has learned no route for (snatch's default claw).
+    pub fn default_claw(mut self, name: impl Into<String>) -> Self {
+        self.default = Some(name.into());
+        self
+    }
+
+    /// How many handler calls run at once (default 8). Packets from one sender always go to the
+    /// same lane, so per-sender order is kept where the claw keeps it; 1 keeps total order.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// How many learned routes are kept (default 10 000); the least recently used go first.
+    pub fn route_capacity(mut self, n: usize) -> Self {
+        self.route_capacity = n.max(1);
+        self
+    }
+
+    /// How long a learned route lives without being refreshed (default 10 minutes).
+    pub fn route_ttl(mut self, ttl: Duration) -> Self {
+        self.route_ttl = ttl;
+        self
+    }
+
+    /// How long [`Router::close`] waits for in-flight handler calls (default 30 s).
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
+        self
+    }
+
+    /// Checks the claws (at least one, names unique, the default among them) and builds.
+    pub fn build(self) -> Result<Router> {
+        if self.claws.is_empty() {
+            return Err(Error::Config(
+                "a router needs at least one claw; add one with RouterBuilder::claw".into(),
+            ));
+        }
+        let names: Vec<&str> = self.claws.iter().map(|c| c.name()).collect();
+        for (i, name) in names.iter().enumerate() {
+            if names[..i].contains(name) {
+                return Err(Error::Config(format!(
+                    "two claws are named `{name}`; claw names must be unique within a router"
+                )));
+            }
+        }
+        let default = match &self.default {
+            None => 0,
+            Some(name) => names
+                .iter()
+                .position(|n| n == name)
+                .ok_or_else(|| Error::UnknownClaw {
+                    name: name.clone(),
+                    known: names.join(", "),
+                })?,
+        };
+        let capacity = NonZeroUsize::new(self.route_capacity).expect("route_capacity >= 1");
+        Ok(Router {
+            inner: Arc::new(Inner {
+                claws: self.claws,
+                default,
+                concurrency: self.concurrency,
+                route_ttl: self.route_ttl,
+                close_timeout: self.close_timeout,
+                routes: Mutex::new(LruCache::new(capacity)),
+                dispatcher: tokio::sync::Mutex::new(None),
+            }),
+        })
+    }
+}
+
+/// Holds claws and a handler. Cloning is cheap; every clone is the same router.
+///
+/// ```
+/// use claws_core::{mem::MemBroker, Router, Packet};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> claws_core::Result<()> {
+/// let broker = MemBroker::new();
+/// let claw = broker.claw("bot@example.com/r1")?;
+/// let router = Router::builder().claw(claw).build()?;
+/// router.start(claws_core::handler_fn(|packet, via, ctx| async move {
+///     println!("{} via {}", packet.as_str().unwrap_or("?"), via.queue);
+///     Ok(())
+/// })).await?;
+/// router.send(&claws_core::jid::parse("bot@example.com")?, None, Packet::from("<message/>")).await?;
+/// router.close().await
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Router {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    claws: Vec<Arc<dyn Claw>>,
+    default: usize,
+    concurrency: usize,
+    route_ttl: Duration,
+    close_timeout: Duration,
+    routes: Mutex<LruCache<String, (usize, Instant)>>,
+    dispatcher: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl fmt::Debug for Router {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Router")
+            .field("claws", &self.claw_names())
+            .field("default", &self.inner.claws[self.inner.default].name())
+            .field("concurrency", &self.inner.concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Router {
+    /// A builder.
+    pub fn builder() -> RouterBuilder {
+        RouterBuilder::default()
+    }
+
+    /// The names of the claws, in the order they were added.
+    pub fn claw_names(&self) -> Vec<&str> {
+        self.inner.claws.iter().map(|c| c.name()).collect()
+    }
+
+    /// The claw named `name`.
+    pub fn claw(&self, name: &str) -> Result<&Arc<dyn Claw>> {
+        self.inner
+            .claws
+            .iter()
+            .find(|c| c.name() == name)
+            .ok_or_else(|| Error::UnknownClaw {
+                name: name.to_owned(),
+                known: self.claw_names().join(", "),
+            })
+    }
+
+    /// The default claw.
+    pub fn default_claw(&self) -> &Arc<dyn Claw> {
+        &self.inner.claws[self.inner.default]
+    }
+
+    /// Starts every claw and dispatches what they receive to `handler`. Returns once every claw
+    /// is connected; if one fails, the ones already started are closed and its error returned.
+    pub async fn start(&self, handler: impl Handler) -> Result<()> {
+        let mut slot = self.inner.dispatcher.lock().await;
+        if slot.is_some() {
+            return Err(Error::Config("this router is already started".into()));
+        }
+        let (events, rx) = Events::channel(self.inner.concurrency * 4 + 16);
+        let handler: Arc<dyn Handler> = Arc::new(handler);
+        *slot = Some(tokio::spawn(dispatch(self.clone(), handler, rx)));
+        drop(slot);
+        for (i, claw) in self.inner.claws.iter().enumerate() {
+            if let Err(err) = claw.start(events.clone()).await {
+                for started in &self.inner.claws[..i] {
+                    let _ = started.close().await;
+                }
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `packet` to `to` through the claw learned for `to` (see [`route`](Self::route)).
+    pub async fn send(&self, to: &Jid, id: Option<&str>, packet: Packet) -> Result<()> {
+        self.route(to).send(to, id, packet).await
+    }
+
+    /// Broadcasts `packet` through the default claw.
+    pub async fn publish(&self, packet: Packet) -> Result<()> {
+        self.default_claw().publish(packet).await
+    }
+
+    /// Replies to the sender of a received packet through the claw that delivered it, with the
+    /// same correlation id.
+    pub async fn reply(&self, via: &Via, packet: Packet) -> Result<()> {
+        let to = via.reply_to().ok_or_else(|| Error::NoRoute {
+            to: format!("(the sender of a packet delivered under `{}`)", via.jid),
+            claw: via.claw.to_string(),
+        })?;
+        self.claw(&via.claw)?
+            .send(&to, via.id.as_deref(), packet)
+            .await
+    }
+
+    /// The claw that sends to `to`: the one a packet from `to` last arrived through, if that route
+    /// is fresh, else the default claw.
+    pub fn route(&self, to: &Jid) -> &Arc<dyn Claw> {
+        let mut routes = self.inner.routes.lock().expect("route table lock poisoned");
+        let index = match routes.get(to.as_str()) {
+            Some((index, seen)) if seen.elapsed() <= self.inner.route_ttl => Some(*index),
+            Some(_) => {
+                routes.pop(to.as_str());
+                None
+            }
+            None => None,
+        };
+        &self.inner.claws[index.unwrap_or(self.inner.default)]
+    }
+
+    /// How many routes are learned (expired ones included until looked up or evicted).
+    pub fn route_count(&self) -> usize {
+        self.inner.routes.lock().expect("route table lock poisoned").len()
+    }
+
+    fn learn(&self, via: &Via) {
+        let Some(from) = &via.from else { return };
+        let Some(index) = self.inner.claws.iter().position(|c| c.name() == &*via.claw) else {
+            return;
+        };
+        self.inner
+            .routes
+            .lock()
+            .expect("route table lock poisoned")
+            .put(from.to_string(), (index, Instant::now()));
+    }
+
+    /// Closes every claw (each stops consuming and lets in-flight handler calls finish and be
+    /// acknowledged), then waits for the dispatcher, bounded by the close timeout.
+    pub async fn close(&self) -> Result<()> {
+        let mut first_err = None;
+        for claw in &self.inner.claws {
+            if let Err(err) = claw.close().await {
+                tracing::warn!(claw = claw.name(), %err, "close failed");
+                first_err.get_or_insert(err);
+            }
+        }
+        let task = self.inner.dispatcher.lock().await.take();
+        if let Some(mut task) = task {
+            if tokio::time::timeout(self.inner.close_timeout, &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+                first_err.get_or_insert(Error::Timeout {
+                    what: "waiting for handlers to finish on close".into(),
+                    after: self.inner.close_timeout,
+                });
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// Reads claw events; connection events go to the handler in order, deliveries to lanes keyed by
+/// sender so that one sender's packets are handled in order.
+async fn dispatch(router: Router, handler: Arc<dyn Handler>, mut rx: mpsc::Receiver<Event>) {
+    let lanes: Vec<_> = (0..router.inner.concurrency)
+        .map(|_| {
+            let (tx, rx) = mpsc::channel::<Delivery>(64);
+            let task = tokio::spawn(lane(router.clone(), handler.clone(), rx));
+            (tx, task)
+        })
+        .collect();
+    let ctx = Context::new(router.clone(), 0);
+    while let Some(event) = rx.recv().await {
+        match event {
+            Event::Connected { claw } => {
+                tracing::info!(claw = &*claw, "connected");
+                handler.connected(&claw, &ctx).await;
+            }
+            Event::Disconnected { claw, reason } => {
+                tracing::warn!(claw = &*claw, %reason, "disconnected");
+                handler.disconnected(&claw, &reason, &ctx).await;
+            }
+            Event::Received(delivery) => {
+                router.learn(&delivery.via);
+                let lane = lane_of(&delivery.via, lanes.len());
+                if let Err(returned) = lanes[lane].0.send(delivery).await {
+                    // The lane died (it never should): give the delivery back to its queue.
+                    let err = Error::Handler("handler lane stopped".into());
+                    let _ = returned.0.acker.reject(&err).await;
+                }
+            }
+        }
+    }
+    for (tx, task) in lanes {
+        drop(tx);
+        let _ = task.await;
+    }
+}
+
+fn lane_of(via: &Via, lanes: usize) -> usize {
+    if lanes == 1 {
+        return 0;
+    }
+    let mut h = DefaultHasher::new();
+    match &via.from {
+        Some(from) => from.as_str().hash(&mut h),
+        None => via.jid.hash(&mut h),
+    }
+    (h.finish() % lanes as u64) as usize
+}
+
+async fn lane(router: Router, handler: Arc<dyn Handler>, mut rx: mpsc::Receiver<Delivery>) {
+    while let Some(delivery) = rx.recv().await {
+        let Delivery {
+            packet,
+            via,
+            attempt,
+            acker,
+        } = delivery;
+        let ctx = Context::new(router.clone(), attempt);
+        let claw = via.claw.clone();
+        let outcome = AssertUnwindSafe(handler.received(packet, via, &ctx))
+            .catch_unwind()
+            .await;
+        let settled = match outcome {
+            Ok(Ok(())) => acker.ack().await,
+            Ok(Err(err)) => {
+                tracing::warn!(claw = &*claw, attempt, %err, "handler failed; the packet will be redelivered");
+                acker.reject(&Error::Handler(err)).await
+            }
+            Err(panic) => {
+                let msg = panic_message(&panic);
+                tracing::error!(claw = &*claw, attempt, panic = %msg, "handler panicked; the packet will be redelivered");
+                acker
+                    .reject(&Error::Handler(format!("handler panicked: {msg}").into()))
+                    .await
+            }
+        };
+        if let Err(err) = settled {
+            tracing::warn!(claw = &*claw, %err, "could not settle a delivery; the broker will redeliver it");
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-string panic payload)".to_owned()
+    }
+}

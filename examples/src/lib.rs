@@ -1,0 +1,1 @@
+//! Runnable claws services live in `examples/examples/`.
