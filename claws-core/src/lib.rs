@@ -53,6 +53,7 @@
 pub mod claw;
 pub mod config;
 mod error;
+pub mod echo;
 pub mod handler;
 pub mod jid;
 pub mod mem;
@@ -63,6 +64,7 @@ pub mod topology;
 mod via;
 
 pub use async_trait::async_trait;
+pub use echo::Echo;
 pub use claw::{Acker, Capabilities, Claw, Delivery, Event, Events};
 pub use config::{Config, Transport};
 pub use error::{BoxError, Error, Result};
