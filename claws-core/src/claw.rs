@@ -207,10 +207,13 @@ impl Events {
     /// Hands a delivery to the router. If the router is gone, the delivery comes back so that
     /// the claw can return it to its queue.
     pub async fn received(&self, delivery: Delivery) -> std::result::Result<(), Delivery> {
-        self.tx.send(Event::Received(delivery)).await.map_err(|e| match e.0 {
-            Event::Received(d) => d,
-            _ => unreachable!("we sent a Received"),
-        })
+        self.tx
+            .send(Event::Received(delivery))
+            .await
+            .map_err(|e| match e.0 {
+                Event::Received(d) => d,
+                _ => unreachable!("we sent a Received"),
+            })
     }
 
     /// Whether the router stopped listening.

@@ -132,7 +132,11 @@ impl Config {
     /// Checks the JID, numbers, and that every extra table is a known backend section.
     pub fn validate(&self) -> Result<()> {
         self.jid()?;
-        if let Some(key) = self.sections.keys().find(|k| !SECTIONS.contains(&k.as_str())) {
+        if let Some(key) = self
+            .sections
+            .keys()
+            .find(|k| !SECTIONS.contains(&k.as_str()))
+        {
             return Err(Error::Config(format!(
                 "unknown key `{key}`; known keys are transport, url, jid, name, prefetch, \
                  concurrency, max_deliveries, subscriptions, and the tables {}",
@@ -174,6 +178,7 @@ impl Config {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error
 mod tests {
     use super::*;
 
@@ -203,7 +208,10 @@ mod tests {
             assert_eq!(c.transport, Transport::Amqp091);
             assert_eq!(c.prefetch, 20);
             assert!(!c.subscriptions.fanout && c.subscriptions.direct);
-            assert_eq!(c.section::<Amqp>("amqp091").unwrap(), Amqp { durable: true });
+            assert_eq!(
+                c.section::<Amqp>("amqp091").unwrap(),
+                Amqp { durable: true }
+            );
             assert_eq!(c.section::<Amqp>("amqp10").unwrap(), Amqp::default());
             Ok(())
         });
@@ -213,19 +221,27 @@ mod tests {
     fn bad_values_are_clear() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("a.toml", "jid = \"a@b@c\"")?;
-            let e = Config::load(Some(Path::new("a.toml"))).unwrap_err().to_string();
+            let e = Config::load(Some(Path::new("a.toml")))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("invalid JID `a@b@c`"), "{e}");
 
             jail.create_file("b.toml", "prefetchh = 3")?;
-            let e = Config::load(Some(Path::new("b.toml"))).unwrap_err().to_string();
+            let e = Config::load(Some(Path::new("b.toml")))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("unknown key `prefetchh`"), "{e}");
 
             jail.create_file("c.toml", "transport = \"kafka\"")?;
-            let e = Config::load(Some(Path::new("c.toml"))).unwrap_err().to_string();
+            let e = Config::load(Some(Path::new("c.toml")))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("kafka"), "{e}");
 
             jail.create_file("d.toml", "prefetch = \"many\"")?;
-            let e = Config::load(Some(Path::new("d.toml"))).unwrap_err().to_string();
+            let e = Config::load(Some(Path::new("d.toml")))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("prefetch"), "{e}");
 
             jail.create_file("e.toml", "[amqp091]\ndurabel = true")?;
@@ -233,7 +249,9 @@ mod tests {
             let e = c.section::<Amqp>("amqp091").unwrap_err().to_string();
             assert!(e.contains("durabel"), "{e}");
 
-            let e = Config::load(Some(Path::new("missing.toml"))).unwrap_err().to_string();
+            let e = Config::load(Some(Path::new("missing.toml")))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("does not exist"), "{e}");
             Ok(())
         });

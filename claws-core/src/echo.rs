@@ -62,15 +62,23 @@ mod tests {
     #[test]
     fn answers() {
         assert_eq!(
-            answer(r#"<iq type="get" id="1" from="u@d/r" to="e@d"><ping xmlns="urn:xmpp:ping"/></iq>"#).unwrap(),
+            answer(
+                r#"<iq type="get" id="1" from="u@d/r" to="e@d"><ping xmlns="urn:xmpp:ping"/></iq>"#
+            )
+            .unwrap(),
             r#"<iq type="result" id="1" from="e@d" to="u@d/r"/>"#
         );
         assert_eq!(
             answer(r#"<message from="u@d/r" to="e@d"><body>hi</body></message>"#).unwrap(),
             r#"<message from="e@d" to="u@d/r"><body>hi</body></message>"#
         );
-        let err = answer(r#"<iq type="set" id="2" from="u@d/r"><query xmlns="jabber:iq:version"/></iq>"#).unwrap();
-        assert!(err.contains("service-unavailable") && err.contains(r#"type="error""#), "{err}");
+        let err =
+            answer(r#"<iq type="set" id="2" from="u@d/r"><query xmlns="jabber:iq:version"/></iq>"#)
+                .unwrap();
+        assert!(
+            err.contains("service-unavailable") && err.contains(r#"type="error""#),
+            "{err}"
+        );
         assert_eq!(answer(r#"<presence/>"#), None);
         assert_eq!(answer(r#"<iq type="result" id="3"/>"#), None);
         assert_eq!(answer(r#"<message type="error"/>"#), None);

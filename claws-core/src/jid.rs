@@ -20,10 +20,12 @@ pub fn parse(input: &str) -> Result<Jid> {
 
 /// Parses a JID that must carry a resource.
 pub fn parse_full(input: &str, what: &'static str) -> Result<FullJid> {
-    parse(input)?.try_into_full().map_err(|bare| Error::NeedFullJid {
-        jid: bare.to_string(),
-        what,
-    })
+    parse(input)?
+        .try_into_full()
+        .map_err(|bare| Error::NeedFullJid {
+            jid: bare.to_string(),
+            what,
+        })
 }
 
 fn invalid(input: &str, err: jid::Error) -> Error {
@@ -66,7 +68,10 @@ mod tests {
     #[test]
     fn full_required() {
         let err = parse_full("bot@example.com", "a worker").unwrap_err();
-        assert!(err.to_string().contains("bot@example.com/worker-1"), "{err}");
+        assert!(
+            err.to_string().contains("bot@example.com/worker-1"),
+            "{err}"
+        );
         assert!(parse_full("bot@example.com/x", "a worker").is_ok());
     }
 }

@@ -52,8 +52,8 @@
 
 pub mod claw;
 pub mod config;
-mod error;
 pub mod echo;
+mod error;
 pub mod handler;
 pub mod jid;
 pub mod mem;
@@ -64,9 +64,9 @@ pub mod topology;
 mod via;
 
 pub use async_trait::async_trait;
-pub use echo::Echo;
 pub use claw::{Acker, Capabilities, Claw, Delivery, Event, Events};
 pub use config::{Config, Transport};
+pub use echo::Echo;
 pub use error::{BoxError, Error, Result};
 pub use handler::{handler_fn, Context, Handler, HandlerFn, HandlerResult};
 pub use jid::{BareJid, FullJid, Jid};

@@ -73,7 +73,10 @@ impl fmt::Debug for Packet {
         match self.as_str() {
             Some(s) if s.len() <= SHOWN => write!(f, "Packet({s:?})"),
             Some(s) => {
-                let cut = (0..=SHOWN).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
+                let cut = (0..=SHOWN)
+                    .rev()
+                    .find(|i| s.is_char_boundary(*i))
+                    .unwrap_or(0);
                 write!(f, "Packet({:?}... {} bytes)", &s[..cut], s.len())
             }
             None => write!(f, "Packet(<{} bytes, not UTF-8>)", self.bytes.len()),

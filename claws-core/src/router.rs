@@ -7,7 +7,9 @@ use std::hash::{Hash, Hasher};
 use std::num::NonZeroUsize;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures_util::FutureExt;
 use lru::LruCache;
@@ -105,13 +107,15 @@ impl RouterBuilder {
         }
         let default = match &self.default {
             None => 0,
-            Some(name) => names
-                .iter()
-                .position(|n| n == name)
-                .ok_or_else(|| Error::UnknownClaw {
-                    name: name.clone(),
-                    known: names.join(", "),
-                })?,
+            Some(name) => {
+                names
+                    .iter()
+                    .position(|n| n == name)
+                    .ok_or_else(|| Error::UnknownClaw {
+                        name: name.clone(),
+                        known: names.join(", "),
+                    })?
+            }
         };
         let capacity = NonZeroUsize::new(self.route_capacity).expect("route_capacity >= 1");
         Ok(Router {
@@ -258,7 +262,11 @@ impl Router {
 
     /// How many routes are learned (expired ones included until looked up or evicted).
     pub fn route_count(&self) -> usize {
-        self.inner.routes.lock().expect("route table lock poisoned").len()
+        self.inner
+            .routes
+            .lock()
+            .expect("route table lock poisoned")
+            .len()
     }
 
     fn learn(&self, via: &Via) {

@@ -1,1 +1,4 @@
-//! The conformance suite every claw must pass, fault injection, and scripted scenarios. (in progress)
+//! The conformance suite every claw must pass, fault injection, and scripted scenarios.
+
+pub mod conformance;
+pub mod fault;

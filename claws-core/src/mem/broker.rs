@@ -67,7 +67,12 @@ impl Queue {
     }
 
     fn snapshot(&self) -> Vec<Message> {
-        self.items.lock().expect("queue lock").iter().cloned().collect()
+        self.items
+            .lock()
+            .expect("queue lock")
+            .iter()
+            .cloned()
+            .collect()
     }
 }
 
@@ -140,7 +145,10 @@ impl MemBroker {
             } else {
                 &state.fanout
             };
-            names.iter().filter_map(|n| state.queues.get(n).cloned()).collect()
+            names
+                .iter()
+                .filter_map(|n| state.queues.get(n).cloned())
+                .collect()
         };
         for q in &targets {
             q.push_back(msg.clone());
@@ -167,8 +175,13 @@ impl MemBroker {
     /// The payloads dead-lettered so far (they stay in the dead-letter queue).
     pub fn dead_letters(&self) -> Vec<Packet> {
         let q = self.state().queues.get(DEAD_LETTER_QUEUE).cloned();
-        q.map(|q| q.snapshot().into_iter().map(|m| Packet::new(m.payload)).collect())
-            .unwrap_or_default()
+        q.map(|q| {
+            q.snapshot()
+                .into_iter()
+                .map(|m| Packet::new(m.payload))
+                .collect()
+        })
+        .unwrap_or_default()
     }
 
     /// Deletes a queue and its bindings, with whatever it held.

@@ -132,7 +132,13 @@ impl MemClaw {
         &self.queues
     }
 
-    fn message(&self, exchange: &'static str, key: &str, id: Option<&str>, packet: Packet) -> Message {
+    fn message(
+        &self,
+        exchange: &'static str,
+        key: &str,
+        id: Option<&str>,
+        packet: Packet,
+    ) -> Message {
         Message {
             payload: packet.into_bytes(),
             exchange,
@@ -179,7 +185,10 @@ impl Claw for MemClaw {
             match *run {
                 RunState::New => {}
                 RunState::Running { .. } => {
-                    return Err(Error::Config(format!("claw `{}` is already started", self.name)))
+                    return Err(Error::Config(format!(
+                        "claw `{}` is already started",
+                        self.name
+                    )))
                 }
                 RunState::Closed => {
                     return Err(Error::Closed {
@@ -189,7 +198,8 @@ impl Claw for MemClaw {
             }
             for spec in &self.queues {
                 let queue = self.broker.declare(&spec.name);
-                self.broker.bind(&spec.name, spec.exchange, &spec.routing_key);
+                self.broker
+                    .bind(&spec.name, spec.exchange, &spec.routing_key);
                 let consumer = Consumer {
                     spec: spec.clone(),
                     queue,
@@ -227,7 +237,8 @@ impl Claw for MemClaw {
     }
 
     async fn close(&self) -> Result<()> {
-        let previous = std::mem::replace(&mut *self.run.lock().expect("run lock"), RunState::Closed);
+        let previous =
+            std::mem::replace(&mut *self.run.lock().expect("run lock"), RunState::Closed);
         let RunState::Running { stop, consumers } = previous else {
             return Ok(());
         };
@@ -240,7 +251,10 @@ impl Claw for MemClaw {
         match tokio::time::timeout(self.close_timeout, self.in_flight.acquire_many(all)).await {
             Ok(_) => Ok(()),
             Err(_) => Err(Error::Timeout {
-                what: format!("claw `{}` waiting for in-flight stanzas on close", self.name),
+                what: format!(
+                    "claw `{}` waiting for in-flight stanzas on close",
+                    self.name
+                ),
                 after: self.close_timeout,
             }),
         }
@@ -273,10 +287,14 @@ impl Consumer {
                 m = self.queue.pop() => m,
             };
             msg.deliveries += 1;
-            let via = Via::new(self.claw.clone(), self.spec.kind.clone(), msg.routing_key.clone())
-                .with_exchange(msg.exchange)
-                .with_id(msg.id.clone())
-                .with_from(msg.from.clone());
+            let via = Via::new(
+                self.claw.clone(),
+                self.spec.kind.clone(),
+                msg.routing_key.clone(),
+            )
+            .with_exchange(msg.exchange)
+            .with_id(msg.id.clone())
+            .with_from(msg.from.clone());
             let delivery = Delivery {
                 packet: Packet::new(msg.payload.clone()),
                 via,

@@ -248,11 +248,11 @@ impl<'a> Parser<'a> {
 
     fn run(mut self) -> Result<Element> {
         loop {
-            let pos = self.reader.buffer_position() as u64;
+            let pos = self.reader.buffer_position();
             let (ns, event) = match self.reader.read_resolved_event() {
                 Ok(ok) => ok,
                 Err(e) => {
-                    let at = self.reader.error_position() as u64;
+                    let at = self.reader.error_position();
                     return Err(malformed(at, e.to_string()));
                 }
             };
@@ -298,7 +298,7 @@ impl<'a> Parser<'a> {
                 Event::Eof => break,
             }
         }
-        let pos = self.reader.buffer_position() as u64;
+        let pos = self.reader.buffer_position();
         if let Some(open) = self.tree.stack.last() {
             return Err(malformed(
                 pos,
@@ -401,7 +401,11 @@ impl Element {
     fn write(&self, out: &mut impl fmt::Write, parent_ns: Option<&str>) -> fmt::Result {
         write!(out, "<{}", self.name)?;
         if self.ns.as_deref() != parent_ns {
-            write!(out, " xmlns=\"{}\"", escape(self.ns.as_deref().unwrap_or("")))?;
+            write!(
+                out,
+                " xmlns=\"{}\"",
+                escape(self.ns.as_deref().unwrap_or(""))
+            )?;
         }
         for (k, v) in &self.attrs {
             write!(out, " {k}=\"{}\"", escape(v.as_str()))?;
@@ -446,7 +450,10 @@ mod tests {
         assert!(el.is("message", "jabber:client"));
         assert_eq!(el.attr("to"), Some("a@b/c"));
         assert_eq!(el.attr("xml:lang"), Some("en"));
-        assert_eq!(el.get_child("body", "jabber:client").unwrap().text(), "hi & 😀");
+        assert_eq!(
+            el.get_child("body", "jabber:client").unwrap().text(),
+            "hi & 😀"
+        );
         assert!(el.get_child("x", "urn:x").is_some());
         let again = Element::parse(el.to_string().as_bytes()).unwrap();
         assert_eq!(el, again);
@@ -492,7 +499,8 @@ mod tests {
     fn hostile_input_is_bounded() {
         let deep = "<a>".repeat(100_000);
         assert!(err(deep.as_bytes()).contains("deeper"));
-        let bomb = r#"<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;">]><a>&lol2;</a>"#;
+        let bomb =
+            r#"<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;">]><a>&lol2;</a>"#;
         assert!(err(bomb.as_bytes()).contains("DOCTYPE"));
         let wide = format!("<a>{}</a>", "<b/>".repeat(200_000));
         assert!(err(wide.as_bytes()).contains("nodes"));
@@ -505,6 +513,13 @@ mod tests {
         assert!(Element::parse_with(b"<aaaaaaaaaaaaa/>", &limits).is_err());
         // A huge attribute within the byte limit is fine and costs its size, no more.
         let big = format!("<a v='{}'/>", "x".repeat(1 << 20));
-        assert_eq!(Element::parse(big.as_bytes()).unwrap().attr("v").unwrap().len(), 1 << 20);
+        assert_eq!(
+            Element::parse(big.as_bytes())
+                .unwrap()
+                .attr("v")
+                .unwrap()
+                .len(),
+            1 << 20
+        );
     }
 }

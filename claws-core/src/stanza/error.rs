@@ -102,7 +102,12 @@ conditions! {
 impl Condition {
     /// `<error type=".." code=".."><condition xmlns=".."/><text>..</text></error>`, in the
     /// stanza's namespace `ns`.
-    pub fn to_error_element(self, ns: Option<&str>, kind: ErrorType, text: Option<&str>) -> Element {
+    pub fn to_error_element(
+        self,
+        ns: Option<&str>,
+        kind: ErrorType,
+        text: Option<&str>,
+    ) -> Element {
         let mut error = Element::new("error", ns).with_attr("type", kind.as_str());
         if let Some(code) = self.legacy_code() {
             error.set_attr("code", code.to_string());
@@ -146,14 +151,20 @@ mod tests {
         assert_eq!(error.attr("type"), Some("cancel"));
         assert_eq!(error.attr("code"), Some("404"));
         assert!(error.get_child("item-not-found", STANZAS_NS).is_some());
-        assert_eq!(error.get_child("text", STANZAS_NS).unwrap().text(), "nobody here");
+        assert_eq!(
+            error.get_child("text", STANZAS_NS).unwrap().text(),
+            "nobody here"
+        );
         assert_eq!(Element::parse(xml.as_bytes()).unwrap(), reply);
     }
 
     #[test]
     fn iq_result_only_for_requests() {
         let iq: Element = r#"<iq type="set" id="7" from="a@b/c" to="d"/>"#.parse().unwrap();
-        assert_eq!(iq.iq_result().unwrap().to_string(), r#"<iq type="result" id="7" from="d" to="a@b/c"/>"#);
+        assert_eq!(
+            iq.iq_result().unwrap().to_string(),
+            r#"<iq type="result" id="7" from="d" to="a@b/c"/>"#
+        );
         let res: Element = r#"<iq type="result" id="7"/>"#.parse().unwrap();
         assert!(res.iq_result().is_err());
         let msg: Element = "<message/>".parse().unwrap();

@@ -1,0 +1,244 @@
+//! Settings: the `[amqp091]` table ([`Amqp091Options`]), the resolved [`Settings`] a claw runs
+//! with, and the URL helpers that keep passwords out of logs.
+
+use std::time::Duration;
+
+use claws_core::{Error, Result};
+use lapin::uri::AMQPUri;
+use serde::{Deserialize, Serialize};
+
+/// The URL used when neither `url` nor `host` is configured.
+pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// The `[amqp091]` table of a claws config file (every key optional).
+///
+/// ```toml
+/// [amqp091]
+/// host = "rabbit.example.com"   # the seed's parameters: host, username, password
+/// username = "svc"
+/// password = "secret"
+/// durable = true
+/// queue_expiry_secs = 1800
+/// quorum_groups = false
+/// ```
+///
+/// The common `url` key (top level) wins over `host`/`username`/`password`/`port`/`vhost`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Amqp091Options {
+    /// The broker's host (the seed's `host`), used when no `url` is given.
+    pub host: Option<String>,
+    /// The broker's port (default 5672).
+    pub port: u16,
+    /// The virtual host (default `/`).
+    pub vhost: String,
+    /// The user name (default `guest`).
+    pub username: String,
+    /// The password (default `guest`). Never logged.
+    pub password: String,
+    /// Durable exchanges and queues, persistent messages (default true). `false` gives the
+    /// seed's transient queues and messages.
+    pub durable: bool,
+    /// Idle time after which a per-instance (full-JID) queue is deleted by the broker
+    /// (`x-expires`), in seconds (default 1800). 0 disables expiry.
+    pub queue_expiry_secs: u64,
+    /// Declare the group (bare-JID) queues as quorum queues, for clustered RabbitMQ (default false).
+    pub quorum_groups: bool,
+    /// How long a send waits for a connection during an outage, in milliseconds (default 30 000).
+    pub send_timeout_ms: u64,
+    /// How long `close` waits for in-flight deliveries and confirms, in milliseconds (default 30 000).
+    pub close_timeout_ms: u64,
+    /// How long one connection attempt may take, in milliseconds (default 5 000).
+    pub connect_timeout_ms: u64,
+    /// AMQP heartbeat interval in seconds (default 10; 0 disables, which is not recommended).
+    pub heartbeat_secs: u16,
+    /// First reconnection delay in milliseconds (default 100); doubles up to `reconnect_max_ms`.
+    pub reconnect_min_ms: u64,
+    /// Longest reconnection delay in milliseconds (default 5 000).
+    pub reconnect_max_ms: u64,
+}
+
+impl Default for Amqp091Options {
+    fn default() -> Self {
+        Self {
+            host: None,
+            port: 5672,
+            vhost: "/".into(),
+            username: "guest".into(),
+            password: "guest".into(),
+            durable: true,
+            queue_expiry_secs: 1800,
+            quorum_groups: false,
+            send_timeout_ms: 30_000,
+            close_timeout_ms: 30_000,
+            connect_timeout_ms: 5_000,
+            heartbeat_secs: 10,
+            reconnect_min_ms: 100,
+            reconnect_max_ms: 5_000,
+        }
+    }
+}
+
+impl Amqp091Options {
+    /// The URL the seed's parameters describe: `amqp://username:password@host:port/vhost`.
+    pub fn url_from_parts(&self, host: &str) -> String {
+        format!(
+            "amqp://{}:{}@{}:{}/{}",
+            percent_encode(&self.username),
+            percent_encode(&self.password),
+            host,
+            self.port,
+            percent_encode(&self.vhost)
+        )
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Everything a claw runs with, resolved from a builder or a config.
+#[derive(Clone)]
+pub struct Settings {
+    /// The parsed broker URL (holds the password).
+    pub(crate) uri: AMQPUri,
+    /// The URL without its password, for messages.
+    pub endpoint: String,
+    /// Unsettled deliveries per consumer (basic.qos).
+    pub prefetch: u16,
+    /// Deliveries after which a failing stanza is dead-lettered.
+    pub max_deliveries: u32,
+    /// Durable queues and persistent messages.
+    pub durable: bool,
+    /// `x-expires` on per-instance queues.
+    pub queue_expiry: Option<Duration>,
+    /// Quorum group queues.
+    pub quorum_groups: bool,
+    /// Bound on waiting for a connection in `send`.
+    pub send_timeout: Duration,
+    /// Bound on `close`.
+    pub close_timeout: Duration,
+    /// Bound on one connection attempt.
+    pub connect_timeout: Duration,
+    /// Heartbeat interval (seconds).
+    pub heartbeat: u16,
+    /// Reconnection backoff: first and longest delay.
+    pub reconnect: (Duration, Duration),
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("endpoint", &self.endpoint)
+            .field("prefetch", &self.prefetch)
+            .field("max_deliveries", &self.max_deliveries)
+            .field("durable", &self.durable)
+            .field("queue_expiry", &self.queue_expiry)
+            .field("quorum_groups", &self.quorum_groups)
+            .field("send_timeout", &self.send_timeout)
+            .field("close_timeout", &self.close_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("heartbeat", &self.heartbeat)
+            .field("reconnect", &self.reconnect)
+            .finish()
+    }
+}
+
+/// Parses `url`, failing with a message that does not repeat the password.
+pub(crate) fn parse_url(url: &str) -> Result<AMQPUri> {
+    let uri: AMQPUri = url.parse().map_err(|e: String| {
+        Error::Config(format!(
+            "invalid AMQP URL `{}`: {}; expected amqp://user:password@host:port/vhost",
+            redact(url),
+            scrub(&e, url)
+        ))
+    })?;
+    if !matches!(uri.scheme, lapin::uri::AMQPScheme::AMQP) {
+        return Err(Error::Config(format!(
+            "URL `{}` asks for TLS (amqps), but claws-amqp091 is built without a TLS stack; use amqp://",
+            redact(url)
+        )));
+    }
+    Ok(uri)
+}
+
+/// `url` with the password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// The endpoint of a parsed URI, without the password.
+pub(crate) fn endpoint(uri: &AMQPUri) -> String {
+    format!(
+        "amqp://{}@{}:{}/{}",
+        uri.authority.userinfo.username,
+        uri.authority.host,
+        uri.authority.port,
+        percent_encode(&uri.vhost)
+    )
+}
+
+/// `text` with every occurrence of `secret` (and its URL-encoded form) removed.
+pub(crate) fn scrub(text: &str, secret: &str) -> String {
+    if secret.is_empty() {
+        return text.to_owned();
+    }
+    text.replace(secret, "***")
+        .replace(&percent_encode(secret), "***")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact("amqp://u:s3cret@h:5672/%2f"),
+            "amqp://u:***@h:5672/%2f"
+        );
+        assert_eq!(redact("amqp://h:5672"), "amqp://h:5672");
+        let err = parse_url("amqp://u:s3cret@h:notaport/").unwrap_err().to_string();
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn seed_parameters_make_a_url() {
+        let o = Amqp091Options {
+            password: "p@ss word".into(),
+            ..Amqp091Options::default()
+        };
+        let url = o.url_from_parts("example.com");
+        assert_eq!(url, "amqp://guest:p%40ss%20word@example.com:5672/%2F");
+        let uri = parse_url(&url).unwrap();
+        assert_eq!(uri.authority.userinfo.password, "p@ss word");
+        assert_eq!(uri.vhost, "/");
+    }
+
+    #[test]
+    fn tls_is_refused_clearly() {
+        let err = parse_url("amqps://u:p@h/").unwrap_err().to_string();
+        assert!(err.contains("TLS"), "{err}");
+    }
+}

@@ -1,0 +1,105 @@
+//! The `claws` command-line tool: operate a claws bus from a shell.
+//!
+//! `claws --help` lists the subcommands; each has its own `--help`.
+
+mod bench;
+mod demo;
+mod echo;
+mod exit;
+mod listen;
+mod options;
+mod output;
+mod scenario;
+mod send;
+mod session;
+mod topology;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::options::Global;
+
+/// Operate a claws bus from a shell: XMPP stanzas between services over a message broker.
+///
+/// Every subcommand takes --transport, --url, --jid and --config; flags override CLAWS_*
+/// environment variables, which override the config file (default ./claws.toml if present).
+///
+/// The mem transport (the default) is an in-process broker: it lives and dies with one command,
+/// so `listen` in one shell and `send` in another only meet on a real broker
+/// (--transport amqp091 or amqp10 with --url). `demo`, `bench` and `test` run everything in one
+/// process and work on mem.
+///
+/// Exit codes: 0 success, 2 usage or configuration error, 3 cannot connect, 1 anything else.
+#[derive(Debug, Parser)]
+#[command(name = "claws", version)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Listen(listen::Args),
+    Send(send::SendArgs),
+    Publish(send::PublishArgs),
+    Echo(echo::Args),
+    Demo(demo::Args),
+    Bench(bench::Args),
+    Test(scenario::Args),
+    Topology(topology::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let code = if err.use_stderr() { 2 } else { 0 };
+            let _ = err.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => return exit::report(&exit::Failure::other(format!("cannot start the async runtime: {err}")), None),
+    };
+    let global = cli.global;
+    let result = runtime.block_on(run(&global, cli.command));
+    let code = match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => exit::report(&failure, global.url.as_deref()),
+    };
+    // Do not wait for stray tasks (a blocked stdin reader, a lingering connection).
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    code
+}
+
+async fn run(global: &Global, command: Command) -> Result<(), exit::Failure> {
+    match command {
+        Command::Listen(args) => listen::run(global, args).await,
+        Command::Send(args) => send::run_send(global, args).await,
+        Command::Publish(args) => send::run_publish(global, args).await,
+        Command::Echo(args) => echo::run(global, args).await,
+        Command::Demo(args) => demo::run(global, args).await,
+        Command::Bench(args) => bench::run(global, args).await,
+        Command::Test(args) => scenario::run(global, args).await,
+        Command::Topology(args) => topology::run(global, args).await,
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default: warnings).
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

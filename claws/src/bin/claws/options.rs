@@ -1,0 +1,105 @@
+//! The options every subcommand takes, and the [`Config`] they make.
+
+use std::path::{Path, PathBuf};
+
+use claws::topology::Subscriptions;
+use claws::{Config, Transport};
+use figment::providers::Serialized;
+
+use crate::exit::Failure;
+
+/// Options on every subcommand. Precedence: flags, then `CLAWS_*` variables, then the file.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Global {
+    /// Which claw: mem (in-process, the default), amqp091 (RabbitMQ), amqp10.
+    #[arg(long, global = true, value_enum, env = "CLAWS_TRANSPORT")]
+    pub(crate) transport: Option<TransportArg>,
+
+    /// The broker's URL, e.g. amqp://guest:guest@127.0.0.1:5672/%2f.
+    #[arg(long, global = true, env = "CLAWS_URL", hide_env_values = true)]
+    pub(crate) url: Option<String>,
+
+    /// This instance's JID, e.g. svc@example.com/worker-1.
+    #[arg(long, global = true, env = "CLAWS_JID")]
+    pub(crate) jid: Option<String>,
+
+    /// The config file (TOML); default: ./claws.toml when it exists.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+
+    /// Output: human (readable) or json (one object per line, for scripts).
+    #[arg(long, global = true, value_enum, default_value_t = Format::Human)]
+    pub(crate) format: Format,
+}
+
+/// `--transport` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum TransportArg {
+    /// The in-process broker.
+    Mem,
+    /// RabbitMQ over AMQP 0-9-1.
+    Amqp091,
+    /// AMQP 1.0.
+    Amqp10,
+}
+
+impl From<TransportArg> for Transport {
+    fn from(t: TransportArg) -> Self {
+        match t {
+            TransportArg::Mem => Transport::Mem,
+            TransportArg::Amqp091 => Transport::Amqp091,
+            TransportArg::Amqp10 => Transport::Amqp10,
+        }
+    }
+}
+
+/// `--format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Format {
+    /// Readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(serde::Serialize)]
+struct Flags {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transport: Option<Transport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jid: Option<String>,
+}
+
+impl Global {
+    /// The config: defaults < file < `CLAWS_*` environment < flags.
+    pub(crate) fn config(&self) -> Result<Config, Failure> {
+        let default_file = Path::new("claws.toml");
+        let file = match &self.config {
+            Some(file) if !file.exists() => {
+                return Err(Failure::usage(format!(
+                    "config file `{}` does not exist; check the --config path",
+                    file.display()
+                )))
+            }
+            Some(file) => Some(file.as_path()),
+            None if default_file.exists() => Some(default_file),
+            None => None,
+        };
+        let flags = Flags {
+            transport: self.transport.map(Transport::from),
+            url: self.url.clone(),
+            jid: self.jid.clone(),
+        };
+        let figment = Config::figment(file).merge(Serialized::defaults(flags));
+        Config::from_figment(&figment).map_err(Failure::from)
+    }
+
+    /// The config, as a pure sender: it consumes nothing, so it declares no queues of its own.
+    pub(crate) fn sender_config(&self) -> Result<Config, Failure> {
+        let mut config = self.config()?;
+        config.subscriptions = Subscriptions::none();
+        Ok(config)
+    }
+}

@@ -1,0 +1,83 @@
+//! Printing events for people (`--format human`) or scripts (`--format json`, one object a line).
+
+use std::io::Write;
+
+use claws::{Packet, Via};
+use serde_json::{json, Value};
+
+use crate::options::Format;
+
+/// Writes events to stdout in the chosen format, flushing after each line.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Printer {
+    pub(crate) format: Format,
+}
+
+impl Printer {
+    pub(crate) fn new(format: Format) -> Self {
+        Self { format }
+    }
+
+    /// Prints `human` or `json`, whichever the format asks for.
+    pub(crate) fn line(&self, human: impl FnOnce() -> String, json: impl FnOnce() -> Value) {
+        let text = match self.format {
+            Format::Human => human(),
+            Format::Json => json().to_string(),
+        };
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{text}");
+        let _ = out.flush();
+    }
+
+    /// `{"event":"connected","claw":NAME}`.
+    pub(crate) fn connected(&self, claw: &str) {
+        self.line(
+            || format!("connected: claw `{claw}` is consuming"),
+            || json!({"event": "connected", "claw": claw}),
+        );
+    }
+
+    /// `{"event":"disconnected","claw":NAME,"reason":..}`.
+    pub(crate) fn disconnected(&self, claw: &str, reason: &str) {
+        self.line(
+            || format!("disconnected: claw `{claw}`: {reason}"),
+            || json!({"event": "disconnected", "claw": claw, "reason": reason}),
+        );
+    }
+
+    /// `{"event":"received","payload":TEXT,"via":{..}}`.
+    pub(crate) fn received(&self, packet: &Packet, via: &Via) {
+        self.line(
+            || format!("received {} via {}", payload_text(packet), via_text(via)),
+            || json!({"event": "received", "payload": payload_text(packet), "via": via_json(via)}),
+        );
+    }
+}
+
+/// The payload as text (invalid UTF-8 replaced).
+pub(crate) fn payload_text(packet: &Packet) -> String {
+    String::from_utf8_lossy(packet.as_bytes()).into_owned()
+}
+
+/// `{"jid":..,"exchange":..,"claw":..,"id":..,"queue":..}`, absent values null.
+pub(crate) fn via_json(via: &Via) -> Value {
+    json!({
+        "jid": via.jid,
+        "exchange": via.exchange,
+        "claw": &*via.claw,
+        "id": via.id,
+        "queue": via.queue.as_str(),
+    })
+}
+
+/// `queue=.. jid=.. exchange=.. claw=.. id=..` for people.
+pub(crate) fn via_text(via: &Via) -> String {
+    format!(
+        "queue={} jid={} exchange={} claw={} id={}",
+        via.queue,
+        via.jid,
+        via.exchange.as_deref().unwrap_or("-"),
+        via.claw,
+        via.id.as_deref().unwrap_or("-"),
+    )
+}
