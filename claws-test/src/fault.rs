@@ -247,7 +247,12 @@ mod tests {
             }
         })
         .await
-        .unwrap_or_else(|_| panic!("expected {n} live connections, have {}", proxy.connection_count()));
+        .unwrap_or_else(|_| {
+            panic!(
+                "expected {n} live connections, have {}",
+                proxy.connection_count()
+            )
+        });
     }
 
     #[tokio::test]
@@ -273,7 +278,9 @@ mod tests {
         proxy.cut();
         for s in [&mut a, &mut b] {
             let mut buf = [0u8; 8];
-            let r = tokio::time::timeout(WAIT, s.read(&mut buf)).await.expect("cut is seen at once");
+            let r = tokio::time::timeout(WAIT, s.read(&mut buf))
+                .await
+                .expect("cut is seen at once");
             assert!(matches!(r, Ok(0) | Err(_)), "connection still alive: {r:?}");
         }
         live(&proxy, 0).await;
@@ -289,10 +296,14 @@ mod tests {
         proxy.pause();
         s.write_all(b"held").await.unwrap();
         let mut buf = [0u8; 4];
-        let stalled = tokio::time::timeout(Duration::from_millis(300), s.read_exact(&mut buf)).await;
+        let stalled =
+            tokio::time::timeout(Duration::from_millis(300), s.read_exact(&mut buf)).await;
         assert!(stalled.is_err(), "traffic flowed while paused");
         proxy.resume();
-        tokio::time::timeout(WAIT, s.read_exact(&mut buf)).await.unwrap().unwrap();
+        tokio::time::timeout(WAIT, s.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(&buf, b"held");
     }
 
@@ -305,11 +316,19 @@ mod tests {
         let t = Instant::now();
         round_trip(&mut s, b"slow").await.unwrap();
         // once up, once down
-        assert!(t.elapsed() >= Duration::from_millis(200), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() >= Duration::from_millis(200),
+            "{:?}",
+            t.elapsed()
+        );
         proxy.heal();
         let t = Instant::now();
         round_trip(&mut s, b"fast").await.unwrap();
-        assert!(t.elapsed() < Duration::from_millis(200), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_millis(200),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     #[tokio::test]

@@ -200,7 +200,8 @@ impl Suite {
             }
             let t = Instant::now();
             let harness = Harness::new(factory.clone(), caps.clone(), case.name);
-            let outcome = match tokio::time::timeout(self.case_timeout, (case.run)(&harness)).await {
+            let outcome = match tokio::time::timeout(self.case_timeout, (case.run)(&harness)).await
+            {
                 Ok(Ok(())) => Outcome::Passed,
                 Ok(Err(e)) => e.into_outcome(),
                 Err(_) => Outcome::Failed(format!(
@@ -227,7 +228,12 @@ async fn probe(factory: &dyn ClawFactory) -> std::result::Result<claws_core::Cap
     let jid = format!("probe@{}/probe", harness::DOMAIN);
     match tokio::time::timeout(harness::WAIT, factory.make(&jid, &Options::default())).await {
         Ok(Ok(claw)) => Ok(claw.capabilities()),
-        Ok(Err(err)) => Err(format!("factory.make({jid}) failed, so no case can run: {err}")),
-        Err(_) => Err(format!("factory.make({jid}) did not return within {:?}", harness::WAIT)),
+        Ok(Err(err)) => Err(format!(
+            "factory.make({jid}) failed, so no case can run: {err}"
+        )),
+        Err(_) => Err(format!(
+            "factory.make({jid}) did not return within {:?}",
+            harness::WAIT
+        )),
     }
 }

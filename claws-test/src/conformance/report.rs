@@ -65,7 +65,10 @@ impl Report {
 
     /// The outcome of the case named `name`, if it ran.
     pub fn outcome(&self, name: &str) -> Option<&Outcome> {
-        self.cases.iter().find(|c| c.name == name).map(|c| &c.outcome)
+        self.cases
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| &c.outcome)
     }
 
     /// Panics with the whole report if any case failed.

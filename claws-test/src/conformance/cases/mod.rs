@@ -1,5 +1,8 @@
 //! The cases, grouped by what they exercise.
 
+mod bad_input;
+mod routing;
+
 use std::future::Future;
 use std::pin::Pin;
 
@@ -25,4 +28,6 @@ macro_rules! cases {
 }
 
 cases! {
+    routing::direct_full_jid => "a stanza to a full JID reaches that instance only, every Via field right",
+    bad_input::invalid_jid => "invalid JIDs are refused with Error::InvalidJid",
 }

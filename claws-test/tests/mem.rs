@@ -1,0 +1,11 @@
+//! The whole conformance suite against the in-memory claw.
+
+use claws_test::conformance;
+use claws_test::mem::MemFactory;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mem_claw_passes_the_conformance_suite() {
+    let report = conformance::run(MemFactory::new()).await;
+    println!("{report}");
+    report.assert_passed();
+}
