@@ -1,9 +1,6 @@
 //! What every case uses: unique JIDs and payload tokens, instances whose deliveries are collected
 //! into an [`Inbox`] and settled per a [`Policy`], waits with deadlines, and cleanup.
 
-// Some helpers are used by cases still being written.
-#![allow(dead_code)]
-
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
@@ -38,6 +35,12 @@ impl CaseError {
             CaseError::Skip(why) => Outcome::Skipped(why),
             CaseError::Fail(why) => Outcome::Failed(why),
         }
+    }
+}
+
+impl From<&str> for CaseError {
+    fn from(s: &str) -> Self {
+        CaseError::Fail(s.to_owned())
     }
 }
 
@@ -173,13 +176,7 @@ impl Harness {
     /// A new inbox; instances started with its sender report into it.
     pub(crate) fn inbox(&self) -> (Tx, Inbox) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (
-            Tx(tx),
-            Inbox {
-                rx,
-                token: self.token.clone(),
-            },
-        )
+        (Tx(tx), Inbox { rx })
     }
 
     /// Makes and starts an instance for `jid`.
@@ -295,7 +292,7 @@ pub(crate) enum Seen {
     Connected(usize),
     Disconnected(usize, String),
     /// A held delivery was acked (`Ok`) or the ack failed (`Err`).
-    Settled(usize, Option<String>, Result<(), String>),
+    Settled(Option<String>, Result<(), String>),
 }
 
 /// The key of a payload made by [`Harness::stanza`] with `token`.
@@ -368,7 +365,7 @@ async fn collect(
                 tokio::spawn(async move {
                     let _ = gate.wait_for(|open| *open).await;
                     let r = acker.ack().await.map_err(|e| e.to_string());
-                    let _ = tx.send(Seen::Settled(index, key, r));
+                    let _ = tx.send(Seen::Settled(key, r));
                 });
             }
         }
@@ -378,7 +375,6 @@ async fn collect(
 /// Everything the instances of a case received, in arrival order.
 pub(crate) struct Inbox {
     rx: mpsc::UnboundedReceiver<Seen>,
-    token: String,
 }
 
 impl Inbox {
@@ -434,24 +430,6 @@ impl Inbox {
         self.until(within, what, |g| g.len() >= n).await
     }
 
-    /// Collects packets until one with key `fence` arrives at instance `index`; returns those
-    /// before it (the fence excluded).
-    pub(crate) async fn fence(
-        &mut self,
-        index: usize,
-        fence: &str,
-        what: &str,
-    ) -> CaseResult<Vec<Got>> {
-        let mut got = self
-            .until(WAIT, what, |g| {
-                g.last()
-                    .is_some_and(|l| l.index == index && l.key.as_deref() == Some(fence))
-            })
-            .await?;
-        got.pop();
-        Ok(got)
-    }
-
     /// Waits for a report matching `pred`, keeping the packets that arrive meanwhile in `kept`.
     pub(crate) async fn event(
         &mut self,
@@ -465,6 +443,9 @@ impl Inbox {
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, self.rx.recv()).await {
                 Ok(Some(seen)) if pred(&seen) => return Ok(seen),
+                Ok(Some(Seen::Disconnected(i, reason))) => {
+                    tracing::info!(instance = i, %reason, "disconnected");
+                }
                 Ok(Some(Seen::Packet(g))) => kept.push(g),
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => {
@@ -474,12 +455,6 @@ impl Inbox {
                 }
             }
         }
-    }
-
-    /// The token payloads are checked against.
-    #[allow(dead_code)]
-    pub(crate) fn token(&self) -> &str {
-        &self.token
     }
 }
 
