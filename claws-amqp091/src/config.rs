@@ -219,7 +219,9 @@ mod tests {
             "amqp://u:***@h:5672/%2f"
         );
         assert_eq!(redact("amqp://h:5672"), "amqp://h:5672");
-        let err = parse_url("amqp://u:s3cret@h:notaport/").unwrap_err().to_string();
+        let err = parse_url("amqp://u:s3cret@h:notaport/")
+            .unwrap_err()
+            .to_string();
         assert!(!err.contains("s3cret"), "{err}");
     }
 

@@ -162,7 +162,11 @@ impl fmt::Display for Topology {
             writeln!(f)?;
         }
         for b in &self.bindings {
-            writeln!(f, "bind {} -> {} key `{}`", b.exchange, b.queue, b.routing_key)?;
+            writeln!(
+                f,
+                "bind {} -> {} key `{}`",
+                b.exchange, b.queue, b.routing_key
+            )?;
         }
         Ok(())
     }
@@ -182,7 +186,11 @@ impl fmt::Display for Topology {
 /// print!("{t}");
 /// # Ok::<(), claws_core::Error>(())
 /// ```
-pub fn plan(jid: &Jid, subscriptions: Subscriptions, options: &TopologyOptions) -> Result<Topology> {
+pub fn plan(
+    jid: &Jid,
+    subscriptions: Subscriptions,
+    options: &TopologyOptions,
+) -> Result<Topology> {
     names::check_name("JID (reply-to and routing key)", jid.as_str())?;
     let exchanges = vec![
         ExchangeDecl {
@@ -213,7 +221,10 @@ pub fn plan(jid: &Jid, subscriptions: Subscriptions, options: &TopologyOptions) 
         routing_key: String::new(),
     }];
     for spec in names::queues(jid, subscriptions)? {
-        let mut arguments = vec![("x-dead-letter-exchange", ArgValue::Str(DEAD_LETTER_EXCHANGE))];
+        let mut arguments = vec![(
+            "x-dead-letter-exchange",
+            ArgValue::Str(DEAD_LETTER_EXCHANGE),
+        )];
         let group = spec.kind.is_group();
         if group && options.quorum_groups {
             arguments.push(("x-queue-type", ArgValue::Str("quorum")));
@@ -281,7 +292,12 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<()> {
             ..ExchangeDeclareOptions::default()
         };
         channel
-            .exchange_declare(short("exchange", e.name)?, kind, options, FieldTable::default())
+            .exchange_declare(
+                short("exchange", e.name)?,
+                kind,
+                options,
+                FieldTable::default(),
+            )
             .await
             .map_err(|err| declare_error("exchange", e.name, &err))?;
     }
@@ -349,10 +365,17 @@ mod tests {
         let names: Vec<_> = t.consumed().map(|(q, _)| q.name.as_str()).collect();
         assert_eq!(
             names,
-            ["xmpp_direct:n@d/r", "xmpp_direct:n@d", "xmpp_fanout:n@d/r", "xmpp_fanout:n@d"]
+            [
+                "xmpp_direct:n@d/r",
+                "xmpp_direct:n@d",
+                "xmpp_fanout:n@d/r",
+                "xmpp_fanout:n@d"
+            ]
         );
         let direct = &t.queues[1];
-        assert!(direct.arguments.contains(&("x-expires", ArgValue::Int(1_800_000))));
+        assert!(direct
+            .arguments
+            .contains(&("x-expires", ArgValue::Int(1_800_000))));
         let group = &t.queues[2];
         assert!(!group.arguments.iter().any(|(k, _)| *k == "x-expires"));
         assert_eq!(t.bindings[2].routing_key, "n@d");
@@ -368,17 +391,30 @@ mod tests {
             quorum_groups: true,
         };
         let t = plan(&jid, Subscriptions::all(), &options).unwrap();
-        let group = t.queues.iter().find(|q| q.name == "xmpp_direct:n@d").unwrap();
+        let group = t
+            .queues
+            .iter()
+            .find(|q| q.name == "xmpp_direct:n@d")
+            .unwrap();
         assert!(group.durable);
-        assert!(group.arguments.contains(&("x-queue-type", ArgValue::Str("quorum"))));
-        let own = t.queues.iter().find(|q| q.name == "xmpp_direct:n@d/r").unwrap();
+        assert!(group
+            .arguments
+            .contains(&("x-queue-type", ArgValue::Str("quorum"))));
+        let own = t
+            .queues
+            .iter()
+            .find(|q| q.name == "xmpp_direct:n@d/r")
+            .unwrap();
         assert!(!own.durable);
     }
 
     #[test]
     fn long_jids_are_refused() {
-        let jid = claws_core::jid::parse(&format!("n@d/{}", "r".repeat(250))).unwrap();
+        let jid = claws_core::jid::parse(&format!("n@d/{}", "r".repeat(300))).unwrap();
         let err = plan(&jid, Subscriptions::none(), &TopologyOptions::default()).unwrap_err();
         assert!(matches!(err, Error::NameTooLong { .. }), "{err}");
+        let jid = claws_core::jid::parse(&format!("n@d/{}", "r".repeat(250))).unwrap();
+        let err = plan(&jid, Subscriptions::all(), &TopologyOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("xmpp_direct:n@d/rrr"), "{err}");
     }
 }

@@ -1,0 +1,329 @@
+//! Consuming: each delivery becomes a [`Delivery`] with its [`Via`], settled by [`AmqpAcker`]
+//! after the handler finished.
+//!
+//! Settling (see the crate docs for the why):
+//! - **ack**: `basic.ack` on the channel that delivered it.
+//! - **reject**, attempts left: a copy is published straight to the same queue (default
+//!   exchange, routing key = queue name) with the attempt count and original exchange and
+//!   routing key in headers; once the broker confirmed the copy, the original is acked.
+//! - **reject**, last attempt: `basic.reject(requeue = false)`; the queue's
+//!   `x-dead-letter-exchange` moves it to the dead-letter queue.
+//! - **dropped unsettled**: `basic.nack(requeue = true)`.
+//! - the delivering connection is gone: nothing is sent; the broker already requeued it.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use claws_core::jid::Jid;
+use claws_core::topology::QueueKind;
+use claws_core::{Acker, Delivery, Error, Events, Packet, Result, Via};
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions, BasicRejectOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Confirmation};
+
+use crate::connection::{Session, Shared, TrackerGuard};
+use crate::topology::{DELIVERIES_HEADER, EXCHANGE_HEADER, ROUTING_KEY_HEADER};
+
+/// A consumed queue.
+#[derive(Debug)]
+pub(crate) struct QueueInfo {
+    pub(crate) name: ShortString,
+    pub(crate) kind: QueueKind,
+}
+
+/// Hands every delivery of `consumer` to `events` until the session dies or the claw closes.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    session: Arc<Session>,
+    queue: Arc<QueueInfo>,
+    mut consumer: lapin::Consumer,
+    events: Events,
+) {
+    let mut stop = shared.stop_consuming.subscribe();
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => return,
+            _ = session.died() => return,
+            next = consumer.next() => next,
+        };
+        match next {
+            Some(Ok(d)) => {
+                let delivery = to_delivery(&shared, &session, &queue, d);
+                tokio::select! {
+                    biased;
+                    // A delivery not handed over is dropped: its acker requeues it.
+                    _ = stop.wait_for(|s| *s) => return,
+                    r = events.received(delivery) => if r.is_err() { return },
+                }
+            }
+            Some(Err(err)) => {
+                shared.mark_dead(
+                    &session,
+                    format!("consumer on `{}` failed: {err}", queue.name),
+                );
+                return;
+            }
+            None => {
+                if !shared.is_closing() {
+                    shared.mark_dead(
+                        &session,
+                        format!(
+                            "the broker cancelled the consumer on `{}` (queue deleted?)",
+                            queue.name
+                        ),
+                    );
+                }
+                return;
+            }
+        }
+    }
+}
+
+fn header_str(headers: &FieldTable, key: &str) -> Option<ShortString> {
+    match headers.inner().get(key)? {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes())
+            .ok()
+            .and_then(|s| ShortString::try_new(s).ok()),
+        AMQPValue::ShortString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn header_u32(headers: &FieldTable, key: &str) -> Option<u32> {
+    let v = match headers.inner().get(key)? {
+        AMQPValue::ShortShortInt(v) => i64::from(*v),
+        AMQPValue::ShortShortUInt(v) => i64::from(*v),
+        AMQPValue::ShortInt(v) => i64::from(*v),
+        AMQPValue::ShortUInt(v) => i64::from(*v),
+        AMQPValue::LongInt(v) => i64::from(*v),
+        AMQPValue::LongUInt(v) => i64::from(*v),
+        AMQPValue::LongLongInt(v) => *v,
+        _ => return None,
+    };
+    u32::try_from(v).ok()
+}
+
+fn to_delivery(
+    shared: &Arc<Shared>,
+    session: &Arc<Session>,
+    queue: &Arc<QueueInfo>,
+    d: lapin::message::Delivery,
+) -> Delivery {
+    let lapin::message::Delivery {
+        exchange,
+        routing_key,
+        properties,
+        data,
+        acker,
+        ..
+    } = d;
+    let mut exchange = exchange;
+    let mut routing_key = routing_key;
+    let mut previous = 0;
+    if let Some(headers) = properties.headers() {
+        // A copy the claw re-queued after a failure carries its original address.
+        if let Some(n) = header_u32(headers, DELIVERIES_HEADER) {
+            previous = n;
+            if let Some(x) = header_str(headers, EXCHANGE_HEADER) {
+                exchange = x;
+            }
+            if let Some(k) = header_str(headers, ROUTING_KEY_HEADER) {
+                routing_key = k;
+            }
+        }
+        // Quorum queues count requeues themselves.
+        if let Some(n) = header_u32(headers, "x-delivery-count") {
+            previous = previous.max(n);
+        }
+    }
+    let payload = Bytes::from(data);
+    let via = Via {
+        jid: routing_key.as_str().to_owned(),
+        exchange: Some(exchange.as_str().to_owned()),
+        claw: shared.name.clone(),
+        id: properties
+            .correlation_id()
+            .as_ref()
+            .map(|s| s.as_str().to_owned()),
+        queue: queue.kind.clone(),
+        from: properties
+            .reply_to()
+            .as_ref()
+            .and_then(|s| Jid::new(s.as_str()).ok()),
+    };
+    let attempt = previous.saturating_add(1);
+    Delivery {
+        packet: Packet::new(payload.clone()),
+        via,
+        attempt,
+        acker: Box::new(AmqpAcker {
+            acker: Some(acker),
+            session: session.clone(),
+            queue: queue.clone(),
+            original: Original {
+                exchange,
+                routing_key,
+                properties,
+                payload,
+            },
+            attempt,
+            max_deliveries: shared.settings.max_deliveries,
+            claw: shared.name.clone(),
+            _guard: shared.in_flight.enter(),
+        }),
+    }
+}
+
+struct Original {
+    exchange: ShortString,
+    routing_key: ShortString,
+    properties: BasicProperties,
+    payload: Bytes,
+}
+
+/// Settles one delivery on the channel that delivered it.
+struct AmqpAcker {
+    acker: Option<lapin::Acker>,
+    session: Arc<Session>,
+    queue: Arc<QueueInfo>,
+    original: Original,
+    attempt: u32,
+    max_deliveries: u32,
+    claw: Arc<str>,
+    _guard: TrackerGuard,
+}
+
+impl AmqpAcker {
+    fn gone(&self) -> Error {
+        Error::backend(format!(
+            "claw `{}`: the connection that delivered this stanza is gone; the broker redelivers it",
+            self.claw
+        ))
+    }
+
+    fn failed(&self, what: &str, err: &lapin::Error) -> Error {
+        Error::backend(format!(
+            "claw `{}`: {what} on `{}` failed: {err}; the broker redelivers the stanza",
+            self.claw, self.queue.name
+        ))
+    }
+
+    /// Publishes a copy to the same queue with the next attempt number; true once confirmed.
+    async fn requeue_copy(&self) -> std::result::Result<bool, lapin::Error> {
+        let mut headers = self
+            .original
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_default();
+        headers.insert(
+            ShortString::from(DELIVERIES_HEADER),
+            AMQPValue::LongLongInt(i64::from(self.attempt)),
+        );
+        headers.insert(
+            ShortString::from(EXCHANGE_HEADER),
+            AMQPValue::LongString(self.original.exchange.as_str().into()),
+        );
+        headers.insert(
+            ShortString::from(ROUTING_KEY_HEADER),
+            AMQPValue::LongString(self.original.routing_key.as_str().into()),
+        );
+        let properties = self.original.properties.clone().with_headers(headers);
+        let confirm = self
+            .session
+            .publish
+            .basic_publish(
+                ShortString::default(),
+                self.queue.name.clone(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
+                &self.original.payload,
+                properties,
+            )
+            .await?
+            .await?;
+        Ok(matches!(confirm, Confirmation::Ack(None)))
+    }
+}
+
+#[async_trait]
+impl Acker for AmqpAcker {
+    async fn ack(mut self: Box<Self>) -> Result<()> {
+        let Some(acker) = self.acker.take() else {
+            return Ok(());
+        };
+        if self.session.is_dead() {
+            return Err(self.gone());
+        }
+        match acker.ack(BasicAckOptions::default()).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.gone()),
+            Err(err) => Err(self.failed("ack", &err)),
+        }
+    }
+
+    async fn reject(mut self: Box<Self>, reason: &Error) -> Result<()> {
+        let Some(acker) = self.acker.take() else {
+            return Ok(());
+        };
+        if self.session.is_dead() {
+            return Err(self.gone());
+        }
+        if self.attempt >= self.max_deliveries {
+            tracing::warn!(claw = &*self.claw, queue = %self.queue.name, attempt = self.attempt, %reason,
+                "dead-lettering a stanza that failed on every delivery");
+            return match acker.reject(BasicRejectOptions { requeue: false }).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(self.gone()),
+                Err(err) => Err(self.failed("reject", &err)),
+            };
+        }
+        match self.requeue_copy().await {
+            Ok(true) => match acker.ack(BasicAckOptions::default()).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(self.gone()),
+                Err(err) => Err(self.failed("ack after requeue", &err)),
+            },
+            Ok(false) | Err(_) => {
+                // The copy was not taken: put the original back instead (its count is lost).
+                match acker
+                    .nack(BasicNackOptions {
+                        multiple: false,
+                        requeue: true,
+                    })
+                    .await
+                {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(self.gone()),
+                    Err(err) => Err(self.failed("nack", &err)),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for AmqpAcker {
+    fn drop(&mut self) {
+        let Some(acker) = self.acker.take() else {
+            return;
+        };
+        if self.session.is_dead() {
+            return; // the broker requeued it with the connection
+        }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = acker
+                    .nack(BasicNackOptions {
+                        multiple: false,
+                        requeue: true,
+                    })
+                    .await;
+            });
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! Sending: `send` (direct, mandatory) and `publish` (fanout), each complete once the broker
+//! confirmed it.
+//!
+//! A send that meets a dead connection (the publish or its confirm fails) waits for the next
+//! session and publishes again, until `send_timeout` has passed since it started: at-least-once,
+//! so a stanza whose confirm was lost with the connection may arrive twice.
+
+use std::sync::Arc;
+
+use claws_core::jid::Jid;
+use claws_core::topology::{DIRECT_EXCHANGE, FANOUT_EXCHANGE};
+use claws_core::{Error, Packet, Result};
+use lapin::options::BasicPublishOptions;
+use lapin::types::ShortString;
+use lapin::{BasicProperties, Confirmation};
+use tokio::time::Instant;
+
+use crate::connection::Shared;
+use crate::topology::short;
+
+/// Where a stanza goes.
+pub(crate) enum Target<'a> {
+    /// `xmpp_direct`, routing key = the JID, mandatory.
+    Direct(&'a Jid),
+    /// `xmpp_fanout`, routing key = the sender's JID.
+    Fanout,
+}
+
+/// Publishes `packet` and waits for the broker's confirm.
+pub(crate) async fn publish(
+    shared: &Arc<Shared>,
+    target: Target<'_>,
+    id: Option<&str>,
+    packet: Packet,
+) -> Result<()> {
+    let started = Instant::now();
+    if shared.is_closed() {
+        return Err(shared.closed());
+    }
+    let (exchange, routing_key, mandatory, to) = match target {
+        Target::Direct(jid) => (
+            DIRECT_EXCHANGE,
+            short("routing key", jid.as_str())?,
+            true,
+            jid.as_str(),
+        ),
+        Target::Fanout => (
+            FANOUT_EXCHANGE,
+            shared.jid_short.clone(),
+            false,
+            "broadcast",
+        ),
+    };
+    let mut properties = BasicProperties::default()
+        .with_delivery_mode(if shared.settings.durable { 2 } else { 1 })
+        .with_reply_to(shared.jid_short.clone());
+    if let Some(id) = id {
+        properties = properties.with_correlation_id(short("correlation id", id)?);
+    }
+    let options = BasicPublishOptions {
+        mandatory,
+        immediate: false,
+    };
+    let _guard = shared.sends.enter();
+    let deadline = started + shared.settings.send_timeout;
+    loop {
+        let session = shared.session(deadline, started).await?;
+        let published = session
+            .publish
+            .basic_publish(
+                ShortString::from(exchange),
+                routing_key.clone(),
+                options,
+                packet.as_bytes(),
+                properties.clone(),
+            )
+            .await;
+        let confirmation = match published {
+            Ok(confirm) => confirm.await,
+            Err(err) => Err(err),
+        };
+        match confirmation {
+            Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => return Ok(()),
+            Ok(Confirmation::Ack(Some(returned))) => {
+                if returned.routing_key != routing_key {
+                    tracing::warn!(claw = &*shared.name, expected = %routing_key, got = %returned.routing_key,
+                        "a returned message was matched to another send");
+                }
+                return Err(Error::NoRoute {
+                    to: to.to_owned(),
+                    claw: shared.name.to_string(),
+                });
+            }
+            Ok(Confirmation::Nack(_)) => {
+                return Err(Error::Refused {
+                    to: to.to_owned(),
+                    claw: shared.name.to_string(),
+                    reason:
+                        "negative publisher confirm (basic.nack): the broker could not store it"
+                            .into(),
+                })
+            }
+            Err(err) => {
+                // The channel or connection failed under the send: retry on the next session.
+                shared.mark_dead(&session, format!("publishing failed: {err}"));
+                tracing::debug!(claw = &*shared.name, %err, "send interrupted; retrying on the next connection");
+            }
+        }
+    }
+}
