@@ -3,3 +3,4 @@
 pub mod conformance;
 pub mod fault;
 pub mod mem;
+pub mod scenario;
