@@ -52,10 +52,7 @@ pub fn connect_mem(config: &Config, broker: &MemBroker) -> Result<Arc<dyn Claw>>
 
 #[cfg(feature = "amqp091")]
 fn amqp091(config: &Config) -> Result<Arc<dyn Claw>> {
-    let _ = config;
-    Err(Error::Config(
-        "the amqp091 claw is not available yet in this build of claws".into(),
-    ))
+    Ok(Arc::new(claws_amqp091::AmqpClaw::from_config(config)?))
 }
 
 #[cfg(not(feature = "amqp091"))]

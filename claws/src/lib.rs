@@ -85,4 +85,3 @@ pub use claws_amqp10 as amqp10;
 mod connect;
 
 pub use connect::{connect, connect_mem, default_broker};
-

@@ -106,6 +106,9 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<(), Failure> {
         ] {
             let config = Config {
                 jid: jid.clone(),
+                // A small prefetch, so that the group shares the work visibly (the mem claw counts
+                // it across its four subscriptions, so it must be at least 4 there).
+                prefetch: 5,
                 ..base.clone()
             };
             let handler = Recorder {
@@ -113,7 +116,9 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<(), Failure> {
                 seen: tx.clone(),
                 echo: is_echo,
             };
-            cluster.routers.push(session::router(&config, handler).await?);
+            cluster
+                .routers
+                .push(session::router(&config, handler).await?);
         }
         Ok::<_, Failure>(())
     }
@@ -125,6 +130,10 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<(), Failure> {
     for router in &cluster.routers {
         let _ = router.close().await;
     }
+    #[cfg(feature = "amqp091")]
+    if base.transport == claws::Transport::Amqp091 {
+        crate::rabbit::delete_queues_of(&base, &[&w1, &w2, &echo, &client]).await;
+    }
     result
 }
 
@@ -132,9 +141,13 @@ async fn steps(cluster: &mut Cluster, args: &Args, jids: [&String; 4]) -> Result
     let [w1, group, echo, client] = jids;
     let sender = cluster.routers[3].clone();
 
-    cluster.step("direct", &format!("1. Direct: the client sends to {w1}; only that instance gets it"));
+    cluster.step(
+        "direct",
+        &format!("1. Direct: the client sends to {w1}; only that instance gets it"),
+    );
     let to = jid::parse(w1)?;
-    let stanza = format!(r#"<message from="{client}" to="{w1}" id="d1"><body>for w1 only</body></message>"#);
+    let stanza =
+        format!(r#"<message from="{client}" to="{w1}" id="d1"><body>for w1 only</body></message>"#);
     sender.send(&to, Some("d1"), Packet::from(stanza)).await?;
     cluster.expect(1).await?;
 
@@ -143,7 +156,9 @@ async fn steps(cluster: &mut Cluster, args: &Args, jids: [&String; 4]) -> Result
         &format!("2. Direct, and a reply: the client pings {echo}; the echo service answers the way the ping came"),
     );
     let to = jid::parse(echo)?;
-    let ping = format!(r#"<iq type="get" id="p1" from="{client}" to="{echo}"><ping xmlns="urn:xmpp:ping"/></iq>"#);
+    let ping = format!(
+        r#"<iq type="get" id="p1" from="{client}" to="{echo}"><ping xmlns="urn:xmpp:ping"/></iq>"#
+    );
     sender.send(&to, Some("p1"), Packet::from(ping)).await?;
     cluster.expect(2).await?;
 
@@ -157,7 +172,9 @@ async fn steps(cluster: &mut Cluster, args: &Args, jids: [&String; 4]) -> Result
     let to = jid::parse(group)?;
     for i in 1..=args.messages {
         let id = format!("lb{i}");
-        let stanza = format!(r#"<message from="{client}" to="{group}" id="{id}"><body>job {i}</body></message>"#);
+        let stanza = format!(
+            r#"<message from="{client}" to="{group}" id="{id}"><body>job {i}</body></message>"#
+        );
         sender.send(&to, Some(&id), Packet::from(stanza)).await?;
     }
     let seen = cluster.expect(args.messages as usize).await?;
@@ -177,8 +194,14 @@ async fn steps(cluster: &mut Cluster, args: &Args, jids: [&String; 4]) -> Result
     sender.publish(Packet::from(presence)).await?;
     // Four instances, three groups (svc, echo, client).
     let seen = cluster.expect(7).await?;
-    let own = seen.iter().filter(|s| s.via.queue.as_str() == "fanout").count();
-    let groups = seen.iter().filter(|s| s.via.queue.as_str() == "group_fanout").count();
+    let own = seen
+        .iter()
+        .filter(|s| s.via.queue.as_str() == "fanout")
+        .count();
+    let groups = seen
+        .iter()
+        .filter(|s| s.via.queue.as_str() == "group_fanout")
+        .count();
     cluster.summary(
         &format!("{own} instance copies, {groups} group copies"),
         json!({"event": "summary", "step": "broadcast", "fanout": own, "group_fanout": groups}),
@@ -218,7 +241,9 @@ impl Cluster {
                 }
             }
         }
-        got.sort_by(|a, b| (a.instance, a.via.queue.as_str()).cmp(&(b.instance, b.via.queue.as_str())));
+        got.sort_by(|a, b| {
+            (a.instance, a.via.queue.as_str()).cmp(&(b.instance, b.via.queue.as_str()))
+        });
         for s in &got {
             self.printer.line(
                 || {
@@ -241,7 +266,9 @@ impl Cluster {
 
 fn where_(config: &Config) -> String {
     match config.transport {
-        claws::Transport::Mem => "the mem transport (an in-process broker; nothing to install)".into(),
+        claws::Transport::Mem => {
+            "the mem transport (an in-process broker; nothing to install)".into()
+        }
         _ => session::endpoint(config),
     }
 }

@@ -33,7 +33,9 @@ pub(crate) struct Args {
 pub(crate) async fn run(global: &Global, args: Args) -> Result<(), Failure> {
     let timeout = match args.timeout {
         Some(secs) if !(secs.is_finite() && secs > 0.0) => {
-            return Err(Failure::usage("--timeout must be a positive number of seconds"))
+            return Err(Failure::usage(
+                "--timeout must be a positive number of seconds",
+            ))
         }
         Some(secs) => Some(Duration::from_secs_f64(secs)),
         None => None,
@@ -67,7 +69,9 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<(), Failure> {
             }
             Some(None) => break Err(Failure::other("the claw stopped reporting events")),
             Some(Some(Event::Connected { claw })) => printer.connected(&claw),
-            Some(Some(Event::Disconnected { claw, reason })) => printer.disconnected(&claw, &reason),
+            Some(Some(Event::Disconnected { claw, reason })) => {
+                printer.disconnected(&claw, &reason)
+            }
             Some(Some(Event::Received(delivery))) => {
                 printer.received(&delivery.packet, &delivery.via);
                 delivery.acker.ack().await?;

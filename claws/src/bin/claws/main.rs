@@ -9,6 +9,8 @@ mod exit;
 mod listen;
 mod options;
 mod output;
+#[cfg(feature = "amqp091")]
+mod rabbit;
 mod scenario;
 mod send;
 mod session;
@@ -68,7 +70,12 @@ fn main() -> ExitCode {
         .build()
     {
         Ok(rt) => rt,
-        Err(err) => return exit::report(&exit::Failure::other(format!("cannot start the async runtime: {err}")), None),
+        Err(err) => {
+            return exit::report(
+                &exit::Failure::other(format!("cannot start the async runtime: {err}")),
+                None,
+            )
+        }
     };
     let global = cli.global;
     let result = runtime.block_on(run(&global, cli.command));

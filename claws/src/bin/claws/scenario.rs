@@ -17,5 +17,7 @@ pub(crate) struct Args {
 
 pub(crate) async fn run(_global: &Global, args: Args) -> Result<(), Failure> {
     let _ = args.files;
-    Err(Failure::other("`claws test` is not available yet in this build"))
+    Err(Failure::other(
+        "`claws test` is not available yet in this build",
+    ))
 }

@@ -30,7 +30,10 @@ pub(crate) async fn open(config: &Config) -> Result<Session, Failure> {
 }
 
 /// Builds a router on the claw `config` names and starts `handler` on it.
-pub(crate) async fn router(config: &Config, handler: impl claws::Handler) -> Result<Router, Failure> {
+pub(crate) async fn router(
+    config: &Config,
+    handler: impl claws::Handler,
+) -> Result<Router, Failure> {
     let claw = claws::connect(config)?;
     let router = Router::builder()
         .claw_arc(claw)

@@ -1,19 +1,24 @@
 //! `claws topology`: the exchanges, queues and bindings a claw declares.
 
-use claws::topology::{self, QueueSpec, DIRECT_EXCHANGE, FANOUT_EXCHANGE};
-use serde_json::json;
+use claws::topology::{self, DIRECT_EXCHANGE, FANOUT_EXCHANGE};
+use claws::Config;
+#[cfg(feature = "amqp091")]
+use claws::Transport;
+use serde_json::{json, Map, Value};
 
 use crate::exit::Failure;
 use crate::options::Global;
 use crate::output::Printer;
 use crate::session;
 
-/// Print the exchanges, queues and bindings the claw declares for --jid (per the wire
-/// contract; a config's [subscriptions] table selects the queues). With --apply, declare them
-/// on the broker (by starting the claw once, then closing it).
+/// Print the exchanges, queues and bindings the claw declares for --jid (a config's
+/// [subscriptions] table selects the queues; on amqp091 the queue arguments are shown too).
+/// With --apply, declare them on the broker (amqp091: declared directly, nothing consumed;
+/// other transports: by starting the claw once, then closing it).
 ///
 /// JSON lines: {"kind":"exchange","name":..,"type":..}, {"kind":"queue","name":..,
-/// "subscription":..}, {"kind":"binding","queue":..,"exchange":..,"routing_key":..}.
+/// "subscription":..,"arguments":{..}}, {"kind":"binding","queue":..,"exchange":..,
+/// "routing_key":..}.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// Declare them on the broker too.
@@ -21,16 +26,26 @@ pub(crate) struct Args {
     apply: bool,
 }
 
+/// What a claw declares, in declaration order.
+#[derive(Debug, Default)]
+struct Plan {
+    /// Name and type.
+    exchanges: Vec<(String, String)>,
+    queues: Vec<QueueRow>,
+    /// Queue, exchange, routing key.
+    bindings: Vec<(String, String, String)>,
+}
+
+/// Name, subscription (none for claw-internal queues), arguments.
+type QueueRow = (String, Option<String>, Vec<(String, Value)>);
+
 pub(crate) async fn run(global: &Global, args: Args) -> Result<(), Failure> {
     let config = global.config()?;
-    let jid = config.jid()?;
-    let queues = topology::queues(&jid, config.subscriptions)?;
+    let plan = plan(&config)?;
     let printer = Printer::new(global.format);
-    print(&printer, &queues);
+    print(&printer, &plan);
     if args.apply {
-        let session = session::open(&config).await?;
-        drop(session.events);
-        session.claw.close().await?;
+        apply(&config).await?;
         printer.line(
             || format!("applied on {}", session::endpoint(&config)),
             || json!({"event": "applied", "transport": config.transport.as_str()}),
@@ -39,26 +54,119 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<(), Failure> {
     Ok(())
 }
 
-fn print(printer: &Printer, queues: &[QueueSpec]) {
+fn plan(config: &Config) -> Result<Plan, Failure> {
+    #[cfg(feature = "amqp091")]
+    if config.transport == Transport::Amqp091 {
+        return amqp091_plan(config);
+    }
+    let jid = config.jid()?;
+    let mut plan = Plan::default();
     for (name, kind) in [(DIRECT_EXCHANGE, "direct"), (FANOUT_EXCHANGE, "fanout")] {
+        plan.exchanges.push((name.into(), kind.into()));
+    }
+    for q in topology::queues(&jid, config.subscriptions)? {
+        plan.queues
+            .push((q.name.clone(), Some(q.kind.as_str().into()), Vec::new()));
+        plan.bindings
+            .push((q.name, q.exchange.into(), q.routing_key));
+    }
+    Ok(plan)
+}
+
+#[cfg(feature = "amqp091")]
+fn amqp091_plan(config: &Config) -> Result<Plan, Failure> {
+    use claws::amqp091::topology::ArgValue;
+    let claw = claws::amqp091::AmqpClaw::from_config(config)?;
+    let t = claw.topology();
+    Ok(Plan {
+        exchanges: t
+            .exchanges
+            .iter()
+            .map(|e| (e.name.into(), e.kind.as_str().into()))
+            .collect(),
+        queues: t
+            .queues
+            .iter()
+            .map(|q| {
+                let args = q
+                    .arguments
+                    .iter()
+                    .map(|(k, v)| {
+                        let v = match v {
+                            ArgValue::Str(s) => json!(s),
+                            ArgValue::Int(i) => json!(i),
+                        };
+                        ((*k).to_owned(), v)
+                    })
+                    .collect();
+                (
+                    q.name.clone(),
+                    q.kind.as_ref().map(|k| k.as_str().to_owned()),
+                    args,
+                )
+            })
+            .collect(),
+        bindings: t
+            .bindings
+            .iter()
+            .map(|b| (b.queue.clone(), b.exchange.into(), b.routing_key.clone()))
+            .collect(),
+    })
+}
+
+async fn apply(config: &Config) -> Result<(), Failure> {
+    #[cfg(feature = "amqp091")]
+    if config.transport == Transport::Amqp091 {
+        let claw = claws::amqp091::AmqpClaw::from_config(config)?;
+        let conn = crate::rabbit::open(config).await?;
+        let declared = async {
+            let channel = conn
+                .create_channel()
+                .await
+                .map_err(|e| Failure::other(format!("cannot open a channel: {e}")))?;
+            claws::amqp091::topology::declare(&channel, claw.topology()).await?;
+            let _ = channel.close(200, "declared".into()).await;
+            Ok::<_, Failure>(())
+        }
+        .await;
+        let _ = conn.close(200, "declared".into()).await;
+        return declared;
+    }
+    let session = session::open(config).await?;
+    drop(session.events);
+    session.claw.close().await?;
+    Ok(())
+}
+
+fn print(printer: &Printer, plan: &Plan) {
+    for (name, kind) in &plan.exchanges {
         printer.line(
             || format!("exchange {name} ({kind})"),
             || json!({"kind": "exchange", "name": name, "type": kind}),
         );
     }
-    for q in queues {
+    for (name, subscription, args) in &plan.queues {
         printer.line(
-            || format!("queue    {} ({})", q.name, q.kind),
-            || json!({"kind": "queue", "name": q.name, "subscription": q.kind.as_str()}),
+            || {
+                let what = subscription.as_deref().unwrap_or("claw-internal");
+                let args: Vec<String> = args.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                if args.is_empty() {
+                    format!("queue    {name} ({what})")
+                } else {
+                    format!("queue    {name} ({what}) {}", args.join(" "))
+                }
+            },
+            || {
+                let arguments: Map<String, Value> = args.iter().cloned().collect();
+                json!({"kind": "queue", "name": name, "subscription": subscription,
+                       "arguments": arguments})
+            },
         );
     }
-    for q in queues {
+    for (queue, exchange, key) in &plan.bindings {
         printer.line(
-            || format!("binding  {} -> {} (routing key {})", q.exchange, q.name, q.routing_key),
-            || {
-                json!({"kind": "binding", "queue": q.name, "exchange": q.exchange,
-                       "routing_key": q.routing_key})
-            },
+            || format!("binding  {exchange} -> {queue} (routing key {key:?})"),
+            || json!({"kind": "binding", "queue": queue, "exchange": exchange, "routing_key": key}),
         );
     }
 }

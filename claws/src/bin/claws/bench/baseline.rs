@@ -14,52 +14,43 @@ use lapin::options::{
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::BasicProperties;
 
 use super::claw::{unique, STALL};
 use super::stats::{self, Stats};
 use super::Work;
 use crate::exit::Failure;
-use crate::session;
-
-fn url(config: &Config) -> &str {
-    config.url.as_deref().unwrap_or("amqp://guest:guest@127.0.0.1:5672/%2f")
-}
-
-async fn open(config: &Config) -> Result<Connection, Failure> {
-    let connect = Connection::connect(url(config), ConnectionProperties::default());
-    match tokio::time::timeout(session::CONNECT_TIMEOUT, connect).await {
-        Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(e)) => Err(Failure::connect(format!(
-            "lapin cannot connect to {}: {e}",
-            session::endpoint(config)
-        ))),
-        Err(_) => Err(Failure::connect(format!(
-            "lapin cannot connect to {}: no answer",
-            session::endpoint(config)
-        ))),
-    }
-}
+use crate::rabbit;
 
 fn lapin_err(what: &str) -> impl Fn(lapin::Error) -> Failure + '_ {
     move |e| Failure::other(format!("lapin {what} failed: {e}"))
 }
 
 pub(super) async fn run(config: &Config, work: Work, bar: ProgressBar) -> Result<Stats, Failure> {
-    let conn = open(config).await?;
+    let conn = rabbit::open(config).await?;
     let queue = format!("claws_bench_baseline:{}-{}", std::process::id(), unique());
-    let publisher = conn.create_channel().await.map_err(lapin_err("create_channel"))?;
+    let publisher = conn
+        .create_channel()
+        .await
+        .map_err(lapin_err("create_channel"))?;
     publisher
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(lapin_err("confirm_select"))?;
-    let consumer_ch = conn.create_channel().await.map_err(lapin_err("create_channel"))?;
+    let consumer_ch = conn
+        .create_channel()
+        .await
+        .map_err(lapin_err("create_channel"))?;
     consumer_ch
         .basic_qos(config.prefetch, BasicQosOptions::default())
         .await
         .map_err(lapin_err("basic_qos"))?;
     consumer_ch
-        .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default())
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
         .await
         .map_err(lapin_err("queue_declare"))?;
     let mut consumer = consumer_ch
@@ -123,20 +114,9 @@ pub(super) async fn run(config: &Config, work: Work, bar: ProgressBar) -> Result
     let _ = consumer_ch
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await;
+    let _ = consumer_ch.close(200, "bench done".into()).await;
+    let _ = publisher.close(200, "bench done".into()).await;
     let _ = conn.close(200, "bench done".into()).await;
     let ((), latencies) = outcome?;
     Ok(Stats::new(elapsed, latencies))
-}
-
-/// Deletes `queues` on the config's broker, best effort (used to clean up after a run).
-pub(crate) async fn delete_queues(config: &Config, queues: &[String]) {
-    let Ok(conn) = open(config).await else { return };
-    if let Ok(channel) = conn.create_channel().await {
-        for q in queues {
-            let _ = channel
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-    }
-    let _ = conn.close(200, "cleanup done".into()).await;
 }

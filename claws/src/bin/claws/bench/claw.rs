@@ -40,8 +40,6 @@ pub(super) async fn run(base: &Config, work: Work, bar: ProgressBar) -> Result<S
         }
     };
     let to = jid::parse(&receiver_config.jid)?;
-    #[cfg(feature = "amqp091")]
-    let to_cleanup = to.clone();
     let start = Instant::now();
 
     let send = {
@@ -93,10 +91,7 @@ pub(super) async fn run(base: &Config, work: Work, bar: ProgressBar) -> Result<S
     let _ = receiver.claw.close().await;
     #[cfg(feature = "amqp091")]
     if base.transport == claws::Transport::Amqp091 {
-        if let Ok(names) = claws::topology::queues(&to_cleanup, receiver_config.subscriptions) {
-            let names: Vec<String> = names.into_iter().map(|q| q.name).collect();
-            super::baseline::delete_queues(base, &names).await;
-        }
+        crate::rabbit::delete_queues_of(base, &[&receiver_config.jid, &sender_config.jid]).await;
     }
     let ((), latencies) = outcome?;
     Ok(Stats::new(elapsed, latencies))

@@ -47,7 +47,9 @@ pub(crate) struct Work {
 
 pub(crate) async fn run(global: &Global, args: Args) -> Result<(), Failure> {
     if args.messages == 0 || args.in_flight == 0 {
-        return Err(Failure::usage("--messages and --in-flight must be at least 1"));
+        return Err(Failure::usage(
+            "--messages and --in-flight must be at least 1",
+        ));
     }
     let config = global.config()?;
     if args.baseline && config.transport != Transport::Amqp091 {
@@ -72,7 +74,12 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<(), Failure> {
             report(&printer, "lapin (raw)", &raw, work);
             let ratio = claws_stats.throughput() / raw.throughput();
             printer.line(
-                || format!("ratio: claws reaches {:.0}% of raw lapin's throughput", ratio * 100.0),
+                || {
+                    format!(
+                        "ratio: claws reaches {:.0}% of raw lapin's throughput",
+                        ratio * 100.0
+                    )
+                },
                 || json!({"event": "ratio", "throughput_ratio": ratio}),
             );
         }

@@ -1,0 +1,600 @@
+//! The `claws` binary run as processes: on the mem transport, and against the real RabbitMQ at
+//! 127.0.0.1:5672 (guest/guest) with `listen` in one process and `send`/`publish` in others.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const CLAWS: &str = env!("CARGO_BIN_EXE_claws");
+
+/// How long any one process or line may take before the test fails.
+const WAIT: Duration = Duration::from_secs(30);
+
+fn claws(args: &[&str]) -> Output {
+    Command::new(CLAWS)
+        .args(args)
+        .env_remove("CLAWS_URL")
+        .env_remove("CLAWS_JID")
+        .env_remove("CLAWS_TRANSPORT")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the claws binary")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect()
+}
+
+/// A unique suffix for JIDs, so tests never share queues.
+fn unique() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+#[test]
+fn demo_on_mem_shows_direct_load_balanced_and_broadcast_delivery() {
+    let out = claws(&["demo"]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    for needle in [
+        "Direct",
+        "Load-balanced",
+        "Broadcast",
+        "queue=direct ",
+        "queue=group_direct ",
+        "queue=fanout ",
+        "queue=group_fanout ",
+        "exchange=xmpp_direct",
+        "exchange=xmpp_fanout",
+        "<iq type=\"result\" id=\"p1\"",
+    ] {
+        assert!(text.contains(needle), "`{needle}` missing from:\n{text}");
+    }
+
+    let out = claws(&["demo", "--format", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = json_lines(&stdout(&out));
+    let received: Vec<&Value> = lines.iter().filter(|l| l["event"] == "received").collect();
+    // 1 direct, 2 for the ping and its answer, 6 load-balanced, 7 broadcast copies.
+    assert_eq!(received.len(), 16, "{lines:?}");
+    let count = |q: &str| received.iter().filter(|l| l["via"]["queue"] == q).count();
+    assert_eq!(count("direct"), 3);
+    assert_eq!(count("group_direct"), 6);
+    assert_eq!(count("fanout"), 4);
+    assert_eq!(count("group_fanout"), 3);
+    let lb: Vec<_> = received
+        .iter()
+        .filter(|l| l["via"]["queue"] == "group_direct")
+        .collect();
+    assert!(lb
+        .iter()
+        .all(|l| l["instance"] == "w1" || l["instance"] == "w2"));
+    assert!(lb.iter().all(|l| l["via"]["jid"] == "svc@demo.claws"));
+    let mut ids: Vec<_> = lb
+        .iter()
+        .map(|l| l["via"]["id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        ["lb1", "lb2", "lb3", "lb4", "lb5", "lb6"],
+        "each exactly once"
+    );
+    assert_eq!(lines.last().unwrap()["event"], "done");
+}
+
+#[test]
+fn usage_and_configuration_errors_exit_2() {
+    let out = claws(&["send", "<message/>"]); // --to is missing
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = claws(&["--transport", "kafka", "demo"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = claws(&["--jid", "a@b@c", "listen"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("invalid JID `a@b@c`"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");
+    let out = claws(&["--config", "/nonexistent/claws.toml", "demo"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("does not exist"));
+    let out = claws(&["bench", "--transport", "mem", "--baseline"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = claws(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    for sub in [
+        "listen", "send", "publish", "echo", "demo", "bench", "test", "topology",
+    ] {
+        let out = claws(&[sub, "--help"]);
+        assert_eq!(out.status.code(), Some(0), "{sub} --help");
+        assert!(
+            stdout(&out).contains("--transport"),
+            "{sub} --help shows the global options"
+        );
+    }
+}
+
+#[test]
+fn listen_on_mem_prints_connected_then_times_out_with_exit_1() {
+    let jid = format!("listener-{}@test.claws/l", unique());
+    let started = Instant::now();
+    let out = claws(&[
+        "--jid",
+        &jid,
+        "--format",
+        "json",
+        "listen",
+        "--count",
+        "1",
+        "--timeout",
+        "0.3",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(started.elapsed() < WAIT);
+    let lines = json_lines(&stdout(&out));
+    assert_eq!(
+        lines,
+        [serde_json::json!({"event": "connected", "claw": "mem"})]
+    );
+    assert!(stderr(&out).contains("timed out"));
+}
+
+#[test]
+fn topology_prints_the_wire_contract() {
+    let jid = format!("topo-{}@test.claws/r1", unique());
+    let out = claws(&["--jid", &jid, "--format", "json", "topology"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = json_lines(&stdout(&out));
+    let bare = jid.trim_end_matches("/r1");
+    let queues: Vec<_> = lines
+        .iter()
+        .filter(|l| l["kind"] == "queue")
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        queues,
+        [
+            format!("xmpp_direct:{jid}"),
+            format!("xmpp_direct:{bare}"),
+            format!("xmpp_fanout:{jid}"),
+            format!("xmpp_fanout:{bare}"),
+        ]
+    );
+    let exchanges: Vec<_> = lines
+        .iter()
+        .filter(|l| l["kind"] == "exchange")
+        .map(|l| (l["name"].clone(), l["type"].clone()))
+        .collect();
+    assert!(exchanges.contains(&("xmpp_direct".into(), "direct".into())));
+    assert!(exchanges.contains(&("xmpp_fanout".into(), "fanout".into())));
+    let bindings = lines.iter().filter(|l| l["kind"] == "binding").count();
+    assert_eq!(bindings, 4);
+}
+
+#[test]
+fn bench_on_mem_reports_throughput_and_percentiles() {
+    let out = claws(&[
+        "bench",
+        "--messages",
+        "300",
+        "--size",
+        "64",
+        "--format",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = json_lines(&stdout(&out));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["messages"], 300);
+    assert!(lines[0]["per_second"].as_f64().unwrap() > 0.0);
+    assert!(lines[0]["p99_ms"].as_f64().unwrap() >= lines[0]["p50_ms"].as_f64().unwrap());
+}
+
+/// A running `claws` process whose stdout lines arrive on a channel.
+#[cfg_attr(not(feature = "amqp091"), allow(dead_code))]
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+#[cfg_attr(not(feature = "amqp091"), allow(dead_code))]
+impl Running {
+    fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(CLAWS)
+            .args(args)
+            .env_remove("CLAWS_URL")
+            .env_remove("CLAWS_JID")
+            .env_remove("CLAWS_TRANSPORT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the claws binary");
+        let out = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The next stdout line as JSON.
+    fn next(&self) -> Value {
+        let line = self
+            .lines
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|e| panic!("no line within {WAIT:?}: {e}"));
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"))
+    }
+
+    /// Waits for the process to exit; returns its code, the remaining stdout lines and stderr.
+    fn finish(mut self) -> (Option<i32>, Vec<Value>, String) {
+        let deadline = Instant::now() + WAIT;
+        let mut lines = Vec::new();
+        // The reader thread ends when the process closes its stdout, i.e. when it exits.
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => lines.push(
+                    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}")),
+                ),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("claws did not exit within {WAIT:?}")
+                }
+            }
+        }
+        let status = self.child.wait().expect("wait for claws");
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        (status.code(), lines, err)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[cfg(feature = "amqp091")]
+mod rabbitmq {
+    use super::*;
+
+    const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+    /// Tests that consume or publish broadcasts take this lock: a broadcast reaches every
+    /// fanout queue on the broker, so they must not see each other's.
+    static BROADCASTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn amqp(jid: &str, rest: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "--transport",
+            "amqp091",
+            "--url",
+            URL,
+            "--jid",
+            jid,
+            "--format",
+            "json",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(rest.iter().map(|s| s.to_string()));
+        args
+    }
+
+    fn refs(args: &[String]) -> Vec<&str> {
+        args.iter().map(String::as_str).collect()
+    }
+
+    /// A config file that consumes only the direct subscriptions (no broadcasts).
+    fn direct_only_config(name: &str) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("claws-cli-{name}-{}.toml", unique()));
+        std::fs::write(
+            &path,
+            "[subscriptions]\nfanout = false\ngroup_fanout = false\n",
+        )
+        .expect("write config");
+        path
+    }
+
+    /// Deletes the queues `jids` declared (every subscription, whether or not it was used).
+    fn delete_queues(jids: &[&str]) {
+        use lapin::options::QueueDeleteOptions;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let conn = lapin::Connection::connect(URL, lapin::ConnectionProperties::default())
+                .await
+                .expect("connect to RabbitMQ to clean up");
+            let channel = conn.create_channel().await.expect("channel");
+            for jid in jids {
+                let jid = claws::jid::parse(jid).expect("JID");
+                for q in claws::topology::queues(&jid, claws::topology::Subscriptions::all())
+                    .expect("queues")
+                {
+                    let _ = channel
+                        .queue_delete(q.name.as_str().into(), QueueDeleteOptions::default())
+                        .await;
+                }
+            }
+            let _ = conn.close(200, "cleanup".into()).await;
+        });
+    }
+
+    #[test]
+    fn listen_then_send_direct_and_to_the_group() {
+        let id = unique();
+        let listener_jid = format!("cli-listen-{id}@test.claws/l1");
+        let group = format!("cli-listen-{id}@test.claws");
+        let sender_jid = format!("cli-send-{id}@test.claws/s");
+        let config = direct_only_config("direct");
+        let config_path = config.to_string_lossy().into_owned();
+        let mut args = amqp(
+            &listener_jid,
+            &[
+                "--config",
+                &config_path,
+                "listen",
+                "--count",
+                "2",
+                "--timeout",
+                "30",
+            ],
+        );
+        let listener = Running::spawn(&refs(&args));
+        assert_eq!(
+            listener.next(),
+            serde_json::json!({"event": "connected", "claw": "amqp091"})
+        );
+
+        args = amqp(
+            &sender_jid,
+            &[
+                "send",
+                "--to",
+                &listener_jid,
+                "--id",
+                "id-1",
+                "<message><body>one</body></message>",
+            ],
+        );
+        let out = claws(&refs(&args));
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert_eq!(json_lines(&stdout(&out))[0]["event"], "sent");
+        args = amqp(
+            &sender_jid,
+            &[
+                "send",
+                "--to",
+                &group,
+                "<message><body>two</body></message>",
+            ],
+        );
+        let out = claws(&refs(&args));
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+        let first = listener.next();
+        let (code, rest, err) = listener.finish();
+        assert_eq!(code, Some(0), "{err}");
+        assert_eq!(rest.len(), 1, "{rest:?}");
+        assert_eq!(
+            first,
+            serde_json::json!({"event": "received", "payload": "<message><body>one</body></message>",
+                "via": {"jid": listener_jid, "exchange": "xmpp_direct", "claw": "amqp091", "id": "id-1", "queue": "direct"}})
+        );
+        assert_eq!(
+            rest[0],
+            serde_json::json!({"event": "received", "payload": "<message><body>two</body></message>",
+                "via": {"jid": group, "exchange": "xmpp_direct", "claw": "amqp091", "id": null, "queue": "group_direct"}})
+        );
+        let _ = std::fs::remove_file(config);
+        delete_queues(&[&listener_jid, &sender_jid]);
+    }
+
+    #[test]
+    fn publish_reaches_the_instance_and_its_group() {
+        let _lock = BROADCASTS.lock().unwrap_or_else(|e| e.into_inner());
+        let id = unique();
+        let listener_jid = format!("cli-bcast-{id}@test.claws/l1");
+        let sender_jid = format!("cli-bcast-{id}-pub@test.claws/p");
+        let args = amqp(
+            &listener_jid,
+            &["listen", "--count", "2", "--timeout", "30"],
+        );
+        let listener = Running::spawn(&refs(&args));
+        assert_eq!(listener.next()["event"], "connected");
+
+        let args = amqp(&sender_jid, &["publish", "-"]);
+        let mut publish = Command::new(CLAWS)
+            .args(refs(&args))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn claws publish");
+        {
+            use std::io::Write;
+            let mut stdin = publish.stdin.take().expect("stdin");
+            stdin.write_all(b"<presence/>\n").expect("write the stanza");
+        }
+        let out = publish.wait_with_output().expect("claws publish");
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+        let first = listener.next();
+        let (code, rest, err) = listener.finish();
+        assert_eq!(code, Some(0), "{err}");
+        let mut got = vec![first];
+        got.extend(rest);
+        let mut queues: Vec<_> = got
+            .iter()
+            .map(|l| l["via"]["queue"].as_str().unwrap().to_owned())
+            .collect();
+        queues.sort();
+        assert_eq!(queues, ["fanout", "group_fanout"]);
+        for line in &got {
+            assert_eq!(line["payload"], "<presence/>");
+            assert_eq!(line["via"]["exchange"], "xmpp_fanout");
+            assert_eq!(
+                line["via"]["jid"],
+                sender_jid.as_str(),
+                "a broadcast's routing key is the sender"
+            );
+            assert_eq!(line["via"]["id"], Value::Null);
+        }
+        delete_queues(&[&listener_jid, &sender_jid]);
+    }
+
+    #[test]
+    fn echo_answers_back_to_the_sender() {
+        let id = unique();
+        let echo_jid = format!("cli-echo-{id}@test.claws/e");
+        let client_jid = format!("cli-echo-{id}-client@test.claws/c");
+        let config = direct_only_config("echo");
+        let config_path = config.to_string_lossy().into_owned();
+
+        let args = amqp(
+            &echo_jid,
+            &["--config", &config_path, "echo", "--count", "1"],
+        );
+        let echo = Running::spawn(&refs(&args));
+        assert_eq!(echo.next()["event"], "connected");
+        let args = amqp(
+            &client_jid,
+            &[
+                "--config",
+                &config_path,
+                "listen",
+                "--count",
+                "1",
+                "--timeout",
+                "30",
+            ],
+        );
+        let listener = Running::spawn(&refs(&args));
+        assert_eq!(listener.next()["event"], "connected");
+
+        let stanza =
+            format!(r#"<message from="{client_jid}" to="{echo_jid}"><body>hi</body></message>"#);
+        let args = amqp(
+            &client_jid,
+            &["send", "--to", &echo_jid, "--id", "e1", &stanza],
+        );
+        let out = claws(&refs(&args));
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+        let reply = listener.next();
+        assert_eq!(
+            reply["payload"],
+            format!(r#"<message from="{echo_jid}" to="{client_jid}"><body>hi</body></message>"#)
+        );
+        assert_eq!(reply["via"]["queue"], "direct");
+        assert_eq!(
+            reply["via"]["id"], "e1",
+            "the reply keeps the correlation id"
+        );
+        let (code, _, err) = listener.finish();
+        assert_eq!(code, Some(0), "{err}");
+        let seen = echo.next();
+        assert_eq!(seen["event"], "received");
+        assert_eq!(seen["via"]["jid"], echo_jid.as_str());
+        let (code, _, err) = echo.finish();
+        assert_eq!(code, Some(0), "{err}");
+        let _ = std::fs::remove_file(config);
+        delete_queues(&[&echo_jid, &client_jid]);
+    }
+
+    #[test]
+    fn send_to_nobody_fails_with_exit_1() {
+        let id = unique();
+        let sender = format!("cli-noroute-{id}@test.claws/s");
+        let args = amqp(
+            &sender,
+            &[
+                "send",
+                "--to",
+                &format!("nobody-{id}@test.claws/x"),
+                "<message/>",
+            ],
+        );
+        let out = claws(&refs(&args));
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(stderr(&out).contains("no route"), "{}", stderr(&out));
+        delete_queues(&[&sender]);
+    }
+
+    #[test]
+    fn unreachable_broker_exits_3_quickly_without_the_password() {
+        let started = Instant::now();
+        let out = claws(&[
+            "--transport",
+            "amqp091",
+            "--url",
+            "amqp://guest:s3cr3t-pw@127.0.0.1:1/",
+            "--jid",
+            "cli-unreachable@test.claws/x",
+            "listen",
+        ]);
+        assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "took {:?}",
+            started.elapsed()
+        );
+        let err = stderr(&out);
+        assert!(!err.contains("s3cr3t-pw"), "{err}");
+        assert!(err.contains("127.0.0.1:1"), "names the endpoint: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");
+    }
+
+    #[test]
+    fn demo_runs_on_rabbitmq() {
+        let _lock = BROADCASTS.lock().unwrap_or_else(|e| e.into_inner());
+        let out = claws(&[
+            "--transport",
+            "amqp091",
+            "--url",
+            URL,
+            "--format",
+            "json",
+            "demo",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let lines = json_lines(&stdout(&out));
+        let received = lines.iter().filter(|l| l["event"] == "received").count();
+        assert_eq!(received, 16, "{lines:?}");
+        assert_eq!(lines.last().unwrap()["event"], "done");
+    }
+}
