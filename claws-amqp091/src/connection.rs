@@ -326,6 +326,21 @@ pub(crate) async fn establish(shared: &Arc<Shared>, events: &Events) -> Result<A
         }
         Ok::<_, Error>((publish, consume, tags, consumers))
     };
+    // Every step has a bound: a connection that dies mid-setup must not hang recovery.
+    let bound = shared.settings.connect_timeout * 3;
+    let setup = async {
+        tokio::time::timeout(bound, setup)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Timeout {
+                    what: format!(
+                        "claw `{}` declaring its topology and consumers",
+                        shared.name
+                    ),
+                    after: bound,
+                })
+            })
+    };
     let (publish, consume, consumer_tags, consumers) = match setup.await {
         Ok(parts) => parts,
         Err(err) => {
@@ -351,9 +366,19 @@ pub(crate) async fn establish(shared: &Arc<Shared>, events: &Events) -> Result<A
         let shared = shared.clone();
         let session = session.clone();
         tokio::spawn(async move {
+            // lapin reports a failed connection as an event; the status check is a safety net
+            // in case that event is lost.
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = session.died() => return,
+                    _ = tick.tick() => {
+                        if !session.connection.status().connected() {
+                            shared.mark_dead(&session, "connection lost (status no longer connected)");
+                            return;
+                        }
+                    }
                     event = conn_events.next() => match event {
                         Some(lapin::Event::Error(err)) => {
                             let reason = scrub(&err.to_string(), &shared.settings.uri.authority.userinfo.password);

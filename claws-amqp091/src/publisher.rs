@@ -65,19 +65,27 @@ pub(crate) async fn publish(
     let deadline = started + shared.settings.send_timeout;
     loop {
         let session = shared.session(deadline, started).await?;
-        let published = session
-            .publish
-            .basic_publish(
-                ShortString::from(exchange),
-                routing_key.clone(),
-                options,
-                packet.as_bytes(),
-                properties.clone(),
-            )
-            .await;
-        let confirmation = match published {
-            Ok(confirm) => confirm.await,
-            Err(err) => Err(err),
+        let attempt = async {
+            session
+                .publish
+                .basic_publish(
+                    ShortString::from(exchange),
+                    routing_key.clone(),
+                    options,
+                    packet.as_bytes(),
+                    properties.clone(),
+                )
+                .await?
+                .await
+        };
+        let Ok(confirmation) = tokio::time::timeout_at(deadline, attempt).await else {
+            return Err(Error::Timeout {
+                what: format!(
+                    "claw `{}` waiting for the broker to confirm the stanza sent to `{to}`",
+                    shared.name
+                ),
+                after: shared.settings.send_timeout,
+            });
         };
         match confirmation {
             Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => return Ok(()),
