@@ -1,1 +1,149 @@
-//! The AMQP 1.0 claw for claws, on fe2o3-amqp. (in progress)
+//! # claws-amqp10
+//!
+//! The AMQP 1.0 claw for claws, on [fe2o3-amqp](https://docs.rs/fe2o3-amqp). It keeps the wire
+//! contract of TOPOLOGY.md (four subscriptions, direct sends and broadcasts) expressed in each
+//! broker's addressing, chosen with an [`AddressScheme`], and the guarantees every claws backend
+//! gives: a delivery is accepted only after the handler returned `Ok`, a send returns once the
+//! broker accepted it, and a lost connection is recovered without losing stanzas.
+//!
+//! ## Example
+//!
+//! ```no_run
+//! use claws_amqp10::{AddressScheme, Amqp10Claw};
+//! use claws_core::{handler_fn, Packet, Router};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> claws_core::Result<()> {
+//! let claw = Amqp10Claw::builder("amqp://guest:guest@127.0.0.1:5672", "svc@example.com/w1", AddressScheme::RabbitMq)
+//!     .credit(64)
+//!     .max_deliveries(5)
+//!     .build()?;
+//! let router = Router::builder().claw(claw).build()?;
+//! router
+//!     .start(handler_fn(|packet, via, ctx| async move {
+//!         // Answer the sender the way the stanza came.
+//!         ctx.reply(&via, packet).await?;
+//!         Ok(())
+//!     }))
+//!     .await?;
+//! router.send(&claws_core::jid::parse("other@example.com")?, Some("id-1"), Packet::from("<message/>")).await?;
+//! router.close().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Or from a config file (`transport = "amqp10"`, with an optional `[amqp10]` table read into
+//! [`Amqp10Options`]): [`Amqp10Claw::from_config`].
+//!
+//! ## Address scheme `rabbitmq`: RabbitMQ 3.x with `rabbitmq_amqp1_0`
+//!
+//! The exchanges and queues are exactly those of the 0-9-1 claw (names from
+//! [`claws_core::topology`]), so AMQP 0-9-1 and AMQP 1.0 instances on one broker exchange stanzas
+//! both ways. `F` is the instance's full JID, `B` its bare JID, `J` a destination; a `/` inside a
+//! queue name is written `%2F` in an address.
+//!
+//! | what | address | message | why |
+//! |------|---------|---------|-----|
+//! | subscription `direct` | source `/amq/queue/xmpp_direct:F` | | consumes the existing queue; `/queue/Q` would re-declare it and fail on any argument mismatch |
+//! | subscription `group_direct` | source `/amq/queue/xmpp_direct:B` | | competing consumers across the group |
+//! | subscription `fanout` | source `/amq/queue/xmpp_fanout:F` | | this instance's copy of each broadcast |
+//! | subscription `group_fanout` | source `/amq/queue/xmpp_fanout:B` | | the group's copy |
+//! | direct send to `J` | target `/exchange/xmpp_direct` | `subject = J` | RabbitMQ routes by `subject` when the target names no routing key: one link for every destination, and receivers learn `J` from the subject |
+//! | broadcast | target `/exchange/xmpp_fanout` | `subject = F` | the routing key of a broadcast is the sender's JID (TOPOLOGY.md) |
+//!
+//! Every message carries its payload as one `data` section (an `amqp-value` body would reach
+//! 0-9-1 peers AMQP-encoded), `correlation-id` = the stanza id as a string, `reply-to =
+//! /queue/F` (RabbitMQ maps a 0-9-1 `reply_to` of `F` to the 1.0 `reply-to` `/queue/F` and
+//! back, so [`Via::from`](claws_core::Via::from) is the sender on both sides), a `message-id`,
+//! and `durable` set unless [`durable(false)`](Amqp10ClawBuilder::durable). On receipt `Via::jid`
+//! is the `subject` (RabbitMQ sets it to the routing key for 0-9-1 publishers), `Via::exchange`
+//! the exchange the queue is bound to, `Via::id` the `correlation-id`.
+//!
+//! **Declaring.** RabbitMQ 3.10's AMQP 1.0 plugin cannot bind a named queue to an exchange, so
+//! at every connect (and reconnect) the claw opens a short AMQP 0-9-1 connection (lapin, same
+//! host, credentials and vhost), declares the three exchanges and the dead-letter queue, makes
+//! sure each subscribed queue exists, binds it, and closes. A queue that already exists is
+//! adopted as it is, so a 0-9-1 instance's choices (quorum group queues, another expiry) never
+//! clash; a missing queue is declared like the 0-9-1 claw does by default (durable,
+//! `x-dead-letter-exchange = xmpp_dead_letter`, `x-expires` 30 min on per-instance queues).
+//! The trade-off: the broker's 0-9-1 listener must be reachable with the same credentials, and
+//! a connect costs one more short connection. With [`declare(false)`](Amqp10ClawBuilder::declare)
+//! the claw speaks only AMQP 1.0 and the queues and bindings must exist beforehand (attaching to
+//! a missing queue fails with an error naming it).
+//!
+//! **Outcomes.** RabbitMQ's plugin accepts a transfer that no queue takes, so an unroutable send
+//! is not an error here ([`Capabilities::unroutable_errors`](claws_core::Capabilities) is false).
+//!
+//! ## Address scheme `queue`: a plain AMQP 1.0 queue broker
+//!
+//! For brokers where an address is just a queue (Artemis, Service Bus, Qpid; tested against the
+//! Qpid Proton C example broker). The queue names are TOPOLOGY.md's direct queues.
+//!
+//! | what | address | why |
+//! |------|---------|-----|
+//! | subscription `direct` | source `xmpp_direct:F` | one queue per full JID |
+//! | subscription `group_direct` | source `xmpp_direct:B` | one queue per bare JID; instances compete on it |
+//! | subscriptions `fanout`, `group_fanout` | none | a queue broker has no fanout |
+//! | direct send to `J` | target `xmpp_direct:J` | the destination's queue, full or bare |
+//! | broadcast | none: [`Error::Refused`](claws_core::Error::Refused) | no fanout |
+//! | dead letters | target `xmpp_dead_letter` | a queue, since the broker has no dead-lettering |
+//!
+//! `reply-to` is `F` itself, `subject` is `J`. Such brokers may settle deliveries when they send
+//! them (the Proton example broker does), so settlement cannot requeue there: a failed or
+//! abandoned delivery is sent back to its queue as a copy with `delivery-count` raised and the
+//! original accepted; after `max_deliveries` the copy goes to the `xmpp_dead_letter` queue.
+//! Broadcast, persistence and surviving a broker restart are reported missing.
+//!
+//! ## Guarantees
+//!
+//! - **Settlement**: `accepted` after the handler returned `Ok`; on error `released` (requeued)
+//!   or, from the `max_deliveries`-th delivery on, `rejected` (dead-lettered through the queue's
+//!   `x-dead-letter-exchange`). RabbitMQ 3.10 keeps `delivery-count` at 0 for AMQP 1.0
+//!   consumers, so the claw counts deliveries itself by `message-id` (a group queue shared by
+//!   several instances may therefore see up to `max_deliveries` per instance). An acker dropped
+//!   unsettled releases its delivery.
+//! - **Credit**: each receiving link has at most [`credit`](Amqp10ClawBuilder::credit)
+//!   unsettled deliveries; credit is granted back as deliveries are settled.
+//! - **Sends**: unsettled transfers; `accepted` completes a send, any other outcome is
+//!   [`Error::Refused`](claws_core::Error::Refused).
+//! - **Recovery**: fe2o3-amqp does not reconnect, so the claw owns it: on a lost connection or
+//!   link it reports `Disconnected`, reconnects with doubling pauses (100 ms up to
+//!   `reconnect_max`), re-declares, begins a new session, re-attaches every link, and reports
+//!   `Connected`. Sends wait for the connection up to `send_timeout`, then fail with
+//!   [`Error::Disconnected`](claws_core::Error::Disconnected); a send cut off mid-way is sent
+//!   again on the new connection (at least once).
+//! - **Close**: stops granting credit, waits (up to `close_timeout`) for in-flight deliveries to
+//!   be settled and for sends to be accepted, then detaches and closes.
+//! - **Errors**: bad URLs and JIDs fail in `build`; an unreachable broker or refused credentials
+//!   fail `start` within `connect_timeout`; passwords are never shown.
+//!
+//! ## Features
+//!
+//! | Name | Description | Default |
+//! |------|-------------|---------|
+//! | (none) | TLS is not built in; use a TLS-terminating proxy for `amqps` | |
+
+mod address;
+mod claw;
+mod config;
+mod connection;
+mod consumer;
+mod declare;
+mod publisher;
+
+pub use address::AddressScheme;
+pub use claw::Amqp10Claw;
+pub use config::{Amqp10ClawBuilder, Amqp10Options};
+
+impl Amqp10Claw {
+    /// A builder for an instance with JID `jid` on the broker at `url`
+    /// (`amqp://user:password@host:port[/vhost]`), addressing per `scheme`.
+    pub fn builder(url: &str, jid: &str, scheme: AddressScheme) -> Amqp10ClawBuilder {
+        Amqp10ClawBuilder::new(url, jid, scheme)
+    }
+
+    /// A claw from a claws [`Config`](claws_core::Config): `url`, `jid`, `name` (default
+    /// `amqp10`), `prefetch` (link credit), `max_deliveries`, `subscriptions`, and the `[amqp10]`
+    /// table ([`Amqp10Options`]).
+    pub fn from_config(config: &claws_core::Config) -> claws_core::Result<Amqp10Claw> {
+        config::from_config(config)
+    }
+}

@@ -1,0 +1,325 @@
+//! Connecting, and the recovery state machine fe2o3-amqp leaves to its users.
+//!
+//! One *generation* is a connection, a session on it, the receiving links and the sending links
+//! attached so far ([`Live`]). The supervisor task owns the generations:
+//!
+//! ```text
+//!   connect (bounded) -> declare (RabbitMQ scheme) -> begin session -> attach receivers
+//!     -> publish Up, report Connected
+//!     -> wait: connection closed | a link failed | close()
+//!     -> publish Down, report Disconnected -> back off (capped, doubling) -> connect ...
+//! ```
+//!
+//! Sends wait (bounded by `send_timeout`) for a generation that is up; a send whose link fails
+//! is retried on the next generation, so nothing the claw was asked to send is lost (it may
+//! arrive twice). Deliveries are settled on the link that delivered them; when that link is
+//! gone the broker has already put them back in their queue.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use claws_core::{Error, Result};
+use fe2o3_amqp::connection::ConnectionHandle;
+use fe2o3_amqp::sasl_profile::SaslProfile;
+use fe2o3_amqp::session::SessionHandle;
+use fe2o3_amqp::{Connection, Sender, Session};
+use tokio::net::TcpStream;
+use tokio::sync::{Mutex, Notify};
+
+/// Where and how to connect, parsed from the URL once. Its `Display` never shows the password.
+#[derive(Clone)]
+pub(crate) struct Endpoint {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) user: Option<String>,
+    pub(crate) password: Option<String>,
+    pub(crate) vhost: String,
+    redacted: String,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+impl Endpoint {
+    /// Parses `amqp://[user[:password]@]host[:port][/vhost]`.
+    pub(crate) fn parse(url: &str, claw: &str) -> Result<Self> {
+        let bad = |reason: String| {
+            Error::Config(format!(
+                "claw `{claw}`: bad broker URL `{}`: {reason}; expected \
+                 `amqp://user:password@host:5672`",
+                redact(url)
+            ))
+        };
+        let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+        match parsed.scheme() {
+            "amqp" => {}
+            "amqps" => {
+                return Err(bad(
+                    "TLS (`amqps`) is not built into claws-amqp10; use `amqp` or a TLS proxy"
+                        .into(),
+                ))
+            }
+            other => return Err(bad(format!("unknown scheme `{other}`"))),
+        }
+        let host = parsed
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| bad("no host".into()))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = parsed.port().unwrap_or(5672);
+        let decode = |s: &str| {
+            url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
+        };
+        let user = Some(parsed.username())
+            .filter(|u| !u.is_empty())
+            .map(|u| percent_decode(u, &decode));
+        let password = parsed.password().map(|p| percent_decode(p, &decode));
+        let path = parsed.path().trim_start_matches('/');
+        let vhost = if path.is_empty() {
+            "/".to_owned()
+        } else {
+            percent_decode(path, &decode)
+        };
+        let mut shown = parsed.clone();
+        if shown.password().is_some() {
+            let _ = shown.set_password(Some("***"));
+        }
+        Ok(Self {
+            host,
+            port,
+            user,
+            password,
+            vhost,
+            redacted: shown.to_string(),
+        })
+    }
+
+    /// The URL a 0-9-1 client (lapin) uses for the same broker, credentials and vhost.
+    pub(crate) fn amqp091_url(&self) -> String {
+        let enc = |s: &str| -> String {
+            url::form_urlencoded::byte_serialize(s.as_bytes())
+                .collect::<String>()
+                .replace('+', "%20")
+        };
+        let creds = match (&self.user, &self.password) {
+            (Some(u), Some(p)) => format!("{}:{}@", enc(u), enc(p)),
+            (Some(u), None) => format!("{}@", enc(u)),
+            _ => String::new(),
+        };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!("amqp://{creds}{host}:{}/{}", self.port, enc(&self.vhost))
+    }
+}
+
+fn percent_decode(s: &str, decode: &dyn Fn(&str) -> String) -> String {
+    // form_urlencoded turns `+` into a space; keep a literal `+`.
+    decode(&s.replace('+', "%2B"))
+}
+
+/// A URL with its password replaced by `***`, for messages.
+pub(crate) fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => match (url.find("://"), url.rfind('@')) {
+            (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
+            _ => url.to_owned(),
+        },
+    }
+}
+
+/// Opens a connection and a session, bounded by `timeout`.
+pub(crate) async fn open(
+    endpoint: &Endpoint,
+    container_id: &str,
+    idle_timeout: Option<Duration>,
+    timeout: Duration,
+    claw: &str,
+) -> Result<(ConnectionHandle<()>, SessionHandle<()>)> {
+    let fail = |reason: String| Error::Connect {
+        claw: claw.to_owned(),
+        endpoint: endpoint.to_string(),
+        reason,
+    };
+    let attempt = async {
+        let stream = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
+            .await
+            .map_err(|e| fail(format!("TCP connect failed: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        let hostname = if endpoint.vhost == "/" {
+            endpoint.host.clone()
+        } else {
+            format!("vhost:{}", endpoint.vhost)
+        };
+        let mut builder = Connection::builder()
+            .container_id(container_id)
+            .scheme("amqp")
+            .hostname(hostname.as_str())
+            .sasl_hostname(endpoint.host.as_str());
+        if let Some(idle) = idle_timeout {
+            let ms = u32::try_from(idle.as_millis()).unwrap_or(u32::MAX);
+            builder = builder.idle_time_out(ms);
+        }
+        if let Some(user) = &endpoint.user {
+            builder = builder.sasl_profile(SaslProfile::Plain {
+                username: user.clone(),
+                password: endpoint.password.clone().unwrap_or_default(),
+            });
+        }
+        let mut connection = builder.open_with_stream(stream).await.map_err(|e| {
+            let text = e.to_string();
+            if text.to_lowercase().contains("sasl") || format!("{e:?}").contains("Sasl") {
+                fail(format!(
+                    "the broker refused the credentials (SASL: {text}); check the user and \
+                     password in the URL"
+                ))
+            } else {
+                fail(format!("AMQP open failed: {text}"))
+            }
+        })?;
+        let session = match Session::begin(&mut connection).await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = connection.close().await;
+                return Err(fail(format!("could not begin a session: {e}")));
+            }
+        };
+        Ok((connection, session))
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(fail(format!(
+            "no answer within {timeout:?} (raise `connect_timeout` if the broker is slow)"
+        ))),
+    }
+}
+
+/// One generation: a session and the sending links attached on it so far.
+pub(crate) struct Live {
+    pub(crate) generation: u64,
+    pub(crate) session: Mutex<SessionHandle<()>>,
+    senders: Mutex<HashMap<String, Arc<Mutex<Sender>>>>,
+    failed: AtomicBool,
+    reason: StdMutex<Option<String>>,
+    notify: Notify,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("generation", &self.generation)
+            .field("failed", &self.is_failed())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sending links kept per generation (one per target address); beyond this, the oldest go.
+const MAX_SENDERS: usize = 256;
+
+impl Live {
+    pub(crate) fn new(generation: u64, session: SessionHandle<()>) -> Self {
+        Self {
+            generation,
+            session: Mutex::new(session),
+            senders: Mutex::new(HashMap::new()),
+            failed: AtomicBool::new(false),
+            reason: StdMutex::new(None),
+            notify: Notify::new(),
+        }
+    }
+
+    /// Marks the generation failed (the first reason wins) and wakes the supervisor.
+    pub(crate) fn fail(&self, reason: impl Into<String>) {
+        if !self.failed.swap(true, Ordering::SeqCst) {
+            *self.reason.lock().expect("reason lock") = Some(reason.into());
+        }
+        self.notify.notify_one();
+    }
+
+    pub(crate) fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the generation is marked failed; returns why.
+    pub(crate) async fn failed(&self) -> String {
+        loop {
+            let notified = self.notify.notified();
+            if self.is_failed() {
+                return self
+                    .reason
+                    .lock()
+                    .expect("reason lock")
+                    .clone()
+                    .unwrap_or_else(|| "link failed".into());
+            }
+            notified.await;
+        }
+    }
+
+    /// The sending link for `address`, attached on first use.
+    pub(crate) async fn sender(&self, address: &str, claw: &str) -> Result<Arc<Mutex<Sender>>> {
+        let mut senders = self.senders.lock().await;
+        if let Some(s) = senders.get(address) {
+            return Ok(s.clone());
+        }
+        if senders.len() >= MAX_SENDERS {
+            if let Some(key) = senders.keys().next().cloned() {
+                if let Some(old) = senders.remove(&key) {
+                    tokio::spawn(async move {
+                        let sender = old.lock_owned().await;
+                        drop(sender);
+                    });
+                }
+            }
+        }
+        let name = format!("{claw}-send-{}-{}", self.generation, senders.len());
+        let sender = {
+            let mut session = self.session.lock().await;
+            Sender::attach(&mut *session, name, address.to_owned())
+                .await
+                .map_err(|e| {
+                    let msg = format!("cannot attach a sending link to `{address}`: {e}");
+                    // An attach error ends the session on RabbitMQ: start a new generation.
+                    self.fail(msg.clone());
+                    Error::Backend(msg.into())
+                })?
+        };
+        let sender = Arc::new(Mutex::new(sender));
+        senders.insert(address.to_owned(), sender.clone());
+        Ok(sender)
+    }
+
+    /// Detaches every sending link (RabbitMQ 3.10 answers `close` with IllegalState).
+    pub(crate) async fn detach_senders(&self) {
+        let senders: Vec<_> = self.senders.lock().await.drain().map(|(_, s)| s).collect();
+        for s in senders {
+            if let Ok(s) = Arc::try_unwrap(s) {
+                let _ = tokio::time::timeout(Duration::from_secs(2), s.into_inner().detach()).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,484 @@
+//! Receiving: one link per subscription, credit as the prefetch bound, settlement after the
+//! handler.
+//!
+//! Each receiving link is owned by one task. It grants credit so that at most `credit`
+//! deliveries are unsettled on the link, hands each delivery to the router (through a small
+//! forwarding task, so that settlements keep flowing while the router is busy), and performs
+//! the settlements the [`Acker`]s ask for on the very link that delivered them. When that link
+//! is gone, the broker has put the unsettled deliveries back already and a settlement is a
+//! no-op.
+//!
+//! Redelivery differs per scheme (see the crate docs): on RabbitMQ a failed delivery is
+//! *released* (requeued) and, after `max_deliveries`, *rejected* (dead-lettered through the
+//! queue's `x-dead-letter-exchange`). RabbitMQ 3.10 does not count deliveries in the AMQP 1.0
+//! header (`delivery-count` stays 0; `first-acquirer` is false on a redelivery), so the claw
+//! counts them itself by `message-id`. Queue brokers such as the Qpid Proton example broker
+//! settle deliveries when they send them, so a settlement there cannot requeue: the claw sends a
+//! copy back to the queue with `delivery-count` raised, then accepts the original (harmless if
+//! the broker had settled it), and after `max_deliveries` sends it to the `xmpp_dead_letter`
+//! queue instead.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use claws_core::jid::Jid;
+use claws_core::topology::DEAD_LETTER_QUEUE;
+use claws_core::{Acker, Delivery, Error, Events, Packet, Result, Via};
+use fe2o3_amqp::link::delivery::DeliveryInfo;
+use fe2o3_amqp::link::{CreditMode, Receiver};
+use fe2o3_amqp::session::SessionHandle;
+use fe2o3_amqp::types::messaging::{AmqpValue, Body, Message, MessageId};
+use fe2o3_amqp::types::primitives::Value;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+
+use crate::address::{parse_reply_to, AddressScheme, Source};
+use crate::claw::Shared;
+use crate::connection::Live;
+use crate::publisher::Outgoing;
+
+/// Counts deliveries handed out and not yet settled, so that `close` can wait for them.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl InFlight {
+    pub(crate) fn enter(self: &Arc<Self>) -> InFlightGuard {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard(self.clone())
+    }
+
+    /// Waits until nothing is in flight.
+    pub(crate) async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// One delivery in flight; dropping it marks it settled.
+#[derive(Debug)]
+pub(crate) struct InFlightGuard(Arc<InFlight>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Delivery counts RabbitMQ does not keep, by message key. Bounded: when full it is cleared
+/// (counts restart, which only delays a dead-lettering).
+#[derive(Debug, Default)]
+pub(crate) struct Attempts(StdMutex<HashMap<u64, u32>>);
+
+const MAX_TRACKED: usize = 50_000;
+
+impl Attempts {
+    fn next(&self, key: u64, redelivered: bool) -> u32 {
+        let mut map = self.0.lock().expect("attempts lock");
+        if map.len() >= MAX_TRACKED {
+            map.clear();
+        }
+        let n = map.entry(key).or_insert(0);
+        *n = if redelivered { (*n + 1).max(2) } else { 1 };
+        *n
+    }
+
+    fn forget(&self, key: u64) {
+        self.0.lock().expect("attempts lock").remove(&key);
+    }
+}
+
+/// What an acker asks the link task to do.
+enum Disposition {
+    Accept,
+    Release,
+    Reject,
+}
+
+struct SettleRequest {
+    info: DeliveryInfo,
+    how: Disposition,
+    done: Option<oneshot::Sender<bool>>,
+}
+
+/// Attaches the receiving link for `source` with manual credit.
+pub(crate) async fn attach(
+    session: &mut SessionHandle<()>,
+    source: &Source,
+    name: String,
+    claw: &str,
+) -> Result<Receiver> {
+    Receiver::builder()
+        .name(name)
+        .source(source.address.clone())
+        .credit_mode(CreditMode::Manual)
+        .auto_accept(false)
+        .attach(session)
+        .await
+        .map_err(|e| {
+            Error::Backend(
+                format!(
+                    "claw `{claw}`: cannot consume `{}` ({e}); on RabbitMQ the queue must exist \
+                     (enable `declare`, or declare `{}` yourself)",
+                    source.address, source.spec.name
+                )
+                .into(),
+            )
+        })
+}
+
+/// Runs one receiving link until it fails (reported to `live`) or the task is aborted.
+pub(crate) async fn run_link(
+    shared: Arc<Shared>,
+    live: Arc<Live>,
+    index: usize,
+    mut receiver: Receiver,
+    events: Events,
+    mut closing: watch::Receiver<bool>,
+) {
+    let credit = shared.settings.credit;
+    let (settle_tx, mut settle_rx) = mpsc::unbounded_channel::<SettleRequest>();
+    let (fwd_tx, mut fwd_rx) = mpsc::unbounded_channel::<Delivery>();
+    let mut fwd_closing = closing.clone();
+    let forwarder = tokio::spawn(async move {
+        // On close, what was not handed over yet is dropped, which releases it.
+        loop {
+            let d = tokio::select! {
+                biased;
+                _ = fwd_closing.wait_for(|c| *c) => break,
+                d = fwd_rx.recv() => match d {
+                    Some(d) => d,
+                    None => break,
+                },
+            };
+            tokio::select! {
+                biased;
+                _ = fwd_closing.wait_for(|c| *c) => break,
+                // A router that is gone gives the delivery back; dropping it releases it.
+                _ = events.received(d) => {}
+            }
+        }
+        fwd_rx.close();
+        while let Ok(d) = fwd_rx.try_recv() {
+            drop(d);
+        }
+    });
+    let _forwarder = AbortOnDrop(forwarder);
+    let mut unsettled: u32 = 0;
+    let mut stopping = *closing.borrow();
+    if !stopping {
+        if let Err(e) = receiver.set_credit(credit).await {
+            live.fail(format!("granting credit: {e}"));
+            return;
+        }
+    }
+    loop {
+        tokio::select! {
+            biased;
+            Some(req) = settle_rx.recv() => {
+                let ok = match req.how {
+                    Disposition::Accept => receiver.accept(req.info).await.is_ok(),
+                    Disposition::Release => receiver.release(req.info).await.is_ok(),
+                    Disposition::Reject => receiver.reject(req.info, None).await.is_ok(),
+                };
+                if let Some(done) = req.done {
+                    let _ = done.send(ok);
+                }
+                unsettled = unsettled.saturating_sub(1);
+                if !stopping {
+                    let want = credit.saturating_sub(unsettled);
+                    let have = receiver.credit();
+                    if want > have && (want - have >= credit.div_ceil(2) || have == 0) {
+                        if let Err(e) = receiver.set_credit(want).await {
+                            live.fail(format!("granting credit: {e}"));
+                            return;
+                        }
+                    }
+                }
+            }
+            changed = closing.changed(), if !stopping => {
+                if changed.is_err() || *closing.borrow() {
+                    stopping = true;
+                    let _ = receiver.set_credit(0).await;
+                }
+            }
+            r = receiver.recv::<Body<Value>>() => match r {
+                Ok(delivery) => {
+                    unsettled += 1;
+                    let d = make_delivery(&shared, index, delivery, &settle_tx);
+                    if stopping {
+                        drop(d); // released (or sent back) by the acker's drop
+                    } else if let Err(e) = fwd_tx.send(d) {
+                        drop(e.0);
+                    }
+                }
+                Err(e) => {
+                    live.fail(format!("receiving from `{}`: {e}", shared.sources[index].address));
+                    return;
+                }
+            },
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn payload(body: Body<Value>) -> std::result::Result<Bytes, String> {
+    match body {
+        Body::Data(batch) => {
+            let mut parts: Vec<Vec<u8>> = batch.into_iter().map(|d| d.0.into_vec()).collect();
+            if parts.len() == 1 {
+                Ok(Bytes::from(parts.pop().unwrap_or_default()))
+            } else {
+                Ok(Bytes::from(parts.concat()))
+            }
+        }
+        Body::Value(AmqpValue(Value::Binary(b))) => Ok(Bytes::from(b.into_vec())),
+        Body::Value(AmqpValue(Value::String(s))) => Ok(Bytes::from(s)),
+        Body::Empty => Ok(Bytes::new()),
+        Body::Value(AmqpValue(v)) => Err(format!(
+            "an amqp-value body holding {v:?}; claws expects a data section (or a string)"
+        )),
+        Body::Sequence(_) => {
+            Err("an amqp-sequence body; claws expects a data section (or a string)".into())
+        }
+    }
+}
+
+fn id_string(id: MessageId) -> String {
+    match id {
+        MessageId::String(s) => s,
+        MessageId::Ulong(n) => n.to_string(),
+        MessageId::Uuid(u) => format!("{u:?}"),
+        MessageId::Binary(b) => String::from_utf8_lossy(&b).into_owned(),
+    }
+}
+
+fn make_delivery(
+    shared: &Arc<Shared>,
+    index: usize,
+    delivery: fe2o3_amqp::link::delivery::Delivery<Body<Value>>,
+    settle_tx: &mpsc::UnboundedSender<SettleRequest>,
+) -> Delivery {
+    let source = &shared.sources[index];
+    let scheme = shared.settings.scheme;
+    let info = DeliveryInfo::from(&delivery);
+    let message: Message<Body<Value>> = delivery.into_message();
+    let redelivered = message.header.as_ref().is_some_and(|h| !h.first_acquirer);
+    let header = message.header.unwrap_or_default();
+    let props = message.properties.unwrap_or_default();
+    let body = payload(message.body);
+    let subject = props.subject.clone();
+    let jid = subject
+        .as_deref()
+        .filter(|s| Jid::new(s).is_ok())
+        .unwrap_or(source.default_jid())
+        .to_owned();
+    let id = props.correlation_id.clone().map(id_string);
+    let from = props.reply_to.as_deref().and_then(parse_reply_to);
+    let message_id = props.message_id.clone().map(id_string);
+    let bytes = body.clone().unwrap_or_default();
+
+    let key = {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        match &message_id {
+            Some(m) => m.hash(&mut h),
+            None => {
+                bytes.hash(&mut h);
+                id.hash(&mut h);
+                jid.hash(&mut h);
+            }
+        }
+        index.hash(&mut h);
+        h.finish()
+    };
+    let attempt = match scheme {
+        AddressScheme::Queue => header.delivery_count.saturating_add(1),
+        AddressScheme::RabbitMq if header.delivery_count > 0 => {
+            header.delivery_count.saturating_add(1)
+        }
+        AddressScheme::RabbitMq => shared.attempts.next(key, redelivered),
+    };
+
+    let mut via = Via::new(shared.name.clone(), source.kind().clone(), jid)
+        .with_id(id.clone())
+        .with_from(from);
+    if scheme == AddressScheme::RabbitMq {
+        via = via.with_exchange(source.spec.exchange);
+    }
+    let resend = (scheme == AddressScheme::Queue).then(|| Outgoing {
+        address: source.address.clone(),
+        subject,
+        reply_to: props.reply_to.clone(),
+        correlation_id: id,
+        message_id,
+        payload: bytes.clone(),
+        delivery_count: attempt,
+        durable: header.durable,
+    });
+    let acker = Amqp10Acker {
+        shared: shared.clone(),
+        info: Some(info),
+        settle: settle_tx.clone(),
+        resend,
+        key,
+        attempt,
+        undecodable: body.as_ref().err().cloned(),
+        guard: Some(shared.in_flight.enter()),
+    };
+    Delivery {
+        packet: Packet::new(bytes),
+        via,
+        attempt,
+        acker: Box::new(acker),
+    }
+}
+
+/// Settles one delivery on the link that delivered it.
+struct Amqp10Acker {
+    shared: Arc<Shared>,
+    info: Option<DeliveryInfo>,
+    settle: mpsc::UnboundedSender<SettleRequest>,
+    /// Queue scheme: the copy to send back instead of requeueing.
+    resend: Option<Outgoing>,
+    key: u64,
+    attempt: u32,
+    undecodable: Option<String>,
+    guard: Option<InFlightGuard>,
+}
+
+impl Amqp10Acker {
+    async fn settle(&mut self, how: Disposition) -> Result<()> {
+        let Some(info) = self.info.take() else {
+            return Ok(());
+        };
+        let (tx, rx) = oneshot::channel();
+        let sent = self
+            .settle
+            .send(SettleRequest {
+                info,
+                how,
+                done: Some(tx),
+            })
+            .is_ok();
+        if sent && rx.await.unwrap_or(false) {
+            Ok(())
+        } else {
+            Err(Error::Backend(
+                format!(
+                    "claw `{}`: the link that delivered this stanza is gone; the broker \
+                     redelivers it",
+                    self.shared.name
+                )
+                .into(),
+            ))
+        }
+    }
+
+    /// Queue scheme: sends the copy to `address` (with `delivery_count`), then accepts.
+    async fn send_back(&mut self, dead_letter: bool, count_attempt: bool) -> Result<()> {
+        if let Some(mut out) = self.resend.take() {
+            if dead_letter {
+                out.address = DEAD_LETTER_QUEUE.to_owned();
+            }
+            if !count_attempt {
+                out.delivery_count = out.delivery_count.saturating_sub(1);
+            }
+            self.shared
+                .send_outgoing(&out, "the stanza's own queue")
+                .await?;
+        }
+        self.settle(Disposition::Accept).await
+    }
+}
+
+#[async_trait]
+impl Acker for Amqp10Acker {
+    async fn ack(mut self: Box<Self>) -> Result<()> {
+        self.resend = None;
+        self.shared.attempts.forget(self.key);
+        let r = self.settle(Disposition::Accept).await;
+        self.guard.take();
+        r
+    }
+
+    async fn reject(mut self: Box<Self>, reason: &Error) -> Result<()> {
+        let dead =
+            self.attempt >= self.shared.settings.max_deliveries || self.undecodable.is_some();
+        if dead {
+            tracing::warn!(
+                claw = &*self.shared.name,
+                attempt = self.attempt,
+                %reason,
+                undecodable = self.undecodable.as_deref().unwrap_or(""),
+                "dead-lettering a stanza"
+            );
+            self.shared.attempts.forget(self.key);
+        }
+        let r = if self.resend.is_some() {
+            self.send_back(dead, true).await
+        } else if dead {
+            self.settle(Disposition::Reject).await
+        } else {
+            self.settle(Disposition::Release).await
+        };
+        self.guard.take();
+        r
+    }
+}
+
+impl Drop for Amqp10Acker {
+    fn drop(&mut self) {
+        if self.info.is_none() {
+            return;
+        }
+        if self.resend.is_some() {
+            // Never settled, on a broker that cannot requeue: send it back, without counting
+            // an attempt, keeping the in-flight guard until that is done.
+            let mut me = Amqp10Acker {
+                shared: self.shared.clone(),
+                info: self.info.take(),
+                settle: self.settle.clone(),
+                resend: self.resend.take(),
+                key: self.key,
+                attempt: self.attempt,
+                undecodable: None,
+                guard: self.guard.take(),
+            };
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    if let Err(e) = me.send_back(false, false).await {
+                        tracing::error!(error = %e, "could not send an unsettled stanza back to its queue");
+                    }
+                    me.guard.take();
+                });
+            }
+            return;
+        }
+        if let Some(info) = self.info.take() {
+            let _ = self.settle.send(SettleRequest {
+                info,
+                how: Disposition::Release,
+                done: None,
+            });
+        }
+    }
+}

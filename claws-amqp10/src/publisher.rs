@@ -1,0 +1,148 @@
+//! Sending: one link per target address, unsettled transfers, and the broker's outcome awaited.
+//!
+//! A send is complete when the broker answered `accepted`; `rejected`, `released` and
+//! `modified` are [`Error::Refused`]. Transfers are pipelined: the link is locked only while a
+//! transfer is handed over, and each send awaits its own outcome. A send whose link or
+//! connection fails is retried on the next generation (see [`connection`](crate::connection)),
+//! bounded by `send_timeout`: the stanza may arrive twice, but is not lost.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use claws_core::{Error, Result};
+use fe2o3_amqp::types::messaging::{Header, Message, Outcome, Properties};
+use fe2o3_amqp::types::primitives::Binary;
+use tokio::time::Instant;
+
+use crate::claw::Shared;
+
+/// One message to send, as the claw builds it.
+#[derive(Debug, Clone)]
+pub(crate) struct Outgoing {
+    pub(crate) address: String,
+    pub(crate) subject: Option<String>,
+    pub(crate) reply_to: Option<String>,
+    pub(crate) correlation_id: Option<String>,
+    pub(crate) message_id: Option<String>,
+    pub(crate) payload: Bytes,
+    pub(crate) delivery_count: u32,
+    pub(crate) durable: bool,
+}
+
+impl Outgoing {
+    pub(crate) fn to_message(&self) -> Message<fe2o3_amqp::types::messaging::Data> {
+        let mut props = Properties::builder();
+        if let Some(id) = &self.message_id {
+            props = props.message_id(id.clone());
+        }
+        if let Some(s) = &self.subject {
+            props = props.subject(s.clone());
+        }
+        if let Some(r) = &self.reply_to {
+            props = props.reply_to(r.clone());
+        }
+        if let Some(c) = &self.correlation_id {
+            props = props.correlation_id(c.clone());
+        }
+        Message::builder()
+            .header(Header {
+                durable: self.durable,
+                delivery_count: self.delivery_count,
+                ..Header::default()
+            })
+            .properties(props.build())
+            .data(Binary::from(self.payload.to_vec()))
+            .build()
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// A message id unique enough for counting redeliveries: time, process, counter.
+pub(crate) fn message_id() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    format!("{:x}-{:x}-{n:x}", nanos, std::process::id())
+}
+
+fn describe(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Accepted(_) => "accepted".into(),
+        Outcome::Rejected(r) => match &r.error {
+            Some(e) => format!(
+                "rejected: {:?}{}",
+                e.condition,
+                e.description
+                    .as_deref()
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default()
+            ),
+            None => "rejected".into(),
+        },
+        Outcome::Released(_) => "released (the broker did not take it)".into(),
+        Outcome::Modified(_) => "modified (the broker did not take it)".into(),
+    }
+}
+
+impl Shared {
+    /// Sends `out` and waits for the broker's outcome, across reconnections, within
+    /// `send_timeout`. `to` names the destination in errors.
+    pub(crate) async fn send_outgoing(&self, out: &Outgoing, to: &str) -> Result<()> {
+        let started = Instant::now();
+        let deadline = started + self.settings.send_timeout;
+        loop {
+            let live = self.wait_live(started, deadline).await?;
+            let attempt = async {
+                let link = live.sender(&out.address, &self.name).await?;
+                let fut = {
+                    let mut sender = link.lock().await;
+                    sender.send_batchable(out.to_message()).await
+                };
+                match fut {
+                    Ok(fut) => Ok(fut.await),
+                    Err(e) => Ok(Err(e)),
+                }
+            };
+            let result: Result<_> = match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(Error::Timeout {
+                        what: format!(
+                            "claw `{}` waiting for the broker's outcome for a stanza to `{to}`",
+                            self.name
+                        ),
+                        after: self.settings.send_timeout,
+                    })
+                }
+            };
+            match result {
+                Ok(Ok(Outcome::Accepted(_))) => return Ok(()),
+                Ok(Ok(other)) => {
+                    return Err(Error::Refused {
+                        to: to.to_owned(),
+                        claw: self.name.to_string(),
+                        reason: describe(&other),
+                    })
+                }
+                Ok(Err(e)) if e.recovery().link_is_usable() => {
+                    return Err(Error::Backend(
+                        format!("claw `{}`: sending to `{to}`: {e}", self.name).into(),
+                    ))
+                }
+                Ok(Err(e)) => {
+                    // The link or connection failed: a new generation retries the send.
+                    live.fail(format!("sending to `{}`: {e}", out.address));
+                }
+                Err(e) => {
+                    if !live.is_failed() {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+}
