@@ -211,6 +211,56 @@ fn bench_on_mem_reports_throughput_and_percentiles() {
     assert!(lines[0]["p99_ms"].as_f64().unwrap() >= lines[0]["p50_ms"].as_f64().unwrap());
 }
 
+#[test]
+fn test_runs_scenario_files_and_counts_steps() {
+    let ping = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../claws-test/scenarios/ping.xml"
+    );
+    let out = claws(&["test", ping]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).trim_end().ends_with("4 passed, 0 failed"),
+        "{}",
+        stdout(&out)
+    );
+
+    let failing = std::env::temp_dir().join(format!("claws-cli-failing-{}.xml", unique()));
+    std::fs::write(
+        &failing,
+        r#"<functional><steps>
+             <step name="answered"><send><iq type="get" id="p1" from="{{tester}}" to="{{service}}"><ping xmlns="urn:xmpp:ping"/></iq></send>
+               <expected><iq type="result" id="p1" from="{{service}}" to="{{tester}}"/></expected><check name="replied_once"/></step>
+             <step name="wrongly expected"><send><presence from="{{tester}}"/></send>
+               <expected><presence/></expected></step>
+           </steps></functional>"#,
+    )
+    .unwrap();
+    let out = claws(&["--format", "json", "test", failing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let lines = json_lines(&stdout(&out));
+    assert_eq!(
+        (lines[0]["passed"].as_u64(), lines[0]["failed"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(lines[0]["steps"][1]["passed"], false);
+
+    std::fs::write(&failing, "<functional><nonsense/></functional>").unwrap();
+    let out = claws(&["test", failing.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a file that does not parse is a usage error"
+    );
+    let _ = std::fs::remove_file(failing);
+}
+
 /// A running `claws` process whose stdout lines arrive on a channel.
 #[cfg_attr(not(feature = "amqp091"), allow(dead_code))]
 struct Running {
@@ -577,6 +627,73 @@ mod rabbitmq {
         assert!(!err.contains("s3cr3t-pw"), "{err}");
         assert!(err.contains("127.0.0.1:1"), "names the endpoint: {err}");
         assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");
+    }
+
+    #[test]
+    fn topology_apply_declares_the_queues() {
+        let jid = format!("cli-topo-{}@test.claws/r", unique());
+        let args = amqp(&jid, &["topology", "--apply"]);
+        let out = claws(&refs(&args));
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let lines = json_lines(&stdout(&out));
+        assert!(lines
+            .iter()
+            .any(|l| l["kind"] == "exchange" && l["name"] == "xmpp_dead_letter"));
+        let direct = lines
+            .iter()
+            .find(|l| l["kind"] == "queue" && l["subscription"] == "direct")
+            .expect("the direct queue");
+        assert_eq!(direct["name"], format!("xmpp_direct:{jid}"));
+        assert!(direct["arguments"]["x-expires"].is_i64(), "{direct}");
+        assert_eq!(lines.last().unwrap()["event"], "applied");
+
+        // The queues exist now: a passive declare succeeds.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let conn = lapin::Connection::connect(URL, lapin::ConnectionProperties::default())
+                .await
+                .expect("connect");
+            let channel = conn.create_channel().await.expect("channel");
+            let passive = lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            for q in claws::topology::queues(
+                &claws::jid::parse(&jid).unwrap(),
+                claws::topology::Subscriptions::all(),
+            )
+            .unwrap()
+            {
+                channel
+                    .queue_declare(
+                        q.name.as_str().into(),
+                        passive,
+                        lapin::types::FieldTable::default(),
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("{} was not declared: {e}", q.name));
+            }
+            let _ = conn.close(200, "checked".into()).await;
+        });
+        delete_queues(&[&jid]);
+    }
+
+    #[test]
+    fn bench_with_baseline_prints_the_ratio() {
+        let args = amqp(
+            "bench@test.claws/b",
+            &["bench", "--messages", "300", "--size", "32", "--baseline"],
+        );
+        let out = claws(&refs(&args));
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let lines = json_lines(&stdout(&out));
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(lines[0]["run"], "claws (amqp091)");
+        assert_eq!(lines[1]["run"], "lapin (raw)");
+        assert!(lines[2]["throughput_ratio"].as_f64().unwrap() > 0.0);
     }
 
     #[test]

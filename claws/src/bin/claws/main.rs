@@ -104,7 +104,8 @@ async fn run(global: &Global, command: Command) -> Result<(), exit::Failure> {
 /// Logs to stderr, filtered by `RUST_LOG` (default: warnings).
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("warn,claws_test=error"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
