@@ -1,0 +1,81 @@
+//! The custom loopbus claw passes the claws conformance suite, the fault-proxy cut included.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use claws_core::{Claw, Packet, Result};
+use claws_examples::loopbus::{LoopBroker, LoopClaw};
+use claws_test::conformance::{self, ClawFactory, Options};
+
+struct LoopFactory {
+    broker: LoopBroker,
+}
+
+impl LoopFactory {
+    fn build(&self, addr: SocketAddr, jid: &str, opts: &Options) -> Result<Arc<dyn Claw>> {
+        let claw = LoopClaw::builder(addr, jid)?
+            .name(opts.name.as_deref().unwrap_or("loopbus"))
+            .prefetch(opts.prefetch)
+            .max_deliveries(opts.max_deliveries)
+            .subscriptions(opts.subscriptions)
+            .send_timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(Arc::new(claw))
+    }
+}
+
+#[claws_core::async_trait]
+impl ClawFactory for LoopFactory {
+    fn name(&self) -> String {
+        format!("loopbus (examples) on {}", self.broker.addr())
+    }
+
+    async fn make(&self, jid: &str, opts: &Options) -> Result<Arc<dyn Claw>> {
+        self.build(self.broker.addr(), jid, opts)
+    }
+
+    fn broker_addr(&self) -> Option<SocketAddr> {
+        Some(self.broker.addr())
+    }
+
+    async fn make_at(&self, jid: &str, opts: &Options, addr: SocketAddr) -> Result<Arc<dyn Claw>> {
+        self.build(addr, jid, opts)
+    }
+
+    async fn dead_lettered(&self) -> Option<Vec<Packet>> {
+        Some(
+            self.broker
+                .dead_letters()
+                .into_iter()
+                .map(Packet::from)
+                .collect(),
+        )
+    }
+
+    async fn cleanup(&self, jids: &[String]) {
+        for name in self.broker.queue_names() {
+            let owner = name.split_once(':').map(|(_, jid)| jid);
+            let ours = owner.is_some_and(|o| {
+                jids.iter()
+                    .any(|j| j == o || j.split('/').next() == Some(o))
+            });
+            if ours {
+                self.broker.delete_queue(&name);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopbus_claw_passes_the_conformance_suite() {
+    let factory = LoopFactory {
+        broker: LoopBroker::start().await.expect("a loopback port"),
+    };
+    let report = conformance::run(factory).await;
+    println!("{report}");
+    report.assert_passed();
+    // Only the broker restart is out of reach: the broker lives in this process.
+    let skipped: Vec<_> = report.skipped().map(|c| c.name).collect();
+    assert_eq!(skipped, ["broker_restart"]);
+}
