@@ -30,7 +30,9 @@ async fn started_with(b: claws_amqp10::Amqp10ClawBuilder) -> (Arc<Amqp10Claw>, I
     (c, inbox)
 }
 
-async fn finish(claws: &[&Arc<Amqp10Claw>]) {
+/// Drops the inboxes (undelivered events return to their queues), closes, deletes the queues.
+async fn finish(claws: &[&Arc<Amqp10Claw>], inboxes: impl IntoIterator<Item = Inbox>) {
+    drop(inboxes.into_iter().collect::<Vec<_>>());
     for c in claws {
         c.close().await.expect("clean close");
         c.delete_queues().await.expect("delete queues");
@@ -64,7 +66,7 @@ async fn direct_send_reaches_the_full_jid_with_its_via() {
         Some(&*format!("<message>{token}</message>"))
     );
     d.acker.ack().await.expect("ack");
-    finish(&[&a, &b]).await;
+    finish(&[&a, &b], [_ia, ib]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,7 +107,7 @@ async fn bare_jid_sends_are_load_balanced() {
         .await
         .is_none());
     assert_eq!(per[0] + per[1], 20);
-    finish(&[&w1, &w2]).await;
+    finish(&[&w1, &w2], [i1, i2]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,7 +136,7 @@ async fn broadcasts_reach_the_instance_and_the_group() {
         kinds,
         HashSet::from([QueueKind::Fanout, QueueKind::GroupFanout])
     );
-    finish(&[&a, &b]).await;
+    finish(&[&a, &b], [_ia, ib]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,7 +204,7 @@ async fn failed_deliveries_are_redelivered_then_dead_lettered() {
     ch.queue_delete(watch.as_str().into(), QueueDeleteOptions::default())
         .await
         .unwrap();
-    finish(&[&b]).await;
+    finish(&[&b], [ib]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,7 +221,7 @@ async fn a_dropped_acker_releases_its_delivery() {
     let d = ib.delivery(&token).await;
     assert_eq!(d.attempt, 2);
     d.acker.ack().await.unwrap();
-    finish(&[&b]).await;
+    finish(&[&b], [ib]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,14 +263,15 @@ async fn credit_bounds_unsettled_deliveries() {
     }
     let d4 = ib.delivery(&token).await;
     d4.acker.ack().await.unwrap();
-    finish(&[&b]).await;
+    finish(&[&b], [ib]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stanzas_wait_in_durable_queues_while_the_instance_is_away() {
     let s = unique("");
     let jid = format!("away{s}@example.com/r1");
-    let (b, _ib) = started(&jid).await;
+    let (b, ib) = started(&jid).await;
+    drop(ib);
     b.close().await.unwrap();
     let (a, _ia) = started(&format!("a{s}@example.com/r1")).await;
     let token = unique("away-");
@@ -287,13 +290,19 @@ async fn stanzas_wait_in_durable_queues_while_the_instance_is_away() {
         assert_eq!(d.packet.as_str().unwrap(), format!("{token}:{n}"));
         d.acker.ack().await.unwrap();
     }
-    finish(&[&a, &b2]).await;
+    finish(&[&a, &b2], [_ia, ib2]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_waits_for_in_flight_deliveries() {
     let s = unique("");
-    let (b, mut ib) = started(&format!("cl{s}@example.com/r1")).await;
+    // Direct only: no other test's broadcast can hold the close up.
+    let direct = claws_core::topology::Subscriptions {
+        direct: true,
+        ..claws_core::topology::Subscriptions::none()
+    };
+    let (b, mut ib) =
+        started_with(claw(&format!("cl{s}@example.com/r1")).subscriptions(direct)).await;
     let token = unique("close-");
     b.send(b.jid(), None, Packet::from(token.clone()))
         .await
@@ -379,7 +388,7 @@ async fn recovers_after_a_connection_cut_losing_nothing() {
         .await
         .unwrap();
     ib.delivery(&token2).await.acker.ack().await.unwrap();
-    finish(&[&a, &b]).await;
+    finish(&[&a, &b], [_ia, ib]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,6 +427,7 @@ async fn sends_during_an_outage_are_bounded() {
         .await
         .unwrap();
     ib.delivery(&token).await.acker.ack().await.unwrap();
+    drop(ib);
     b.close().await.unwrap();
     b.delete_queues().await.unwrap();
 }

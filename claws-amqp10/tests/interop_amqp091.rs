@@ -1,0 +1,118 @@
+//! A claws-amqp10 instance and a claws-amqp091 instance on one RabbitMQ exchange stanzas both ways.
+
+mod common;
+
+use std::time::Duration;
+
+use claws_amqp091::AmqpClaw;
+use claws_amqp10::{AddressScheme, Amqp10Claw};
+use claws_core::topology::{queues, Subscriptions};
+use claws_core::{Claw, Packet, QueueKind};
+use common::{unique, Inbox, URL};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp091_and_amqp10_instances_talk_both_ways() {
+    let s = unique("");
+    let old = AmqpClaw::builder(URL, &format!("old{s}@example.com/r1"))
+        .send_timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let new = Amqp10Claw::builder(
+        URL,
+        &format!("new{s}@example.com/r1"),
+        AddressScheme::RabbitMq,
+    )
+    .build()
+    .unwrap();
+    let (ev_old, mut in_old) = Inbox::new();
+    let (ev_new, mut in_new) = Inbox::new();
+    old.start(ev_old).await.expect("0-9-1 claw starts");
+    in_old.until_connected().await;
+    new.start(ev_new).await.expect("1.0 claw starts");
+    in_new.until_connected().await;
+
+    // 0-9-1 -> 1.0, direct with an id.
+    let t1 = unique("to-new-");
+    old.send(
+        new.jid(),
+        Some("q1"),
+        Packet::from(format!("<iq>{t1}</iq>")),
+    )
+    .await
+    .unwrap();
+    let d = in_new.delivery(&t1).await;
+    assert_eq!(
+        d.packet.as_str(),
+        Some(&*format!("<iq>{t1}</iq>")),
+        "payload unchanged"
+    );
+    assert_eq!(d.via.queue, QueueKind::Direct);
+    assert_eq!(d.via.jid, new.jid().as_str());
+    assert_eq!(d.via.id.as_deref(), Some("q1"));
+    assert_eq!(
+        d.via.from.as_ref(),
+        Some(old.jid()),
+        "reply_to read as the sender"
+    );
+    let reply_to = d.via.reply_to().unwrap();
+    d.acker.ack().await.unwrap();
+
+    // 1.0 -> 0-9-1: the reply goes back the way it came.
+    let t2 = unique("to-old-");
+    new.send(
+        &reply_to,
+        Some("q1"),
+        Packet::from(format!("<iq>{t2}</iq>")),
+    )
+    .await
+    .unwrap();
+    let d = in_old.delivery(&t2).await;
+    assert_eq!(
+        d.packet.as_str(),
+        Some(&*format!("<iq>{t2}</iq>")),
+        "a data body arrives raw"
+    );
+    assert_eq!(d.via.queue, QueueKind::Direct);
+    assert_eq!(d.via.jid, old.jid().as_str());
+    assert_eq!(d.via.exchange.as_deref(), Some("xmpp_direct"));
+    assert_eq!(d.via.id.as_deref(), Some("q1"));
+    assert_eq!(
+        d.via.from.as_ref(),
+        Some(new.jid()),
+        "RabbitMQ maps /queue/J back to J"
+    );
+    d.acker.ack().await.unwrap();
+
+    // Broadcasts both ways.
+    let t3 = unique("bc-new-");
+    new.publish(Packet::from(t3.clone())).await.unwrap();
+    let d = in_old.delivery(&t3).await;
+    assert_eq!(d.via.jid, new.jid().as_str());
+    assert!(matches!(
+        d.via.queue,
+        QueueKind::Fanout | QueueKind::GroupFanout
+    ));
+    d.acker.ack().await.unwrap();
+    let t4 = unique("bc-old-");
+    old.publish(Packet::from(t4.clone())).await.unwrap();
+    let d = in_new.delivery(&t4).await;
+    assert_eq!(d.via.jid, old.jid().as_str());
+    assert_eq!(d.via.exchange.as_deref(), Some("xmpp_fanout"));
+    d.acker.ack().await.unwrap();
+
+    // Undelivered events (other tests' broadcasts) go back to their queues.
+    drop((in_old, in_new));
+    old.close().await.unwrap();
+    new.close().await.unwrap();
+    new.delete_queues().await.unwrap();
+    let conn =
+        lapin::Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f", Default::default())
+            .await
+            .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    for q in queues(old.jid(), Subscriptions::all()).unwrap() {
+        ch.queue_delete(q.name.as_str().into(), Default::default())
+            .await
+            .unwrap();
+    }
+}
