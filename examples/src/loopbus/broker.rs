@@ -39,6 +39,8 @@ struct Queue {
 #[derive(Debug)]
 struct Conn {
     out: mpsc::UnboundedSender<Frame>,
+    /// The task serving the connection, aborted (closing its socket) on a restart.
+    task: Option<tokio::task::AbortHandle>,
     prefetch: usize,
     unacked: HashMap<u64, (String, Msg)>,
     next_tag: u64,
@@ -276,7 +278,7 @@ impl State {
 pub struct LoopBroker {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
-    accept: JoinHandle<()>,
+    accept: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl LoopBroker {
@@ -285,12 +287,40 @@ impl LoopBroker {
         let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State::default()));
-        let accept = tokio::spawn(accept_loop(listener, state.clone()));
+        let accept = Mutex::new(Some(tokio::spawn(accept_loop(listener, state.clone()))));
         Ok(LoopBroker {
             addr,
             state,
             accept,
         })
+    }
+
+    /// Restarts the broker as a crash would look to clients: every connection drops (their
+    /// unacked deliveries return to their queues), the port closes, then it listens again on
+    /// the same address. Queues and their messages are kept, as a broker keeps durable ones.
+    pub async fn restart(&self) -> io::Result<()> {
+        let accepting = self.accept.lock().expect("accept lock").take();
+        if let Some(task) = accepting {
+            task.abort();
+            let _ = task.await; // the listener is closed once the task is gone
+        }
+        {
+            let mut s = self.state();
+            let conns: Vec<u64> = s.conns.keys().copied().collect();
+            for id in conns {
+                if let Some(task) = s.conns.get_mut(&id).and_then(|c| c.task.take()) {
+                    task.abort();
+                }
+                s.disconnect(id);
+            }
+        }
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(self.addr)?;
+        let listener = socket.listen(1024)?;
+        *self.accept.lock().expect("accept lock") =
+            Some(tokio::spawn(accept_loop(listener, self.state.clone())));
+        Ok(())
     }
 
     /// Where clients connect.
@@ -328,10 +358,14 @@ impl LoopBroker {
 
 impl Drop for LoopBroker {
     fn drop(&mut self) {
-        self.accept.abort();
-        let mut s = self.state();
-        // Dropping the senders ends every connection's writer, which closes its socket.
-        s.conns.clear();
+        if let Some(task) = self.accept.lock().expect("accept lock").take() {
+            task.abort();
+        }
+        for (_, c) in self.state().conns.drain() {
+            if let Some(task) = c.task {
+                task.abort();
+            }
+        }
     }
 }
 
@@ -339,14 +373,21 @@ async fn accept_loop(listener: TcpListener, state: Arc<Mutex<State>>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(serve(stream, state.clone()));
+                let (registered, ready) = tokio::sync::oneshot::channel();
+                let task = tokio::spawn(serve(stream, state.clone(), ready));
+                let _ = registered.send(task.abort_handle());
             }
             Err(err) => tracing::warn!(%err, "loopbus broker: accept failed"),
         }
     }
 }
 
-async fn serve(stream: TcpStream, state: Arc<Mutex<State>>) {
+async fn serve(
+    stream: TcpStream,
+    state: Arc<Mutex<State>>,
+    task: tokio::sync::oneshot::Receiver<tokio::task::AbortHandle>,
+) {
+    let task = task.await.ok();
     let _ = stream.set_nodelay(true);
     let (mut read, mut write) = stream.into_split();
     let (out, mut outgoing) = mpsc::unbounded_channel::<Frame>();
@@ -358,6 +399,7 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<State>>) {
             id,
             Conn {
                 out,
+                task,
                 prefetch: 32,
                 unacked: HashMap::new(),
                 next_tag: 0,

@@ -229,10 +229,7 @@ impl Claw for LoopClaw {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            survives_broker_restart: false,
-            ..Capabilities::all()
-        }
+        Capabilities::all()
     }
 
     async fn start(&self, events: Events) -> Result<()> {
