@@ -3,7 +3,7 @@
 use std::sync::{Arc, OnceLock};
 
 use claws_core::mem::MemBroker;
-use claws_core::{Claw, Config, Error, Result, Transport};
+use claws_core::{Claw, Config, Result, Transport};
 
 /// The process-wide broker that [`connect`] builds `mem` claws on.
 ///
@@ -19,8 +19,8 @@ pub fn default_broker() -> &'static MemBroker {
 ///
 /// The claw connects when it is started, by a [`Router`](claws_core::Router) or
 /// [`Claw::start`]. `mem` claws are built on [`default_broker`]; `amqp091` and `amqp10` need
-/// their Cargo feature, and asking for one whose feature is off is an [`Error::Config`] that
-/// names the feature.
+/// their Cargo feature, and asking for one whose feature is off is an
+/// [`Error::Config`](claws_core::Error::Config) that names the feature.
 ///
 /// ```
 /// let config = claws::Config { jid: "bot@example.com/r1".into(), ..claws::Config::default() };
@@ -62,10 +62,7 @@ fn amqp091(_config: &Config) -> Result<Arc<dyn Claw>> {
 
 #[cfg(feature = "amqp10")]
 fn amqp10(config: &Config) -> Result<Arc<dyn Claw>> {
-    let _ = config;
-    Err(Error::Config(
-        "the amqp10 claw is not available yet in this build of claws".into(),
-    ))
+    Ok(Arc::new(claws_amqp10::Amqp10Claw::from_config(config)?))
 }
 
 #[cfg(not(feature = "amqp10"))]
@@ -74,8 +71,8 @@ fn amqp10(_config: &Config) -> Result<Arc<dyn Claw>> {
 }
 
 #[cfg(not(all(feature = "amqp091", feature = "amqp10")))]
-fn feature_off(feature: &str) -> Error {
-    Error::Config(format!(
+fn feature_off(feature: &str) -> claws_core::Error {
+    claws_core::Error::Config(format!(
         "transport `{feature}` is not compiled in; enable the `{feature}` feature of the claws \
          crate (`cargo build --features {feature}`)"
     ))
@@ -84,6 +81,7 @@ fn feature_off(feature: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use claws_core::Error;
 
     #[test]
     fn mem_claws_share_the_default_broker() {

@@ -130,8 +130,9 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<(), Failure> {
     for router in &cluster.routers {
         let _ = router.close().await;
     }
+    // On RabbitMQ (over either protocol), leave nothing behind.
     #[cfg(feature = "amqp091")]
-    if base.transport == claws::Transport::Amqp091 {
+    if base.transport != claws::Transport::Mem {
         crate::rabbit::delete_queues_of(&base, &[&w1, &w2, &echo, &client]).await;
     }
     result
