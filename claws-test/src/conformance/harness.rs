@@ -102,6 +102,10 @@ fn token() -> String {
 /// One case's context: the factory, the claw's capabilities, the case's token, and what to clean.
 pub(crate) struct Harness {
     pub(crate) factory: Arc<dyn ClawFactory>,
+    /// How long to wait for a delivery.
+    pub(crate) wait: Duration,
+    /// How long to wait for a bulk transfer.
+    pub(crate) bulk: Duration,
     caps: Result<Capabilities, String>,
     token: String,
     instances: AtomicUsize,
@@ -113,11 +117,12 @@ impl Harness {
     pub(crate) fn new(
         factory: Arc<dyn ClawFactory>,
         caps: Result<Capabilities, String>,
-        case: &str,
+        wait: Duration,
     ) -> Self {
-        let _ = case;
         Self {
             factory,
+            wait,
+            bulk: wait * 9 / 2,
             caps,
             token: token(),
             instances: AtomicUsize::new(0),
@@ -506,7 +511,7 @@ pub(crate) async fn fence_all(
         .map(|i| (i.index, format!("fence-{}", i.index)))
         .collect();
     let got = inbox
-        .until(WAIT, "the fences sent to each instance", |g| {
+        .until(h.wait, "the fences sent to each instance", |g| {
             if let Some(last) = g.last() {
                 missing
                     .retain(|(idx, key)| !(last.index == *idx && last.key.as_deref() == Some(key)));

@@ -148,6 +148,7 @@ pub async fn run(factory: impl ClawFactory) -> Report {
 pub struct Suite {
     only: Option<Vec<String>>,
     case_timeout: Duration,
+    patience: Duration,
 }
 
 impl Default for Suite {
@@ -167,6 +168,7 @@ impl Suite {
         Self {
             only,
             case_timeout: Duration::from_secs(120),
+            patience: harness::WAIT,
         }
     }
 
@@ -179,6 +181,14 @@ impl Suite {
     /// The most one case may take before it fails as hung (default 120 s).
     pub fn case_timeout(mut self, timeout: Duration) -> Self {
         self.case_timeout = timeout;
+        self
+    }
+
+    /// How long a case waits for a delivery before it fails (default 20 s; bulk transfers get
+    /// 4.5 times as long). Lower it to fail fast when a claw is expected to fail (tests of the
+    /// suite itself); raise it for a slow broker.
+    pub fn patience(mut self, wait: Duration) -> Self {
+        self.patience = wait;
         self
     }
 
@@ -199,7 +209,7 @@ impl Suite {
                 }
             }
             let t = Instant::now();
-            let harness = Harness::new(factory.clone(), caps.clone(), case.name);
+            let harness = Harness::new(factory.clone(), caps.clone(), self.patience);
             let outcome = match tokio::time::timeout(self.case_timeout, (case.run)(&harness)).await
             {
                 Ok(Ok(())) => Outcome::Passed,

@@ -8,8 +8,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::routing::send_all;
 use crate::conformance::harness::{
-    ensure, fence_all, jid, require, summary, CaseResult, Context, Got, Harness, Policy, Seen,
-    BULK, WAIT,
+    ensure, fence_all, jid, require, summary, CaseResult, Context, Got, Harness, Policy, Seen, WAIT,
 };
 use crate::conformance::Options;
 
@@ -66,7 +65,7 @@ pub(super) async fn order_single_consumer(h: &Harness) -> CaseResult {
     let keys: Vec<String> = (0..N).map(|i| i.to_string()).collect();
     send_all(h, &sender, &r.jid(), keys, 1).await?;
     let got = inbox
-        .packets(N, BULK, "500 stanzas from one sender")
+        .packets(N, h.bulk, "500 stanzas from one sender")
         .await?;
     let order: Vec<usize> = got
         .iter()
@@ -120,7 +119,7 @@ pub(super) async fn concurrent_senders(h: &Harness) -> CaseResult {
         .collect();
     let sent = futures_util::future::join_all(tasks);
     let mut distinct = HashSet::new();
-    let receiving = inbox.until(BULK, "5000 stanzas from 50 senders", |g| {
+    let receiving = inbox.until(h.bulk, "5000 stanzas from 50 senders", |g| {
         if let Some(k) = g.last().and_then(|l| l.key.clone()) {
             distinct.insert(k);
         }
@@ -153,7 +152,7 @@ pub(super) async fn handler_error_redelivery(h: &Harness) -> CaseResult {
     let mut acked = HashSet::new();
     let got = inbox
         .until(
-            WAIT,
+            h.wait,
             "each stanza redelivered after its first attempt failed",
             |g| {
                 if let Some(l) = g.last().filter(|l| l.attempt > 1) {
@@ -209,7 +208,7 @@ pub(super) async fn dead_letter_after_bound(h: &Harness) -> CaseResult {
         .await
         .ctx("sending the poison stanza")?;
     let got = inbox
-        .until(WAIT, "3 deliveries of a stanza that always fails", |g| {
+        .until(h.wait, "3 deliveries of a stanza that always fails", |g| {
             g.len() >= 3
         })
         .await?;
@@ -225,7 +224,7 @@ pub(super) async fn dead_letter_after_bound(h: &Harness) -> CaseResult {
         .await
         .ctx("sending the fence")?;
     let got = inbox
-        .until(WAIT, "the fence's three attempts", |g| {
+        .until(h.wait, "the fence's three attempts", |g| {
             g.last()
                 .is_some_and(|l| l.key.as_deref() == Some("fence") && l.attempt >= 3)
         })
@@ -271,7 +270,7 @@ pub(super) async fn persistence_across_restart(h: &Harness) -> CaseResult {
         let got = inbox
             .packets(
                 N / 3,
-                WAIT,
+                h.wait,
                 &format!("the first {} stanzas of life {round}", N / 3),
             )
             .await?;
@@ -285,7 +284,7 @@ pub(super) async fn persistence_across_restart(h: &Harness) -> CaseResult {
         .ctx("sending")?;
     let mut distinct: HashSet<String> = all.iter().filter_map(|g| g.key.clone()).collect();
     let rest = inbox
-        .until(BULK, "the rest after two restarts", |g| {
+        .until(h.bulk, "the rest after two restarts", |g| {
             if let Some(k) = g.last().and_then(|l| l.key.clone()) {
                 distinct.insert(k);
             }
@@ -310,7 +309,7 @@ pub(super) async fn graceful_close_busy(h: &Harness) -> CaseResult {
     let keys: Vec<String> = (0..N).map(|i| i.to_string()).collect();
     send_all(h, &sender, &jid_r, keys.clone(), 1).await?;
     let held = inbox
-        .packets(N, WAIT, "20 deliveries, all held by busy handlers")
+        .packets(N, h.wait, "20 deliveries, all held by busy handlers")
         .await?;
     let (started_tx, started) = oneshot::channel();
     let closing = {
@@ -329,7 +328,7 @@ pub(super) async fn graceful_close_busy(h: &Harness) -> CaseResult {
         .map_err(|e| format!("close panicked: {e}"))??;
     let mut settled = Vec::new();
     while settled.len() < held.len() {
-        match inbox.next(WAIT).await {
+        match inbox.next(h.wait).await {
             Some(Seen::Settled(key, result)) => settled.push((key, result)),
             Some(_) => {}
             None => ensure!(

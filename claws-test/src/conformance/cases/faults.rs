@@ -9,7 +9,7 @@ use claws_core::topology::Subscriptions;
 use claws_core::{Claw, Error, Jid, Packet};
 
 use crate::conformance::harness::{
-    ensure, jid, require, CaseError, CaseResult, Context, Got, Harness, Policy, Seen, BULK, WAIT,
+    ensure, jid, require, CaseError, CaseResult, Context, Got, Harness, Policy, Seen,
 };
 use crate::conformance::Options;
 use crate::fault::FaultProxy;
@@ -106,7 +106,7 @@ pub(super) async fn reconnect_after_cut(h: &Harness) -> CaseResult {
         .await?;
     let keys: Vec<String> = (0..N).map(|i| i.to_string()).collect();
     let retries = Arc::new(AtomicUsize::new(0));
-    let deadline = Instant::now() + BULK;
+    let deadline = Instant::now() + h.bulk;
     let to = jid(&r_jid)?;
     let senders: Vec<_> = keys
         .chunks(N / 8)
@@ -122,14 +122,14 @@ pub(super) async fn reconnect_after_cut(h: &Harness) -> CaseResult {
         })
         .collect();
     let mut all = inbox
-        .packets(N / 5, BULK, "the first 2000 stanzas, before the cut")
+        .packets(N / 5, h.bulk, "the first 2000 stanzas, before the cut")
         .await?;
     let live = proxy.connection_count();
     proxy.cut();
     let idx = r.index;
     inbox
         .event(
-            WAIT,
+            h.wait,
             "Disconnected from the receiver after the cut",
             &mut all,
             |s| matches!(s, Seen::Disconnected(i, _) if *i == idx),
@@ -137,7 +137,7 @@ pub(super) async fn reconnect_after_cut(h: &Harness) -> CaseResult {
         .await?;
     inbox
         .event(
-            BULK,
+            h.bulk,
             "Connected again from the receiver",
             &mut all,
             |s| matches!(s, Seen::Connected(i) if *i == idx),
@@ -145,7 +145,7 @@ pub(super) async fn reconnect_after_cut(h: &Harness) -> CaseResult {
         .await?;
     let mut distinct: HashSet<String> = all.iter().filter_map(|g| g.key.clone()).collect();
     let rest = inbox
-        .until(BULK, "every stanza after the reconnection", |g| {
+        .until(h.bulk, "every stanza after the reconnection", |g| {
             if let Some(k) = g.last().and_then(|l| l.key.clone()) {
                 distinct.insert(k);
             }
@@ -205,15 +205,21 @@ pub(super) async fn broker_restart(h: &Harness) -> CaseResult {
         let after: Vec<String> = (0..N).map(|i| format!("after-{i}")).collect();
         let payloads = after.iter().map(|k| h.stanza(k)).collect();
         let retries = Arc::new(AtomicUsize::new(0));
-        send_retrying(sender.clone(), to, payloads, Instant::now() + BULK, retries)
-            .await
-            .ctx("the sender, started before the restart, could not send after it")?;
+        send_retrying(
+            sender.clone(),
+            to,
+            payloads,
+            Instant::now() + h.bulk,
+            retries,
+        )
+        .await
+        .ctx("the sender, started before the restart, could not send after it")?;
         keys.extend(after);
     }
     let want = keys.len();
     let mut distinct = HashSet::new();
     let got = inbox
-        .until(BULK, "every stanza across the restart", |g| {
+        .until(h.bulk, "every stanza across the restart", |g| {
             if let Some(k) = g.last().and_then(|l| l.key.clone()) {
                 distinct.insert(k);
             }

@@ -3,7 +3,7 @@
 use claws_core::Packet;
 
 use super::routing::direct_only;
-use crate::conformance::harness::{ensure, jid, CaseResult, Context, Harness, Policy, WAIT};
+use crate::conformance::harness::{ensure, jid, CaseResult, Context, Harness, Policy};
 
 /// Where two payloads first differ, for the failure message.
 fn first_difference(a: &[u8], b: &[u8]) -> usize {
@@ -67,7 +67,7 @@ pub(super) async fn payloads_byte_exact(h: &Harness) -> CaseResult {
             .await
             .ctx(format_args!("sending the {what} payload"))?;
     }
-    let got = inbox.packets(sent.len(), WAIT, "every payload").await?;
+    let got = inbox.packets(sent.len(), h.wait, "every payload").await?;
     let mut missing = Vec::new();
     for (what, p) in &sent {
         if !got.iter().any(|g| g.packet == *p) {

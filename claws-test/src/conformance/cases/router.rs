@@ -54,7 +54,7 @@ pub(super) async fn router_reply_through_origin(h: &Harness) -> CaseResult {
                 .send(&jid(to)?, Some("q-1"), h.stanza("question"))
                 .await
                 .ctx(format_args!("sending a question to {to}"))?;
-            let got = inbox.packets(2, WAIT, &format!("the reply and the follow-up from {to}")).await?;
+            let got = inbox.packets(2, h.wait, &format!("the reply and the follow-up from {to}")).await?;
             for g in &got {
                 let key = g.key.as_deref().unwrap_or("?");
                 ensure!(

@@ -7,7 +7,7 @@ use claws_core::topology::{Subscriptions, DIRECT_EXCHANGE, FANOUT_EXCHANGE};
 use claws_core::{Claw, QueueKind, Via};
 
 use crate::conformance::harness::{
-    ensure, fence_all, jid, require, CaseResult, Context, Harness, Instance, Policy, BULK, WAIT,
+    ensure, fence_all, jid, require, CaseResult, Context, Harness, Instance, Policy,
 };
 use crate::conformance::Options;
 
@@ -45,7 +45,7 @@ pub(super) async fn direct_full_jid(h: &Harness) -> CaseResult {
         .await
         .ctx(format_args!("sending to {to}"))?;
     let got = inbox
-        .packets(1, WAIT, "the stanza sent to A's full JID")
+        .packets(1, h.wait, "the stanza sent to A's full JID")
         .await?;
     let g = &got[0];
     ensure!(
@@ -153,7 +153,7 @@ pub(super) async fn bare_jid_load_balancing(h: &Harness) -> CaseResult {
     send_all(h, &sender, &bare, keys, 8).await?;
     let mut distinct = HashSet::new();
     let got = inbox
-        .until(BULK, "3000 stanzas sent to the bare JID", |g| {
+        .until(h.bulk, "3000 stanzas sent to the bare JID", |g| {
             if let Some(k) = g.last().and_then(|l| l.key.clone()) {
                 distinct.insert(k);
             }
@@ -227,7 +227,7 @@ pub(super) async fn broadcast_per_instance_and_group(h: &Harness) -> CaseResult 
     // per instance: N+1 on fanout; per group: N+1 on group_fanout
     let expected = (keys.len()) * (3 + 2);
     let got = inbox
-        .packets(expected, WAIT, "every copy of the broadcasts")
+        .packets(expected, h.wait, "every copy of the broadcasts")
         .await?;
     let mut own: HashMap<(usize, &str), usize> = HashMap::new();
     let mut shared: HashMap<(&str, &str), usize> = HashMap::new();
@@ -296,7 +296,7 @@ pub(super) async fn isolation(h: &Harness) -> CaseResult {
             .ctx(format_args!("sending to {to}"))?;
     }
     let got = inbox
-        .packets(sends.len(), WAIT, "one delivery per stanza sent")
+        .packets(sends.len(), h.wait, "one delivery per stanza sent")
         .await?;
     let allowed = |i: &Instance| -> Vec<&str> {
         match i.index {
@@ -353,7 +353,7 @@ pub(super) async fn correlation_id_round_trip(h: &Harness) -> CaseResult {
         .send(&jid(&b.jid())?, Some(&id), h.stanza("question"))
         .await
         .ctx("sending the question")?;
-    let q = inbox.packets(1, WAIT, "the question").await?.remove(0);
+    let q = inbox.packets(1, h.wait, "the question").await?.remove(0);
     ensure!(
         q.index == b.index,
         "the question reached the wrong instance"
@@ -376,7 +376,7 @@ pub(super) async fn correlation_id_round_trip(h: &Harness) -> CaseResult {
         .send(&back, q.via.id.as_deref(), h.stanza("answer"))
         .await
         .ctx("sending the answer")?;
-    let r = inbox.packets(1, WAIT, "the answer").await?.remove(0);
+    let r = inbox.packets(1, h.wait, "the answer").await?.remove(0);
     ensure!(
         r.index == a.index && r.key.as_deref() == Some("answer"),
         "the answer went astray: {r:?}"
@@ -391,7 +391,7 @@ pub(super) async fn correlation_id_round_trip(h: &Harness) -> CaseResult {
         .await
         .ctx("sending without an id")?;
     let n = inbox
-        .packets(1, WAIT, "the stanza sent without an id")
+        .packets(1, h.wait, "the stanza sent without an id")
         .await?
         .remove(0);
     ensure!(
