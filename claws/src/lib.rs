@@ -53,6 +53,21 @@
 //! In a real service the config comes from `claws.toml` and `CLAWS_*` variables:
 //! [`Config::load`]`(Some("claws.toml".as_ref()))`.
 //!
+//! ## The `claws` tool
+//!
+//! ```text
+//! cargo run -p claws -- demo                      # the three kinds of delivery, no broker needed
+//! claws --transport amqp091 --url amqp://guest:guest@127.0.0.1:5672/%2f \
+//!       --jid svc@example.com/w1 --format json listen --count 10
+//! claws --transport amqp091 --url ... --jid me@example.com/c send --to svc@example.com '<message/>'
+//! claws --transport amqp091 --url ... bench --messages 10000 --baseline
+//! claws test scenarios/ping.xml                   # scripted scenarios (claws-test)
+//! ```
+//!
+//! Options come from flags, then `CLAWS_*` variables, then `claws.toml`. Exit codes: 0 success,
+//! 2 usage or configuration error, 3 cannot connect, 1 anything else. `--format json` prints
+//! one object per line (`{"event":"received","payload":..,"via":{..}}`).
+//!
 //! ## The mem transport in `connect`
 //!
 //! [`connect`] builds `mem` claws on one process-wide [`MemBroker`](mem::MemBroker), [`default_broker`], so that

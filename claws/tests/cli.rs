@@ -192,6 +192,46 @@ fn topology_prints_the_wire_contract() {
     assert_eq!(bindings, 4);
 }
 
+/// The direct queue `claws topology` prints, which names the JID the config ended up with.
+fn direct_queue(out: &Output) -> String {
+    assert!(out.status.success(), "{}", stderr(out));
+    let lines = json_lines(&stdout(out));
+    let q = lines
+        .iter()
+        .find(|l| l["subscription"] == "direct")
+        .expect("a direct queue");
+    q["name"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn flags_override_environment_which_overrides_the_file() {
+    let file = std::env::temp_dir().join(format!("claws-cli-precedence-{}.toml", unique()));
+    std::fs::write(&file, "jid = \"file@test.claws/f\"\n").unwrap();
+    let file = file.to_str().unwrap().to_owned();
+    let run = |env: Option<&str>, flag: Option<&str>| {
+        let mut cmd = Command::new(CLAWS);
+        cmd.args(["--config", &file, "--format", "json", "topology"])
+            .env_remove("CLAWS_JID");
+        if let Some(jid) = env {
+            cmd.env("CLAWS_JID", jid);
+        }
+        if let Some(jid) = flag {
+            cmd.args(["--jid", jid]);
+        }
+        direct_queue(&cmd.output().expect("run claws"))
+    };
+    assert_eq!(run(None, None), "xmpp_direct:file@test.claws/f");
+    assert_eq!(
+        run(Some("env@test.claws/e"), None),
+        "xmpp_direct:env@test.claws/e"
+    );
+    assert_eq!(
+        run(Some("env@test.claws/e"), Some("flag@test.claws/g")),
+        "xmpp_direct:flag@test.claws/g"
+    );
+    let _ = std::fs::remove_file(file);
+}
+
 #[test]
 fn bench_on_mem_reports_throughput_and_percentiles() {
     let out = claws(&[

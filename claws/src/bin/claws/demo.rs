@@ -14,9 +14,11 @@ use crate::session;
 /// How long a step waits for its deliveries.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Start a small cluster in this process (a worker group of two instances sharing a bare JID,
-/// an echo service, a client) and show direct, load-balanced and broadcast delivery, each
-/// packet with its Via.
+/// Show direct, load-balanced and broadcast delivery in a small cluster.
+///
+/// Starts a small cluster in this process (a worker group of two instances sharing a bare
+/// JID, an echo service, a client) and shows direct, load-balanced and broadcast delivery,
+/// each packet with its Via.
 ///
 /// Runs on the in-process mem broker by default (nothing to install); with
 /// `--transport amqp091 --url amqp://...` the same happens on RabbitMQ.

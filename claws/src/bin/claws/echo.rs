@@ -8,9 +8,11 @@ use crate::options::Global;
 use crate::output::Printer;
 use crate::session;
 
-/// Run the echo service as --jid: answer XEP-0199 pings with an iq result, echo each <message>
-/// back to its sender (from/to swapped), answer other iq get/set with service-unavailable.
-/// Prints each event (as `listen` does) and runs until Ctrl-C or SIGTERM.
+/// Run the echo service as --jid.
+///
+/// Answers XEP-0199 pings with an iq result, echoes each <message> back to its sender
+/// (from/to swapped), answers other iq get/set with service-unavailable. Prints each event (as
+/// `listen` does) and runs until Ctrl-C or SIGTERM (or --count packets).
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// Exit (0) after handling this many packets.

@@ -10,7 +10,9 @@ use crate::options::Global;
 use crate::output::Printer;
 use crate::session;
 
-/// Connect as --jid, declare its queues, consume, and print every event; each packet is
+/// Consume as --jid and print every event.
+///
+/// Connects as --jid, declares its queues, consumes, and prints every event; each packet is
 /// acknowledged once printed.
 ///
 /// JSON lines: {"event":"connected","claw":NAME}; {"event":"received","payload":TEXT,

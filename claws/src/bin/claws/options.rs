@@ -12,7 +12,13 @@ use crate::exit::Failure;
 #[derive(Debug, clap::Args)]
 pub(crate) struct Global {
     /// Which claw: mem (in-process, the default), amqp091 (RabbitMQ), amqp10.
-    #[arg(long, global = true, value_enum, env = "CLAWS_TRANSPORT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "CLAWS_TRANSPORT",
+        hide_env_values = true
+    )]
     pub(crate) transport: Option<TransportArg>,
 
     /// The broker's URL, e.g. amqp://guest:guest@127.0.0.1:5672/%2f.
@@ -20,7 +26,7 @@ pub(crate) struct Global {
     pub(crate) url: Option<String>,
 
     /// This instance's JID, e.g. svc@example.com/worker-1.
-    #[arg(long, global = true, env = "CLAWS_JID")]
+    #[arg(long, global = true, env = "CLAWS_JID", hide_env_values = true)]
     pub(crate) jid: Option<String>,
 
     /// The config file (TOML); default: ./claws.toml when it exists.

@@ -10,9 +10,11 @@ use crate::exit::Failure;
 use crate::options::Global;
 use crate::output::Printer;
 
-/// Run scripted scenario files (claws-test's XML format) against the echo service's handler
-/// (the handler built into this tool; a file whose <config> names another <handler> fails),
-/// each on a fresh in-process mem broker. Prints each step and `N passed, M failed` (steps);
+/// Run scripted scenario files (claws-test) against the echo handler.
+///
+/// Runs claws-test's XML scenario files against the echo service's handler (the handler built
+/// into this tool; a file whose <config> names another <handler> fails), each on a fresh
+/// in-process mem broker. Prints each step and `N passed, M failed` (steps);
 /// exits 1 when any step fails, 2 when a file cannot be read or parsed.
 ///
 /// Built-in <check name=".."/> functions: replied_once (the handler sent exactly one packet),

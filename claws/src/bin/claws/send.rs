@@ -8,8 +8,10 @@ use crate::options::Global;
 use crate::output::Printer;
 use crate::session;
 
-/// Send one stanza directly to a JID (full: that instance; bare: one instance of its group).
-/// Exits 0 once the broker confirmed it.
+/// Send one stanza directly to a JID, confirmed.
+///
+/// A full JID reaches that instance; a bare JID one instance of its group. Exits 0 once the
+/// broker confirmed it.
 ///
 /// Sends as --jid, which consumes nothing here. On the mem transport only this process can
 /// be reached, so the send fails with "no route"; use amqp091 or amqp10 to reach a listener in
@@ -27,8 +29,9 @@ pub(crate) struct SendArgs {
     stanza: Option<String>,
 }
 
-/// Broadcast one stanza to every instance and every group. Exits 0 once the broker confirmed
-/// it.
+/// Broadcast one stanza to every instance and every group, confirmed.
+///
+/// Exits 0 once the broker confirmed it.
 ///
 /// On the mem transport only this process can be reached; use amqp091 or amqp10 to reach
 /// listeners in other processes.

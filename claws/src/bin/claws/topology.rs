@@ -11,9 +11,11 @@ use crate::options::Global;
 use crate::output::Printer;
 use crate::session;
 
-/// Print the exchanges, queues and bindings the claw declares for --jid (a config's
-/// [subscriptions] table selects the queues; on amqp091 the queue arguments are shown too).
-/// With --apply, declare them on the broker (amqp091: declared directly, nothing consumed;
+/// Print (or --apply) the exchanges, queues and bindings of --jid.
+///
+/// Prints what the claw declares for --jid (a config's [subscriptions] table selects the
+/// queues; on amqp091 the queue arguments are shown too). With --apply, declares them on the
+/// broker (amqp091: declared directly, nothing consumed;
 /// other transports: by starting the claw once, then closing it).
 ///
 /// JSON lines: {"kind":"exchange","name":..,"type":..}, {"kind":"queue","name":..,

@@ -14,9 +14,12 @@ use crate::options::Global;
 use crate::output::Printer;
 use stats::Stats;
 
-/// Measure a claw: one instance sends --messages stanzas of --size bytes directly to another
-/// (every send confirmed, up to --in-flight at once), which acknowledges each; prints
-/// throughput and latency percentiles (p50, p99), with a progress bar on stderr.
+/// Measure a claw's throughput and latency.
+///
+/// One instance sends --messages stanzas of --size bytes directly to another (every send
+/// confirmed, up to --in-flight at once), which acknowledges each; prints throughput and
+/// latency percentiles (p50, p99), with a progress bar on stderr. Latency runs from the send
+/// to the receipt under full load, so it includes the time stanzas wait in the queue.
 ///
 /// --baseline runs raw lapin doing the same work (persistent messages, publisher confirms,
 /// manual acks, the same prefetch) in the same run and prints the ratio; it needs
