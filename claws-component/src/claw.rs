@@ -1,0 +1,395 @@
+//! [`ComponentClaw`]: a [`Claw`] that is an XEP-0114 component of an XMPP server.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use claws_core::{Capabilities, Claw, Config, Error, Events, Jid, Packet, Result};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::{self, ComponentSection, Secret, Settings};
+use crate::outbound;
+use crate::state::{self, Command, Shared, State};
+
+/// How many stanzas may wait for the stream at once before `send` itself waits.
+const QUEUE: usize = 1024;
+
+/// Builds a [`ComponentClaw`]; see the crate docs for the options table.
+#[must_use]
+#[derive(Debug)]
+pub struct ComponentClawBuilder {
+    settings: Settings,
+}
+
+impl ComponentClawBuilder {
+    /// The claw's name in [`Via::claw`](claws_core::Via::claw) (default `component`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.settings.name = name.into();
+        self
+    }
+
+    /// Drop whitespace-only text nodes from received stanzas (default off).
+    pub fn trimmed(mut self, on: bool) -> Self {
+        self.settings.trimmed = on;
+        self
+    }
+
+    /// On sent stanzas, set `to` from the send call, `id` from the call when it gives one, and
+    /// `from` to the component's domain when the stanza has none (default on).
+    pub fn adjust_attrs(mut self, on: bool) -> Self {
+        self.settings.adjust_attrs = on;
+        self
+    }
+
+    /// Write a whitespace keepalive after this long without writing (default 60 s); `None`: never.
+    pub fn ping(mut self, every: Option<Duration>) -> Self {
+        self.settings.ping = every.filter(|d| !d.is_zero());
+        self
+    }
+
+    /// The largest stanza accepted from the server (default 1 MiB); a larger one ends the stream.
+    pub fn max_stanza_bytes(mut self, bytes: usize) -> Self {
+        self.settings.max_stanza_bytes = bytes;
+        self
+    }
+
+    /// The first wait before reconnecting (default 250 ms); it doubles after each failed attempt.
+    pub fn backoff_initial(mut self, wait: Duration) -> Self {
+        self.settings.backoff_initial = wait;
+        self
+    }
+
+    /// The longest wait between reconnection attempts (default 30 s).
+    pub fn backoff_cap(mut self, wait: Duration) -> Self {
+        self.settings.backoff_cap = wait;
+        self
+    }
+
+    /// The bound on TCP connect + stream header + handshake (default 10 s).
+    pub fn connect_timeout(mut self, wait: Duration) -> Self {
+        self.settings.connect_timeout = wait;
+        self
+    }
+
+    /// How long a send waits for the stream to be up before failing with
+    /// [`Error::Disconnected`] (default 10 s).
+    pub fn send_timeout(mut self, wait: Duration) -> Self {
+        self.settings.send_timeout = wait;
+        self
+    }
+
+    /// Validates the settings and builds the claw (it connects in [`Claw::start`]).
+    pub fn build(self) -> Result<ComponentClaw> {
+        let s = self.settings;
+        if s.name.is_empty() {
+            return Err(Error::Config(
+                "the component claw's name must not be empty".into(),
+            ));
+        }
+        if s.server
+            .rsplit_once(':')
+            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        {
+            return Err(Error::Config(format!(
+                "component server `{}` is not host:port; give the XMPP server's component port, \
+                 e.g. \"127.0.0.1:5347\"",
+                s.server
+            )));
+        }
+        let jid = claws_core::jid::parse(&s.domain)?;
+        if !jid.is_bare() || jid.node().is_some() {
+            return Err(Error::Config(format!(
+                "component domain `{}` must be a bare domain such as `echo.example.com`",
+                s.domain
+            )));
+        }
+        if s.max_stanza_bytes == 0 {
+            return Err(Error::Config(
+                "`max_stanza_bytes` must be at least 1".into(),
+            ));
+        }
+        if s.connect_timeout.is_zero() || s.send_timeout.is_zero() {
+            return Err(Error::Config(
+                "`connect_timeout` and `send_timeout` must be more than 0".into(),
+            ));
+        }
+        let name: Arc<str> = s.name.as_str().into();
+        let (state, _) = watch::channel(State::Disconnected);
+        let (cmds, rx) = mpsc::channel(QUEUE);
+        Ok(ComponentClaw {
+            shared: Arc::new(Shared {
+                settings: s,
+                name,
+                state,
+            }),
+            jid,
+            cmds,
+            run: Mutex::new(Run::New(rx)),
+        })
+    }
+}
+
+#[derive(Debug)]
+enum Run {
+    New(mpsc::Receiver<Command>),
+    Starting,
+    Running {
+        stop: watch::Sender<bool>,
+        task: JoinHandle<()>,
+    },
+    Closed,
+}
+
+/// An XEP-0114 component: connects to an XMPP server's component port, authenticates for its
+/// domain, hands every stanza the server routes to that domain to the router, and writes what
+/// is sent through it to the server. It reconnects by itself (see [`State`]).
+///
+/// Received stanzas arrive with a [`Via`](claws_core::Via) whose `jid` and `from` are the
+/// stanza's `from`, `queue` is `QueueKind::Other("component")`, `id` the stanza's `id`, and no
+/// exchange, so a reply through [`Context::reply`](claws_core::Context::reply) goes back to the
+/// user through the server.
+///
+/// A component stream has no acknowledgements and no queue: [`Claw::capabilities`] reports none
+/// but ordering, acking is a no-op, and a rejected stanza is logged and dropped (it cannot be
+/// delivered again). [`Claw::publish`] has no meaning here and fails.
+#[derive(Debug)]
+pub struct ComponentClaw {
+    shared: Arc<Shared>,
+    jid: Jid,
+    cmds: mpsc::Sender<Command>,
+    run: Mutex<Run>,
+}
+
+impl ComponentClaw {
+    /// A builder for a component of `domain` on the server's component port `server_addr`
+    /// (`host:port`), authenticating with `secret`.
+    pub fn builder(server_addr: &str, domain: &str, secret: &str) -> ComponentClawBuilder {
+        ComponentClawBuilder {
+            settings: Settings {
+                name: config::DEFAULT_NAME.into(),
+                server: server_addr.into(),
+                domain: domain.into(),
+                secret: Secret::new(secret),
+                trimmed: false,
+                adjust_attrs: true,
+                ping: Some(config::DEFAULT_PING),
+                max_stanza_bytes: config::DEFAULT_MAX_STANZA_BYTES,
+                backoff_initial: config::DEFAULT_BACKOFF_INITIAL,
+                backoff_cap: config::DEFAULT_BACKOFF_CAP,
+                connect_timeout: config::DEFAULT_CONNECT_TIMEOUT,
+                send_timeout: config::DEFAULT_SEND_TIMEOUT,
+            },
+        }
+    }
+
+    /// A builder from the `[component]` table of a claws config (see [`config`]).
+    pub fn builder_from_config(config: &Config) -> Result<ComponentClawBuilder> {
+        let section: ComponentSection = config.section("component")?;
+        let (server, domain, secret) = section.required()?;
+        let mut b = Self::builder(server, domain, secret.expose());
+        if let Some(name) = &section.name {
+            b = b.name(name.clone());
+        }
+        if let Some(on) = section.trimmed {
+            b = b.trimmed(on);
+        }
+        if let Some(on) = section.adjust_attrs {
+            b = b.adjust_attrs(on);
+        }
+        if let Some(ping) = section.ping {
+            b = b.ping(Some(config::seconds("ping", ping)?));
+        }
+        if let Some(bytes) = section.max_stanza_bytes {
+            b = b.max_stanza_bytes(bytes);
+        }
+        if let Some(cap) = section.backoff_cap {
+            b = b.backoff_cap(config::seconds("backoff_cap", cap)?);
+        }
+        if let Some(t) = section.connect_timeout {
+            b = b.connect_timeout(config::seconds("connect_timeout", t)?);
+        }
+        if let Some(t) = section.send_timeout {
+            b = b.send_timeout(config::seconds("send_timeout", t)?);
+        }
+        Ok(b)
+    }
+
+    /// The claw described by the `[component]` table of a claws config.
+    pub fn from_config(config: &Config) -> Result<Self> {
+        Self::builder_from_config(config)?.build()
+    }
+
+    /// The component's domain.
+    pub fn domain(&self) -> &str {
+        &self.shared.settings.domain
+    }
+
+    /// The server's component port, `host:port`.
+    pub fn server(&self) -> &str {
+        &self.shared.settings.server
+    }
+
+    /// Where the connection is now.
+    pub fn state(&self) -> State {
+        self.shared.state.borrow().clone()
+    }
+
+    /// A receiver that sees every state change (for monitoring and tests).
+    pub fn watch_state(&self) -> watch::Receiver<State> {
+        self.shared.state.subscribe()
+    }
+
+    fn connect_error(&self, reason: String) -> Error {
+        Error::Connect {
+            claw: self.shared.name.to_string(),
+            endpoint: format!(
+                "{} (component {})",
+                self.shared.settings.server, self.shared.settings.domain
+            ),
+            reason,
+        }
+    }
+}
+
+#[async_trait]
+impl Claw for ComponentClaw {
+    fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    fn jid(&self) -> &Jid {
+        &self.jid
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        // One TCP stream keeps order; nothing else: no queue, no acks, no redelivery, and a
+        // stanza in flight when the stream breaks is lost.
+        Capabilities {
+            ordering: true,
+            ..Capabilities::none()
+        }
+    }
+
+    async fn start(&self, events: Events) -> Result<()> {
+        let cmds = {
+            let mut run = self.run.lock().expect("run lock poisoned");
+            match std::mem::replace(&mut *run, Run::Starting) {
+                Run::New(cmds) => cmds,
+                other => {
+                    let err = match other {
+                        Run::Closed => Error::Closed {
+                            claw: self.shared.name.to_string(),
+                        },
+                        _ => {
+                            Error::Config(format!("claw `{}` is already started", self.shared.name))
+                        }
+                    };
+                    *run = other;
+                    return Err(err);
+                }
+            }
+        };
+        match state::establish(&self.shared).await {
+            Ok(stream) => {
+                tracing::info!(claw = &*self.shared.name, server = %self.shared.settings.server, domain = %self.shared.settings.domain, "component stream ready");
+                self.shared.set(State::Ready);
+                events.connected(&self.shared.name).await;
+                let (stop, stopped) = watch::channel(false);
+                let task = tokio::spawn(state::supervise(
+                    self.shared.clone(),
+                    stream,
+                    cmds,
+                    events,
+                    stopped,
+                ));
+                let mut run = self.run.lock().expect("run lock poisoned");
+                if matches!(*run, Run::Closed) {
+                    // Closed while starting.
+                    let _ = stop.send(true);
+                } else {
+                    *run = Run::Running { stop, task };
+                }
+                Ok(())
+            }
+            Err(failure) => {
+                self.shared.set(State::Disconnected);
+                let mut run = self.run.lock().expect("run lock poisoned");
+                if matches!(*run, Run::Starting) {
+                    *run = Run::New(cmds);
+                }
+                Err(self.connect_error(failure.to_string()))
+            }
+        }
+    }
+
+    async fn send(&self, to: &Jid, id: Option<&str>, packet: Packet) -> Result<()> {
+        match &*self.run.lock().expect("run lock poisoned") {
+            Run::New(_) => {
+                return Err(Error::Config(format!(
+                    "component claw `{}` is not started; start its router (or the claw) first",
+                    self.shared.name
+                )))
+            }
+            Run::Closed => {
+                return Err(Error::Closed {
+                    claw: self.shared.name.to_string(),
+                })
+            }
+            Run::Starting | Run::Running { .. } => {}
+        }
+        let bytes = outbound::prepare(&self.shared.settings, to, id, &packet)?;
+        let waited = self.shared.settings.send_timeout;
+        let (done, written) = oneshot::channel();
+        let submit = async {
+            self.cmds
+                .send(Command { bytes, done })
+                .await
+                .map_err(|_| "the claw is closed".to_owned())?;
+            written
+                .await
+                .map_err(|_| "the stream broke before the stanza was written".to_owned())?
+        };
+        match tokio::time::timeout(waited, submit).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(Error::backend(format!(
+                "component claw `{}`: the stanza for `{to}` was not written to the XMPP server: \
+                 {reason}",
+                self.shared.name
+            ))),
+            Err(_) => Err(Error::Disconnected {
+                claw: self.shared.name.to_string(),
+                waited,
+            }),
+        }
+    }
+
+    async fn publish(&self, _packet: Packet) -> Result<()> {
+        Err(Error::Config(format!(
+            "claw `{}` is an XEP-0114 component: an XMPP server has no broadcast to publish to; \
+             send to a JID instead, or publish through a broker claw",
+            self.shared.name
+        )))
+    }
+
+    async fn close(&self) -> Result<()> {
+        let previous = std::mem::replace(
+            &mut *self.run.lock().expect("run lock poisoned"),
+            Run::Closed,
+        );
+        if let Run::Running { stop, mut task } = previous {
+            let _ = stop.send(true);
+            let bound = self.shared.settings.connect_timeout + Duration::from_secs(5);
+            if tokio::time::timeout(bound, &mut task).await.is_err() {
+                task.abort();
+                self.shared.set(State::Closed);
+                return Err(Error::Timeout {
+                    what: format!("closing component claw `{}`", self.shared.name),
+                    after: bound,
+                });
+            }
+        }
+        self.shared.set(State::Closed);
+        Ok(())
+    }
+}

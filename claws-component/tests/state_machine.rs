@@ -1,0 +1,501 @@
+//! The component claw against a fake XEP-0114 server written here (tokio TCP): handshake, stanzas
+//! both ways, a refused handshake, backoff, stream errors and restarts, keepalives, limits.
+
+use std::time::{Duration, Instant};
+
+use claws_component::stream::{Frame, Framer, Stanza};
+use claws_component::{ComponentClaw, State};
+use claws_core::{Claw, Delivery, Error, Event, Events, Packet, QueueKind};
+use sha1::{Digest, Sha1};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::time::timeout;
+
+const DOMAIN: &str = "echo.test.example";
+const SECRET: &str = "s3cr3t-never-logged";
+const WAIT: Duration = Duration::from_secs(10);
+
+/// One accepted connection of the fake server.
+struct Session {
+    sock: TcpStream,
+    framer: Framer,
+}
+
+impl Session {
+    async fn accept(listener: &TcpListener) -> Session {
+        let (sock, _) = timeout(WAIT, listener.accept())
+            .await
+            .expect("the claw connects")
+            .unwrap();
+        Session {
+            sock,
+            framer: Framer::new(1 << 20),
+        }
+    }
+
+    async fn frame(&mut self) -> Option<Frame> {
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(frame) = self
+                .framer
+                .next_frame()
+                .expect("the claw writes a well-formed stream")
+            {
+                return Some(frame);
+            }
+            let n = timeout(WAIT, self.sock.read(&mut buf))
+                .await
+                .expect("the claw writes")
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.framer.feed(&buf[..n]);
+        }
+    }
+
+    async fn stanza(&mut self) -> Stanza {
+        match self.frame().await {
+            Some(Frame::Stanza(s)) => s,
+            other => panic!("expected a stanza, got {other:?}"),
+        }
+    }
+
+    async fn write(&mut self, data: &str) {
+        self.sock.write_all(data.as_bytes()).await.unwrap();
+    }
+
+    /// Plays the server's side of the handshake; `accept` false refuses it like a server with a
+    /// different secret. Returns whether the claw proved the right secret.
+    async fn handshake(&mut self, id: &str, accept: bool) -> bool {
+        let Some(Frame::Header(h)) = self.frame().await else {
+            panic!("expected the claw's stream header")
+        };
+        assert_eq!(h.to.as_deref(), Some(DOMAIN));
+        self.write(&format!(
+            "<?xml version='1.0'?><stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:component:accept' from='{DOMAIN}' id='{id}'>"
+        ))
+        .await;
+        let proof = self.stanza().await;
+        assert_eq!(proof.head.name, "handshake");
+        let expected = hex::encode(Sha1::digest(format!("{id}{SECRET}").as_bytes()));
+        let body = String::from_utf8(proof.bytes.to_vec()).unwrap();
+        let right = body == format!("<handshake>{expected}</handshake>");
+        if right && accept {
+            self.write("<handshake/>").await;
+        } else {
+            self.write("<stream:error><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>").await;
+        }
+        right
+    }
+}
+
+fn builder(addr: &str) -> claws_component::ComponentClawBuilder {
+    ComponentClaw::builder(addr, DOMAIN, SECRET)
+        .backoff_initial(Duration::from_millis(40))
+        .backoff_cap(Duration::from_millis(160))
+        .connect_timeout(Duration::from_secs(5))
+}
+
+async fn listener() -> (TcpListener, String) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    (l, addr)
+}
+
+/// Starts `claw` while the fake server accepts its handshake; returns the session and events.
+async fn start(claw: &ComponentClaw, listener: &TcpListener) -> (Session, mpsc::Receiver<Event>) {
+    let (events, rx) = Events::channel(64);
+    let server = async {
+        let mut s = Session::accept(listener).await;
+        assert!(s.handshake("id-1", true).await);
+        s
+    };
+    let (started, session) = tokio::join!(claw.start(events), server);
+    started.expect("the claw starts");
+    (session, rx)
+}
+
+async fn next_event(rx: &mut mpsc::Receiver<Event>) -> Event {
+    timeout(WAIT, rx.recv())
+        .await
+        .expect("an event arrives")
+        .expect("the channel is open")
+}
+
+async fn next_delivery(rx: &mut mpsc::Receiver<Event>) -> Delivery {
+    match next_event(rx).await {
+        Event::Received(d) => d,
+        other => panic!("expected a delivery, got {other:?}"),
+    }
+}
+
+async fn wait_state(states: &mut watch::Receiver<State>, want: impl Fn(&State) -> bool) -> State {
+    timeout(WAIT, states.wait_for(|s| want(s)))
+        .await
+        .expect("the state is reached")
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test]
+async fn stanzas_flow_both_ways_with_the_right_via() {
+    let (l, addr) = listener().await;
+    let claw = builder(&addr).name("xmpp").build().unwrap();
+    assert_eq!(claw.state(), State::Disconnected);
+    let (mut server, mut rx) = start(&claw, &l).await;
+    assert_eq!(claw.state(), State::Ready);
+    assert!(matches!(next_event(&mut rx).await, Event::Connected { claw } if &*claw == "xmpp"));
+
+    // Several stanzas in one write, then one split across writes (mid-tag and mid-character).
+    server
+        .write("<message from='alice@xmpp.example/phone' to='bot@echo.test.example' id='m1'><body>one</body></message> <presence from='alice@xmpp.example/phone' to='bot@echo.test.example'/>")
+        .await;
+    let split = "<iq type='get' id='p1' from='bob@xmpp.example/pc' to='bot@echo.test.example'><ping xmlns='urn:xmpp:ping'/></iq><message from='bob@xmpp.example/pc' to='bot@echo.test.example'><body>caf\u{e9}</body></message>";
+    let cut = split.find("\u{e9}").unwrap() + 1; // inside the two-byte é
+    for part in [
+        &split.as_bytes()[..20],
+        &split.as_bytes()[20..cut],
+        &split.as_bytes()[cut..],
+    ] {
+        server.sock.write_all(part).await.unwrap();
+        server.sock.flush().await.unwrap();
+    }
+    let d = next_delivery(&mut rx).await;
+    assert_eq!(d.packet.as_str().unwrap(), "<message from='alice@xmpp.example/phone' to='bot@echo.test.example' id='m1'><body>one</body></message>");
+    assert_eq!(d.via.jid, "alice@xmpp.example/phone");
+    assert_eq!(
+        d.via.from.as_ref().map(|j| j.as_str()),
+        Some("alice@xmpp.example/phone")
+    );
+    assert_eq!(d.via.id.as_deref(), Some("m1"));
+    assert_eq!(d.via.queue, QueueKind::Other("component".into()));
+    assert_eq!(d.via.exchange, None);
+    assert_eq!(&*d.via.claw, "xmpp");
+    d.acker.ack().await.unwrap();
+    let d = next_delivery(&mut rx).await;
+    assert!(d.packet.as_str().unwrap().starts_with("<presence"));
+    assert_eq!(d.via.id, None);
+    // A rejected stanza cannot be redelivered: reject is accepted and nothing comes back.
+    d.acker
+        .reject(&Error::Handler("test".into()))
+        .await
+        .unwrap();
+    let d = next_delivery(&mut rx).await;
+    assert_eq!(d.via.id.as_deref(), Some("p1"));
+    assert_eq!(d.via.jid, "bob@xmpp.example/pc");
+    let d = next_delivery(&mut rx).await;
+    assert!(d.packet.as_str().unwrap().contains("caf\u{e9}"));
+
+    // Sending: adjust_attrs sets to, id and a missing from; the client namespace is dropped.
+    let to = claws_core::jid::parse("alice@xmpp.example/phone").unwrap();
+    claw.send(
+        &to,
+        Some("r1"),
+        Packet::from("<message xmlns='jabber:client'><body>hi</body></message>"),
+    )
+    .await
+    .unwrap();
+    let got = server.stanza().await;
+    assert_eq!(
+        String::from_utf8(got.bytes.to_vec()).unwrap(),
+        r#"<message to="alice@xmpp.example/phone" id="r1" from="echo.test.example"><body>hi</body></message>"#
+    );
+    // A payload that is not one element, or a from outside the domain, never reaches the stream.
+    let err = claw
+        .send(&to, None, Packet::from("<a/><b/>"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::MalformedXml { .. }), "{err}");
+    let err = claw
+        .send(&to, None, Packet::from("<message from='x@other.example'/>"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Refused { .. }), "{err}");
+    claw.send(&to, None, Packet::from("<presence/>"))
+        .await
+        .unwrap();
+    assert_eq!(server.stanza().await.head.name, "presence");
+
+    let err = claw.publish(Packet::from("<message/>")).await.unwrap_err();
+    assert!(err.to_string().contains("no broadcast"), "{err}");
+    let caps = claw.capabilities();
+    assert!(
+        !caps.redelivery
+            && !caps.persistence
+            && !caps.fanout
+            && !caps.load_balancing
+            && caps.ordering
+    );
+
+    // Close: the claw ends its stream.
+    let closing = tokio::spawn(async move {
+        claw.close().await.unwrap();
+        claw
+    });
+    assert_eq!(server.frame().await, Some(Frame::End));
+    drop(server);
+    let claw = closing.await.unwrap();
+    assert_eq!(claw.state(), State::Closed);
+    assert!(matches!(
+        claw.send(&to, None, Packet::from("<presence/>")).await,
+        Err(Error::Closed { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_refused_handshake_is_a_clear_error_without_the_secret() {
+    let (l, addr) = listener().await;
+    let claw = builder(&addr).build().unwrap();
+    let (events, _rx) = Events::channel(8);
+    let server = async {
+        let mut s = Session::accept(&l).await;
+        assert!(
+            s.handshake("id-x", false).await,
+            "the claw hashed the right secret"
+        );
+    };
+    let (started, ()) = tokio::join!(claw.start(events), server);
+    let err = started.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Connect { .. }), "{msg}");
+    assert!(
+        msg.contains("refused the handshake") && msg.contains("not-authorized"),
+        "{msg}"
+    );
+    assert!(msg.contains("check that the component secret"), "{msg}");
+    assert!(!msg.contains(SECRET), "{msg}");
+    assert!(!format!("{claw:?}").contains(SECRET));
+    assert_eq!(claw.state(), State::Disconnected);
+
+    // Nothing listens: a clear connect error, within the bound.
+    drop(l);
+    let (events, _rx) = Events::channel(8);
+    let err = claw.start(events).await.unwrap_err().to_string();
+    assert!(err.contains(&addr) && err.contains(DOMAIN), "{err}");
+}
+
+#[tokio::test]
+async fn failed_reconnections_back_off_up_to_the_cap() {
+    let (l, addr) = listener().await;
+    let claw = builder(&addr).build().unwrap();
+    let mut states = claw.watch_state();
+    let (server, mut rx) = start(&claw, &l).await;
+    assert!(matches!(next_event(&mut rx).await, Event::Connected { .. }));
+
+    // The server goes away; then refuses the handshake five times (as after a secret change).
+    drop(server);
+    match next_event(&mut rx).await {
+        Event::Disconnected { reason, .. } => {
+            assert!(reason.contains("closed the connection"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut accepted_at = Vec::new();
+    for i in 0..5 {
+        let mut s = Session::accept(&l).await;
+        accepted_at.push(Instant::now());
+        assert!(s.handshake(&format!("bad-{i}"), false).await);
+    }
+    // Each wait doubles from 40 ms up to the 160 ms cap: never a tight loop.
+    let gaps: Vec<Duration> = accepted_at.windows(2).map(|w| w[1] - w[0]).collect();
+    for (i, gap) in gaps.iter().enumerate() {
+        let floor = Duration::from_millis((80u64 << i).min(160));
+        assert!(
+            *gap >= floor - Duration::from_millis(5),
+            "attempt gap {i} was {gap:?}, wanted >= {floor:?}; gaps {gaps:?}"
+        );
+    }
+    let retrying = wait_state(&mut states, |s| {
+        matches!(s, State::Retrying { attempt: 6.., .. })
+    })
+    .await;
+    assert_eq!(
+        retrying,
+        State::Retrying {
+            attempt: 6,
+            delay: Duration::from_millis(160)
+        }
+    );
+
+    // Then it accepts: Connected again, and stanzas flow.
+    let mut s = Session::accept(&l).await;
+    assert!(s.handshake("good", true).await);
+    assert!(matches!(next_event(&mut rx).await, Event::Connected { .. }));
+    s.write("<message from='a@b.example/r' id='after'/>").await;
+    assert_eq!(
+        next_delivery(&mut rx).await.via.id.as_deref(),
+        Some("after")
+    );
+    claw.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn stream_errors_and_restarts_reconnect() {
+    let (l, addr) = listener().await;
+    let claw = builder(&addr).build().unwrap();
+    let (mut server, mut rx) = start(&claw, &l).await;
+    assert!(matches!(next_event(&mut rx).await, Event::Connected { .. }));
+
+    // A stream error (another session took over the domain).
+    server
+        .write("<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>replaced</text></stream:error></stream:stream>")
+        .await;
+    match next_event(&mut rx).await {
+        Event::Disconnected { reason, .. } => {
+            assert!(reason.contains("conflict: replaced"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut server = Session::accept(&l).await;
+    assert!(server.handshake("id-2", true).await);
+    assert!(matches!(next_event(&mut rx).await, Event::Connected { .. }));
+
+    // A plain stream restart (the server ends the stream) and a stanza over the size limit.
+    server.write("</stream:stream>").await;
+    assert!(matches!(
+        next_event(&mut rx).await,
+        Event::Disconnected { .. }
+    ));
+    let mut server = Session::accept(&l).await;
+    assert!(server.handshake("id-3", true).await);
+    assert!(matches!(next_event(&mut rx).await, Event::Connected { .. }));
+    let to = claws_core::jid::parse("u@xmpp.example/r").unwrap();
+    claw.send(
+        &to,
+        None,
+        Packet::from("<message><body>after restart</body></message>"),
+    )
+    .await
+    .unwrap();
+    assert!(String::from_utf8(server.stanza().await.bytes.to_vec())
+        .unwrap()
+        .contains("after restart"));
+    server
+        .write(&format!(
+            "<message from='u@xmpp.example/r'><body>{}</body></message>",
+            "x".repeat(2 << 20)
+        ))
+        .await;
+    match next_event(&mut rx).await {
+        Event::Disconnected { reason, .. } => assert!(reason.contains("limit"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    let mut server = Session::accept(&l).await;
+    assert!(server.handshake("id-4", true).await);
+    assert!(matches!(next_event(&mut rx).await, Event::Connected { .. }));
+    server
+        .write("<message from='u@xmpp.example/r' id='ok'/>")
+        .await;
+    assert_eq!(next_delivery(&mut rx).await.via.id.as_deref(), Some("ok"));
+    claw.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn sends_wait_a_bounded_time_while_disconnected() {
+    let (l, addr) = listener().await;
+    let claw = builder(&addr)
+        .send_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let mut states = claw.watch_state();
+    let (server, mut rx) = start(&claw, &l).await;
+    assert!(matches!(next_event(&mut rx).await, Event::Connected { .. }));
+    drop(server);
+    drop(l); // nothing listens any more: reconnection fails, with backoff
+    assert!(matches!(
+        next_event(&mut rx).await,
+        Event::Disconnected { .. }
+    ));
+    wait_state(&mut states, |s| {
+        matches!(s, State::Retrying { attempt: 2.., .. })
+    })
+    .await;
+    let to = claws_core::jid::parse("u@xmpp.example/r").unwrap();
+    let t0 = Instant::now();
+    let err = claw
+        .send(&to, None, Packet::from("<message/>"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Disconnected { .. }), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    // Closing stops the retries.
+    claw.close().await.unwrap();
+    assert_eq!(claw.state(), State::Closed);
+}
+
+#[tokio::test]
+async fn whitespace_keepalives_after_idle_time() {
+    let (l, addr) = listener().await;
+    let claw = builder(&addr)
+        .ping(Some(Duration::from_millis(50)))
+        .build()
+        .unwrap();
+    let (mut server, _rx) = start(&claw, &l).await;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 64];
+    while seen.len() < 3 {
+        let n = timeout(WAIT, server.sock.read(&mut buf))
+            .await
+            .expect("keepalives come")
+            .unwrap();
+        assert!(n > 0);
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(seen.iter().all(|b| *b == b' '), "{seen:?}");
+    claw.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn trimmed_drops_whitespace_text() {
+    let (l, addr) = listener().await;
+    let claw = builder(&addr).trimmed(true).build().unwrap();
+    let (mut server, mut rx) = start(&claw, &l).await;
+    assert!(matches!(next_event(&mut rx).await, Event::Connected { .. }));
+    server
+        .write("<message from='a@b.example/r'>\n  <body> hi </body>\n</message>")
+        .await;
+    let d = next_delivery(&mut rx).await;
+    assert_eq!(
+        d.packet.as_str().unwrap(),
+        r#"<message from="a@b.example/r"><body> hi </body></message>"#
+    );
+    claw.close().await.unwrap();
+}
+
+#[test]
+fn builder_and_config_validation() {
+    let err = ComponentClaw::builder("no-port", DOMAIN, SECRET)
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("host:port"), "{err}");
+    let err = ComponentClaw::builder("h:1", "user@echo.example", SECRET)
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bare domain"), "{err}");
+
+    let figment = claws_core::Config::figment(None).merge(figment_toml(
+        "[component]\nserver = \"127.0.0.1:5347\"\ndomain = \"echo.example\"\nsecret = \"zz-secret\"\nping = 0\nbackoff_cap = 2.5\nname = \"xmpp\"",
+    ));
+    let config = claws_core::Config::from_figment(&figment).unwrap();
+    let claw = ComponentClaw::from_config(&config).unwrap();
+    assert_eq!(claw.name(), "xmpp");
+    assert_eq!(claw.domain(), "echo.example");
+    assert_eq!(claw.jid().as_str(), "echo.example");
+    assert!(!format!("{claw:?}").contains("zz-secret"));
+
+    let figment = claws_core::Config::figment(None).merge(figment_toml(
+        "[component]\nserver = \"h:1\"\ndomain = \"d\"\nsecrett = \"x\"",
+    ));
+    let config = claws_core::Config::from_figment(&figment).unwrap();
+    let err = ComponentClaw::from_config(&config).unwrap_err().to_string();
+    assert!(err.contains("secrett"), "{err}");
+}
+
+fn figment_toml(s: &str) -> figment::providers::Data<figment::providers::Toml> {
+    use figment::providers::Format;
+    figment::providers::Toml::string(s)
+}
