@@ -111,6 +111,8 @@ pub(crate) struct Harness {
     instances: AtomicUsize,
     jids: Mutex<Vec<String>>,
     claws: Mutex<Vec<Arc<dyn Claw>>>,
+    /// Kept alive until the claws are closed (a fault proxy they connect through).
+    held: Mutex<Vec<Box<dyn std::any::Any + Send>>>,
 }
 
 impl Harness {
@@ -128,6 +130,7 @@ impl Harness {
             instances: AtomicUsize::new(0),
             jids: Mutex::new(Vec::new()),
             claws: Mutex::new(Vec::new()),
+            held: Mutex::new(Vec::new()),
         }
     }
 
@@ -176,6 +179,11 @@ impl Harness {
 
     pub(crate) fn note_claw(&self, claw: &Arc<dyn Claw>) {
         self.claws.lock().expect("claws lock").push(claw.clone());
+    }
+
+    /// Keeps `thing` alive until the case's claws are closed.
+    pub(crate) fn hold(&self, thing: impl std::any::Any + Send) {
+        self.held.lock().expect("held lock").push(Box::new(thing));
     }
 
     /// A new inbox; instances started with its sender report into it.
@@ -232,6 +240,7 @@ impl Harness {
             let _ = tokio::time::timeout(WAIT, c.close()).await;
         });
         futures_util::future::join_all(closing).await;
+        self.held.lock().expect("held lock").clear();
         let jids = std::mem::take(&mut *self.jids.lock().expect("jids lock"));
         if !jids.is_empty() {
             let _ = tokio::time::timeout(WAIT, self.factory.cleanup(&jids)).await;

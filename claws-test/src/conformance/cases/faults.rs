@@ -72,9 +72,13 @@ pub(super) async fn reconnect_after_cut(h: &Harness) -> CaseResult {
         ));
     };
     const N: usize = 10_000;
-    let proxy = FaultProxy::start(addr)
-        .await
-        .ctx("starting the fault proxy")?;
+    let proxy = Arc::new(
+        FaultProxy::start(addr)
+            .await
+            .ctx("starting the fault proxy")?,
+    );
+    // Dropped only after the claws are closed, so that they do not see a second outage.
+    h.hold(proxy.clone());
     let (tx, mut inbox) = h.inbox();
     let make_at = |jid: String, opts: Options| {
         let proxy = proxy.addr();
