@@ -48,7 +48,7 @@
 //! | `graceful_close_busy` | `close` while handlers are busy: they finish and their acks succeed; nothing comes back | always |
 //! | `use_after_close` | a send after `close` fails with `Error::Closed` | always |
 //! | `router_reply_through_origin` | a [`Router`](claws_core::Router) over two claws replies through the one a stanza came from | always |
-//! | `reconnect_after_cut` | the fault proxy cuts the connections while 10 000 stanzas flow: `Disconnected`, `Connected`, none lost | `reconnect` and `broker_addr()` |
+//! | `reconnect_after_cut` | the fault proxy cuts the connections while 10 000 stanzas flow and refuses new ones for 0.5 s: `Disconnected`, `Connected`, none lost | `reconnect` and `broker_addr()` |
 //! | `broker_restart` | stanzas stored while the receiver was away survive a broker restart | `survives_broker_restart` and `restart_broker()` |
 //! | `invalid_jid` | `make` refuses invalid JIDs with `Error::InvalidJid` | always |
 //! | `oversize_name` | a JID whose queue names pass 255 bytes is refused with `Error::NameTooLong` | always |

@@ -90,3 +90,25 @@ async fn loopbus_claw_passes_the_conformance_suite() {
         "loopbus declares every capability, yet skipped {skipped:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenarios_run_over_the_loopbus_claw_too() {
+    let factory = LoopFactory {
+        broker: LoopBroker::start().await.expect("a loopback port"),
+    };
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../claws-test/scenarios/ping.xml"
+    );
+    let report = claws_test::scenario::Scenario::from_file(path)
+        .expect("the example scenario parses")
+        .check("replied_once", |out| match out.sent.len() {
+            1 => Ok(()),
+            n => Err(format!("{n} replies")),
+        })
+        .run_on(claws_core::Echo, &factory)
+        .await;
+    println!("{report}");
+    report.assert_passed();
+    assert_eq!(report.passed(), 4);
+}

@@ -62,8 +62,11 @@ fn none_missing(got: &[Got], keys: &[String]) -> CaseResult {
     Ok(())
 }
 
-/// The fault proxy cuts the connections while 10 000 stanzas flow: the claws report
-/// Disconnected, then Connected, and every stanza arrives.
+/// How long the proxy refuses connections after the cut.
+const OUTAGE: Duration = Duration::from_millis(500);
+
+/// The fault proxy cuts the connections while 10 000 stanzas flow and refuses new ones for
+/// half a second: the claws report Disconnected, then Connected, and every stanza arrives.
 pub(super) async fn reconnect_after_cut(h: &Harness) -> CaseResult {
     require(h.caps()?.reconnect, "reconnect")?;
     let Some(addr) = h.factory.broker_addr() else {
@@ -129,6 +132,9 @@ pub(super) async fn reconnect_after_cut(h: &Harness) -> CaseResult {
         .packets(N / 5, h.bulk, "the first 2000 stanzas, before the cut")
         .await?;
     let live = proxy.connection_count();
+    // The outage: connections cut, and new ones refused for a while, so that the claws'
+    // first reconnection attempts fail too.
+    proxy.refuse(true);
     proxy.cut();
     let idx = r.index;
     inbox
@@ -139,6 +145,9 @@ pub(super) async fn reconnect_after_cut(h: &Harness) -> CaseResult {
             |s| matches!(s, Seen::Disconnected(i, _) if *i == idx),
         )
         .await?;
+    // How long the outage lasts (a fault's duration, not a synchronisation).
+    tokio::time::sleep(OUTAGE).await;
+    proxy.heal();
     inbox
         .event(
             h.bulk,
