@@ -39,11 +39,16 @@ pub fn connect(config: &Config) -> Result<Arc<dyn Claw>> {
 
 /// Builds a `mem` claw from `config` on `broker` (whatever `config.transport` says): its JID,
 /// name, prefetch, `max_deliveries` and subscriptions.
+///
+/// The mem claw counts `prefetch` across all its subscriptions, and each idle subscription
+/// holds one unit while it waits; so the prefetch used is at least the number of consumed
+/// queues (a `prefetch = 1` config would otherwise starve all but one subscription).
 pub fn connect_mem(config: &Config, broker: &MemBroker) -> Result<Arc<dyn Claw>> {
+    let queues = claws_core::topology::queues(&config.jid()?, config.subscriptions)?.len();
     let claw = broker
         .claw_builder(&config.jid)?
         .name(config.claw_name())
-        .prefetch(usize::from(config.prefetch))
+        .prefetch(usize::from(config.prefetch).max(queues + 1))
         .max_deliveries(config.max_deliveries)
         .subscriptions(config.subscriptions)
         .build()?;
@@ -93,6 +98,39 @@ mod tests {
         let claw = connect(&config).unwrap();
         assert_eq!(claw.name(), "m1");
         assert_eq!(claw.jid().as_str(), "unit@example.com/a");
+    }
+
+    #[tokio::test]
+    async fn a_prefetch_of_one_still_serves_every_subscription() {
+        use claws_core::{jid, Event, Events, Packet};
+        let broker = MemBroker::new();
+        let config = Config {
+            jid: "p1@example.com/a".into(),
+            prefetch: 1,
+            ..Config::default()
+        };
+        let claw = connect_mem(&config, &broker).unwrap();
+        let (events, mut rx) = Events::channel(16);
+        claw.start(events).await.unwrap();
+        let bare = jid::parse("p1@example.com").unwrap();
+        let full = jid::parse("p1@example.com/a").unwrap();
+        claw.send(&bare, None, Packet::from("<a/>")).await.unwrap();
+        claw.send(&full, None, Packet::from("<b/>")).await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let event = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+                .await
+                .expect("both packets arrive")
+                .expect("events");
+            if let Event::Received(d) = event {
+                got.push(d.via.queue.to_string());
+                d.acker.ack().await.unwrap();
+            }
+        }
+        got.sort();
+        assert_eq!(got, ["direct", "group_direct"]);
+        drop(rx);
+        claw.close().await.unwrap();
     }
 
     #[test]

@@ -54,9 +54,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
     let mut workers = Vec::new();
     for name in ["w1", "w2", "w3"] {
-        // Prefetch 4: one unsettled delivery per subscription, so an instance busy with a job
-        // leaves the next one to the others.
-        let claw = claws::connect(&config(&format!("jobs@example.com/{name}"), 4))?;
+        // A small prefetch, so that an instance busy with a job leaves the next ones to
+        // the others.
+        let claw = claws::connect(&config(&format!("jobs@example.com/{name}"), 1))?;
         let router = Router::builder().claw_arc(claw).build()?;
         router
             .start(Worker {

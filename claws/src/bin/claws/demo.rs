@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use claws::topology::DIRECT_EXCHANGE;
 use claws::{async_trait, jid, Config, Context, Echo, Handler, HandlerResult, Packet, Router, Via};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -10,6 +11,9 @@ use crate::exit::Failure;
 use crate::options::Global;
 use crate::output::{payload_text, via_json, via_text, Printer};
 use crate::session;
+
+/// How long a worker spends on a job sent to the group.
+const JOB_TIME: Duration = Duration::from_millis(15);
 
 /// How long a step waits for its deliveries.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,6 +52,9 @@ impl Handler for Recorder {
     async fn received(&self, packet: Packet, via: Via, ctx: &Context) -> HandlerResult {
         if self.echo {
             Echo.received(packet.clone(), via.clone(), ctx).await?;
+        } else if via.queue.is_group() && via.exchange.as_deref() == Some(DIRECT_EXCHANGE) {
+            // A job for the group takes the worker a moment, so the other takes the next ones.
+            tokio::time::sleep(JOB_TIME).await;
         }
         let _ = self.seen.send(Seen {
             instance: self.instance,
@@ -108,9 +115,8 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<(), Failure> {
         ] {
             let config = Config {
                 jid: jid.clone(),
-                // A small prefetch, so that the group shares the work visibly (the mem claw counts
-                // it across its four subscriptions, so it must be at least 4 there).
-                prefetch: 5,
+                // One job at a time per subscription, so that the group shares the work visibly.
+                prefetch: 1,
                 ..base.clone()
             };
             let handler = Recorder {
