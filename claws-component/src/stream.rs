@@ -542,8 +542,10 @@ mod tests {
         let expected = drain(&mut reference).unwrap();
         assert!(matches!(expected.last(), Some(Frame::End)));
         // Two cuts anywhere, even inside a tag, an entity, a comment, a CDATA or a UTF-8 char.
+        // Every single cut (b == len), and pairs of cuts on a grid.
         for a in 0..whole.len() {
-            for b in (a..whole.len()).step_by(7) {
+            let step = if a % 5 == 0 { 11 } else { whole.len() };
+            for b in (a..whole.len()).step_by(step).chain([whole.len()]) {
                 let mut f = Framer::new(1 << 16);
                 let mut got = Vec::new();
                 for part in [&whole[..a], &whole[a..b], &whole[b..]] {

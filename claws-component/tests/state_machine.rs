@@ -3,105 +3,23 @@
 
 use std::time::{Duration, Instant};
 
-use claws_component::stream::{Frame, Framer, Stanza};
+use claws_component::stream::Frame;
 use claws_component::{ComponentClaw, State};
 use claws_core::{Claw, Delivery, Error, Event, Events, Packet, QueueKind};
-use sha1::{Digest, Sha1};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
 
-const DOMAIN: &str = "echo.test.example";
-const SECRET: &str = "s3cr3t-never-logged";
-const WAIT: Duration = Duration::from_secs(10);
+mod fake;
 
-/// One accepted connection of the fake server.
-struct Session {
-    sock: TcpStream,
-    framer: Framer,
-}
-
-impl Session {
-    async fn accept(listener: &TcpListener) -> Session {
-        let (sock, _) = timeout(WAIT, listener.accept())
-            .await
-            .expect("the claw connects")
-            .unwrap();
-        Session {
-            sock,
-            framer: Framer::new(1 << 20),
-        }
-    }
-
-    async fn frame(&mut self) -> Option<Frame> {
-        let mut buf = [0u8; 4096];
-        loop {
-            if let Some(frame) = self
-                .framer
-                .next_frame()
-                .expect("the claw writes a well-formed stream")
-            {
-                return Some(frame);
-            }
-            let n = timeout(WAIT, self.sock.read(&mut buf))
-                .await
-                .expect("the claw writes")
-                .ok()?;
-            if n == 0 {
-                return None;
-            }
-            self.framer.feed(&buf[..n]);
-        }
-    }
-
-    async fn stanza(&mut self) -> Stanza {
-        match self.frame().await {
-            Some(Frame::Stanza(s)) => s,
-            other => panic!("expected a stanza, got {other:?}"),
-        }
-    }
-
-    async fn write(&mut self, data: &str) {
-        self.sock.write_all(data.as_bytes()).await.unwrap();
-    }
-
-    /// Plays the server's side of the handshake; `accept` false refuses it like a server with a
-    /// different secret. Returns whether the claw proved the right secret.
-    async fn handshake(&mut self, id: &str, accept: bool) -> bool {
-        let Some(Frame::Header(h)) = self.frame().await else {
-            panic!("expected the claw's stream header")
-        };
-        assert_eq!(h.to.as_deref(), Some(DOMAIN));
-        self.write(&format!(
-            "<?xml version='1.0'?><stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns='jabber:component:accept' from='{DOMAIN}' id='{id}'>"
-        ))
-        .await;
-        let proof = self.stanza().await;
-        assert_eq!(proof.head.name, "handshake");
-        let expected = hex::encode(Sha1::digest(format!("{id}{SECRET}").as_bytes()));
-        let body = String::from_utf8(proof.bytes.to_vec()).unwrap();
-        let right = body == format!("<handshake>{expected}</handshake>");
-        if right && accept {
-            self.write("<handshake/>").await;
-        } else {
-            self.write("<stream:error><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>").await;
-        }
-        right
-    }
-}
+use fake::{listener, Session, DOMAIN, SECRET, WAIT};
 
 fn builder(addr: &str) -> claws_component::ComponentClawBuilder {
     ComponentClaw::builder(addr, DOMAIN, SECRET)
         .backoff_initial(Duration::from_millis(40))
         .backoff_cap(Duration::from_millis(160))
         .connect_timeout(Duration::from_secs(5))
-}
-
-async fn listener() -> (TcpListener, String) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap().to_string();
-    (l, addr)
 }
 
 /// Starts `claw` while the fake server accepts its handshake; returns the session and events.
@@ -115,6 +33,20 @@ async fn start(claw: &ComponentClaw, listener: &TcpListener) -> (Session, mpsc::
     let (started, session) = tokio::join!(claw.start(events), server);
     started.expect("the claw starts");
     (session, rx)
+}
+
+/// Closes the claw while the server answers the end of its stream by closing, as servers do.
+async fn close(claw: &ComponentClaw, mut server: Session) {
+    let server_side = async move {
+        while let Some(frame) = server.frame().await {
+            if frame == Frame::End {
+                break;
+            }
+        }
+    };
+    let (closed, ()) = tokio::join!(claw.close(), server_side);
+    closed.unwrap();
+    assert_eq!(claw.state(), State::Closed);
 }
 
 async fn next_event(rx: &mut mpsc::Receiver<Event>) -> Event {
@@ -328,7 +260,7 @@ async fn failed_reconnections_back_off_up_to_the_cap() {
         next_delivery(&mut rx).await.via.id.as_deref(),
         Some("after")
     );
-    claw.close().await.unwrap();
+    close(&claw, s).await;
 }
 
 #[tokio::test]
@@ -389,7 +321,7 @@ async fn stream_errors_and_restarts_reconnect() {
         .write("<message from='u@xmpp.example/r' id='ok'/>")
         .await;
     assert_eq!(next_delivery(&mut rx).await.via.id.as_deref(), Some("ok"));
-    claw.close().await.unwrap();
+    close(&claw, server).await;
 }
 
 #[tokio::test]
@@ -444,7 +376,7 @@ async fn whitespace_keepalives_after_idle_time() {
         seen.extend_from_slice(&buf[..n]);
     }
     assert!(seen.iter().all(|b| *b == b' '), "{seen:?}");
-    claw.close().await.unwrap();
+    close(&claw, server).await;
 }
 
 #[tokio::test]
@@ -461,7 +393,7 @@ async fn trimmed_drops_whitespace_text() {
         d.packet.as_str().unwrap(),
         r#"<message from="a@b.example/r"><body> hi </body></message>"#
     );
-    claw.close().await.unwrap();
+    close(&claw, server).await;
 }
 
 #[test]
