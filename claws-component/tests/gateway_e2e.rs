@@ -2,6 +2,8 @@
 //! the test, and talks to `echo@<component domain>`; the gateway (the component claw plus the
 //! RabbitMQ claw) carries the stanzas over RabbitMQ to `Echo` workers, and their replies back.
 //!
+//! The gateway survives Prosody restarting and RabbitMQ dropping its connection.
+//!
 //! Needs Prosody, python3-slixmpp and RabbitMQ at 127.0.0.1:5672 (or `CLAWS_AMQP_URL`); run
 //! `scripts/provision`. Missing, they fail the test.
 
@@ -169,6 +171,41 @@ async fn the_gateway_survives_prosody_restarting() {
     assert_eq!(next(&mut setup.events).await, "disconnected component");
     setup.prosody.launch().await;
     assert_eq!(next(&mut setup.events).await, "connected component");
+
+    let out = xmpp_client(&setup.prosody, &setup.target).await;
+    assert_both_replies(&out, &setup.target);
+    setup.finish().await;
+}
+
+/// Closes, from RabbitMQ's side, the connection whose client properties mention `needle`.
+async fn close_amqp_connection(needle: &str) {
+    let out = tokio::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_connections", "pid", "client_properties"])
+        .output()
+        .await
+        .expect("rabbitmqctl must be installed (scripts/provision)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let pid = text
+        .lines()
+        .find(|l| l.contains(needle))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no connection like `{needle}` in:\n{text}"))
+        .to_owned();
+    let status = tokio::process::Command::new("rabbitmqctl")
+        .args(["-q", "close_connection", &pid, "claws-component test"])
+        .status()
+        .await
+        .expect("rabbitmqctl close_connection");
+    assert!(status.success(), "rabbitmqctl close_connection failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_survives_rabbitmq_dropping_its_connection() {
+    let mut setup = Setup::start().await;
+    let domain = setup.prosody.component_domain.clone();
+    close_amqp_connection(&format!("gateway@{domain}/gw1")).await;
+    assert_eq!(next(&mut setup.events).await, "disconnected amqp091");
+    assert_eq!(next(&mut setup.events).await, "connected amqp091");
 
     let out = xmpp_client(&setup.prosody, &setup.target).await;
     assert_both_replies(&out, &setup.target);
