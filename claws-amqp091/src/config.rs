@@ -1,4 +1,4 @@
-//! Settings: the `[amqp091]` table ([`Amqp091Options`]), the resolved [`Settings`] a claw runs
+//! Settings: the `[amqp091]` table ([`Amqp091Options`]), the resolved settings a claw runs
 //! with, and the URL helpers that keep passwords out of logs.
 
 use std::time::Duration;
@@ -107,31 +107,31 @@ fn percent_encode(s: &str) -> String {
 
 /// Everything a claw runs with, resolved from a builder or a config.
 #[derive(Clone)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// The parsed broker URL (holds the password).
     pub(crate) uri: AMQPUri,
     /// The URL without its password, for messages.
-    pub endpoint: String,
+    pub(crate) endpoint: String,
     /// Unsettled deliveries per consumer (basic.qos).
-    pub prefetch: u16,
+    pub(crate) prefetch: u16,
     /// Deliveries after which a failing stanza is dead-lettered.
-    pub max_deliveries: u32,
+    pub(crate) max_deliveries: u32,
     /// Durable queues and persistent messages.
-    pub durable: bool,
+    pub(crate) durable: bool,
     /// `x-expires` on per-instance queues.
-    pub queue_expiry: Option<Duration>,
+    pub(crate) queue_expiry: Option<Duration>,
     /// Quorum group queues.
-    pub quorum_groups: bool,
+    pub(crate) quorum_groups: bool,
     /// Bound on waiting for a connection in `send`.
-    pub send_timeout: Duration,
+    pub(crate) send_timeout: Duration,
     /// Bound on `close`.
-    pub close_timeout: Duration,
+    pub(crate) close_timeout: Duration,
     /// Bound on one connection attempt.
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     /// Heartbeat interval (seconds).
-    pub heartbeat: u16,
+    pub(crate) heartbeat: u16,
     /// Reconnection backoff: first and longest delay.
-    pub reconnect: (Duration, Duration),
+    pub(crate) reconnect: (Duration, Duration),
 }
 
 impl std::fmt::Debug for Settings {

@@ -42,6 +42,9 @@ pub(crate) async fn run(
     events: Events,
 ) {
     let mut stop = shared.stop_consuming.subscribe();
+    // The last sender, parsed: most deliveries come from a sender seen just before, and parsing
+    // (normalising) a JID costs more than comparing a string.
+    let mut last_from: Option<(ShortString, Jid)> = None;
     loop {
         let next = tokio::select! {
             biased;
@@ -51,7 +54,7 @@ pub(crate) async fn run(
         };
         match next {
             Some(Ok(d)) => {
-                let delivery = to_delivery(&shared, &session, &queue, d);
+                let delivery = to_delivery(&shared, &session, &queue, d, &mut last_from);
                 tokio::select! {
                     biased;
                     // A delivery not handed over is dropped: its acker requeues it.
@@ -111,6 +114,7 @@ fn to_delivery(
     session: &Arc<Session>,
     queue: &Arc<QueueInfo>,
     d: lapin::message::Delivery,
+    last_from: &mut Option<(ShortString, Jid)>,
 ) -> Delivery {
     let lapin::message::Delivery {
         exchange,
@@ -152,7 +156,14 @@ fn to_delivery(
         from: properties
             .reply_to()
             .as_ref()
-            .and_then(|s| Jid::new(s.as_str()).ok()),
+            .and_then(|s| match last_from {
+                Some((raw, jid)) if raw == s => Some(jid.clone()),
+                _ => {
+                    let jid = Jid::new(s.as_str()).ok()?;
+                    *last_from = Some((s.clone(), jid.clone()));
+                    Some(jid)
+                }
+            }),
     };
     let attempt = previous.saturating_add(1);
     Delivery {

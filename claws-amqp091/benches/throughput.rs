@@ -1,0 +1,304 @@
+//! Run with: cargo bench -p claws-amqp091 --bench throughput
+//!
+//! claws-amqp091 and raw lapin doing the same work on the same broker, in one run: publish
+//! with confirms (mandatory, persistent, `reply_to` set), consume, ack; the same payloads
+//! (200 B and 16 KiB), the same prefetch (64) and the same in-flight window (64 unconfirmed
+//! sends). Prints throughput and p50/p99 latency (publish start to consumer receipt) and the
+//! claws/lapin ratios as a Markdown table. `CLAWS_AMQP_URL` picks the broker; `BENCH_SCALE`
+//! (default 1.0) scales the message counts.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use claws_amqp091::AmqpClaw;
+use claws_core::topology::Subscriptions;
+use claws_core::{Claw, Event, Events, Packet};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use tokio::sync::Semaphore;
+
+const PREFETCH: u16 = 64;
+const WINDOW: usize = 64;
+const ROUNDS: usize = 5;
+
+struct RunResult {
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+fn payload(base: Instant, size: usize) -> Vec<u8> {
+    let mut v = vec![b'x'; size];
+    let nanos = base.elapsed().as_nanos() as u64;
+    v[..8].copy_from_slice(&nanos.to_le_bytes());
+    v
+}
+
+fn latency(base: Instant, data: &[u8]) -> Duration {
+    let sent = u64::from_le_bytes(data[..8].try_into().expect("8 bytes"));
+    base.elapsed().saturating_sub(Duration::from_nanos(sent))
+}
+
+fn uid() -> String {
+    format!(
+        "{}-{:x}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    )
+}
+
+fn url() -> String {
+    std::env::var("CLAWS_AMQP_URL").unwrap_or_else(|_| claws_amqp091::DEFAULT_URL.to_owned())
+}
+
+/// The claw: a sender claw sends to a receiver claw's full JID; the receiver acks each.
+async fn run_claws(n: usize, size: usize) -> RunResult {
+    let u = uid();
+    let receiver = Arc::new(
+        AmqpClaw::builder(&url(), &format!("bench-{u}@bench/r"))
+            .prefetch(PREFETCH)
+            .subscriptions(Subscriptions {
+                direct: true,
+                ..Subscriptions::none()
+            })
+            .build()
+            .unwrap(),
+    );
+    let sender = Arc::new(
+        AmqpClaw::builder(&url(), &format!("bench-client-{u}@bench/s"))
+            .subscriptions(Subscriptions::none())
+            .build()
+            .unwrap(),
+    );
+    let (events, mut rx) = Events::channel(1024);
+    receiver.start(events).await.unwrap();
+    sender.start(Events::channel(8).0).await.unwrap();
+    let base = Instant::now();
+    let consumer = tokio::spawn(async move {
+        let mut latencies = Vec::with_capacity(n);
+        while latencies.len() < n {
+            match rx.recv().await {
+                Some(Event::Received(d)) => {
+                    latencies.push(latency(base, d.packet.as_bytes()));
+                    d.acker.ack().await.unwrap();
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        (latencies, base.elapsed())
+    });
+    let to = receiver.jid().clone();
+    let window = Arc::new(Semaphore::new(WINDOW));
+    for _ in 0..n {
+        let permit = window.clone().acquire_owned().await.unwrap();
+        let sender = sender.clone();
+        let to = to.clone();
+        tokio::spawn(async move {
+            sender
+                .send(&to, None, Packet::from(payload(base, size)))
+                .await
+                .unwrap();
+            drop(permit);
+        });
+    }
+    let (latencies, elapsed) = consumer.await.unwrap();
+    let _ = window.acquire_many(WINDOW as u32).await;
+    sender.close().await.unwrap();
+    receiver.close().await.unwrap();
+    delete(&[&receiver.topology().queues[1].name]).await;
+    RunResult { elapsed, latencies }
+}
+
+/// Raw lapin: the same queue arguments, properties, confirms, prefetch and window.
+async fn run_lapin(n: usize, size: usize) -> RunResult {
+    let u = uid();
+    let key = format!("rawbench-{u}@bench/r");
+    let queue = format!("xmpp_direct:{key}");
+    let pub_conn = Connection::connect(&url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let sub_conn = Connection::connect(&url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let publish = pub_conn.create_channel().await.unwrap();
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(LongString::from("xmpp_dead_letter")),
+    );
+    args.insert("x-expires".into(), AMQPValue::LongLongInt(1_800_000));
+    publish
+        .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args)
+        .await
+        .unwrap();
+    publish
+        .queue_bind(
+            queue.as_str().into(),
+            "xmpp_direct".into(),
+            key.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let consume = sub_conn.create_channel().await.unwrap();
+    consume
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = consume
+        .basic_consume(
+            queue.as_str().into(),
+            "raw".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let base = Instant::now();
+    let reader = tokio::spawn(async move {
+        let mut latencies = Vec::with_capacity(n);
+        while latencies.len() < n {
+            let d = consumer.next().await.unwrap().unwrap();
+            latencies.push(latency(base, &d.data));
+            d.acker.ack(BasicAckOptions::default()).await.unwrap();
+        }
+        (latencies, base.elapsed())
+    });
+    let reply_to: lapin::types::ShortString = "bench-client@bench/s".into();
+    let window = Arc::new(Semaphore::new(WINDOW));
+    for _ in 0..n {
+        let permit = window.clone().acquire_owned().await.unwrap();
+        let publish = publish.clone();
+        let key = key.clone();
+        let reply_to = reply_to.clone();
+        tokio::spawn(async move {
+            let confirm = publish
+                .basic_publish(
+                    "xmpp_direct".into(),
+                    key.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        immediate: false,
+                    },
+                    &payload(base, size),
+                    BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_reply_to(reply_to),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            assert!(confirm.is_ack());
+            drop(permit);
+        });
+    }
+    let (latencies, elapsed) = reader.await.unwrap();
+    let _ = window.acquire_many(WINDOW as u32).await;
+    let _ = pub_conn.close(200, "done".into()).await;
+    let _ = sub_conn.close(200, "done".into()).await;
+    delete(&[&queue]).await;
+    RunResult { elapsed, latencies }
+}
+
+async fn delete(queues: &[&str]) {
+    let conn = Connection::connect(&url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    for q in queues {
+        let _ = ch
+            .queue_delete((*q).into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = conn.close(200, "done".into()).await;
+}
+
+struct Summary {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn summarize(n: usize, runs: Vec<RunResult>) -> Summary {
+    let mut rates: Vec<f64> = runs
+        .iter()
+        .map(|r| n as f64 / r.elapsed.as_secs_f64())
+        .collect();
+    rates.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let mut all: Vec<Duration> = runs.into_iter().flat_map(|r| r.latencies).collect();
+    all.sort();
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    Summary {
+        rate: rates[rates.len() / 2],
+        p50: pct(0.50),
+        p99: pct(0.99),
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    // `cargo test --benches` runs this with `--bench`-less args; keep that quick.
+    if std::env::args().any(|a| a == "--test" || a == "--list") {
+        return;
+    }
+    let scale: f64 = std::env::var("BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    println!(
+        "claws-amqp091 vs raw lapin: publish with confirms + consume + ack; prefetch {PREFETCH}, \
+         {WINDOW} sends in flight; median of {ROUNDS} rounds (throughput), all rounds (latency)\n"
+    );
+    println!("| payload | messages | claws msg/s | lapin msg/s | ratio | claws p50 ms | lapin p50 ms | claws p99 ms | lapin p99 ms | p99 ratio |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (label, size, n) in [
+        ("200 B", 200usize, 20_000usize),
+        ("16 KiB", 16 * 1024, 5_000),
+    ] {
+        let n = ((n as f64 * scale) as usize).max(100);
+        // Warm up both paths (connections, queues, JIT-free but caches and broker state).
+        let _ = run_claws(n / 10, size).await;
+        let _ = run_lapin(n / 10, size).await;
+        let (mut c, mut l) = (Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            // Alternate who goes first, so that neither always meets a warmer broker.
+            if round % 2 == 0 {
+                c.push(run_claws(n, size).await);
+                l.push(run_lapin(n, size).await);
+            } else {
+                l.push(run_lapin(n, size).await);
+                c.push(run_claws(n, size).await);
+            }
+        }
+        let (c, l) = (summarize(n, c), summarize(n, l));
+        println!(
+            "| {label} | {n} | {:.0} | {:.0} | {:.2}x | {} | {} | {} | {} | {:.2}x |",
+            c.rate,
+            l.rate,
+            c.rate / l.rate,
+            ms(c.p50),
+            ms(l.p50),
+            ms(c.p99),
+            ms(l.p99),
+            c.p99.as_secs_f64() / l.p99.as_secs_f64()
+        );
+    }
+}
