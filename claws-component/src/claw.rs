@@ -10,7 +10,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::{self, ComponentSection, Secret, Settings};
 use crate::outbound;
-use crate::state::{self, Command, Shared, State};
+use crate::session::{self, Command};
+use crate::state::{self, Shared, State};
 
 /// How many stanzas may wait for the stream at once before `send` itself waits.
 const QUEUE: usize = 1024;
@@ -290,7 +291,7 @@ impl Claw for ComponentClaw {
                 }
             }
         };
-        match state::establish(&self.shared).await {
+        match session::establish(&self.shared).await {
             Ok(stream) => {
                 tracing::info!(claw = &*self.shared.name, server = %self.shared.settings.server, domain = %self.shared.settings.domain, "component stream ready");
                 self.shared.set(State::Ready);

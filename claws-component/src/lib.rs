@@ -107,6 +107,7 @@ pub mod config;
 pub mod gateway;
 pub mod handshake;
 mod outbound;
+mod session;
 pub mod state;
 pub mod stream;
 
