@@ -368,3 +368,50 @@ async fn close_waits_for_busy_handlers_and_loses_nothing() {
         "handled {handled}, left {left}: nothing lost"
     );
 }
+
+/// A prefetch smaller than the number of subscriptions starves none of them.
+#[tokio::test]
+async fn prefetch_one_still_serves_every_subscription() {
+    let broker = MemBroker::new();
+    let claw = broker
+        .claw_builder("svc@d/w")
+        .unwrap()
+        .prefetch(1)
+        .build()
+        .unwrap();
+    let router = Router::builder().claw(claw).build().unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    router
+        .start(handler_fn(move |_, v, _| {
+            let tx = tx.clone();
+            async move {
+                tx.send(v.queue)?;
+                Ok(())
+            }
+        }))
+        .await
+        .unwrap();
+    let client = broker.claw("client@d/c").unwrap();
+    client
+        .send(&jid::parse("svc@d").unwrap(), None, Packet::from("1"))
+        .await
+        .unwrap();
+    client
+        .send(&jid::parse("svc@d/w").unwrap(), None, Packet::from("2"))
+        .await
+        .unwrap();
+    client.publish(Packet::from("3")).await.unwrap();
+    let mut kinds = Vec::new();
+    for _ in 0..4 {
+        kinds.push(
+            timeout(WAIT, rx.recv())
+                .await
+                .expect("starved")
+                .unwrap()
+                .to_string(),
+        );
+    }
+    kinds.sort();
+    assert_eq!(kinds, ["direct", "fanout", "group_direct", "group_fanout"]);
+    router.close().await.unwrap();
+}

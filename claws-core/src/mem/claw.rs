@@ -196,19 +196,22 @@ impl Claw for MemClaw {
                     })
                 }
             }
+            let mut queues = Vec::with_capacity(self.queues.len());
             for spec in &self.queues {
                 let queue = self.broker.declare(&spec.name);
                 self.broker
                     .bind(&spec.name, spec.exchange, &spec.routing_key);
+                queues.push((spec.clone(), queue));
+            }
+            if !queues.is_empty() {
                 let consumer = Consumer {
-                    spec: spec.clone(),
-                    queue,
+                    queues,
                     claw: self.name.clone(),
                     broker: self.broker.clone(),
                     in_flight: self.in_flight.clone(),
                     max_deliveries: self.max_deliveries,
                 };
-                consumers.push(tokio::spawn(consumer.run(events.clone(), stopped.clone())));
+                consumers.push(tokio::spawn(consumer.run(events.clone(), stopped)));
             }
             *run = RunState::Running { stop, consumers };
         }
@@ -261,9 +264,10 @@ impl Claw for MemClaw {
     }
 }
 
+/// One consumer per claw, taking from whichever of its queues has a message first, within the
+/// claw's prefetch (a permit is taken before a message, never held while a queue is empty).
 struct Consumer {
-    spec: QueueSpec,
-    queue: Arc<Queue>,
+    queues: Vec<(QueueSpec, Arc<Queue>)>,
     claw: Arc<str>,
     broker: MemBroker,
     in_flight: Arc<Semaphore>,
@@ -271,6 +275,17 @@ struct Consumer {
 }
 
 impl Consumer {
+    async fn next(&self) -> (Message, usize) {
+        // `Queue::pop` takes a message only in the poll that completes it, so the losers of this
+        // race lose nothing.
+        let pops = self
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(i, (_, q))| Box::pin(async move { (q.pop().await, i) }));
+        futures_util::future::select_all(pops).await.0
+    }
+
     async fn run(self, events: Events, mut stopped: watch::Receiver<bool>) {
         loop {
             let permit = tokio::select! {
@@ -281,15 +296,16 @@ impl Consumer {
                     Err(_) => return,
                 },
             };
-            let mut msg = tokio::select! {
+            let (mut msg, index) = tokio::select! {
                 biased;
                 _ = stopped.wait_for(|s| *s) => return,
-                m = self.queue.pop() => m,
+                m = self.next() => m,
             };
+            let (spec, queue) = &self.queues[index];
             msg.deliveries += 1;
             let via = Via::new(
                 self.claw.clone(),
-                self.spec.kind.clone(),
+                spec.kind.clone(),
                 msg.routing_key.clone(),
             )
             .with_exchange(msg.exchange)
@@ -301,7 +317,7 @@ impl Consumer {
                 attempt: msg.deliveries,
                 acker: Box::new(MemAcker {
                     msg: Some(msg),
-                    queue: self.queue.clone(),
+                    queue: queue.clone(),
                     broker: self.broker.clone(),
                     max_deliveries: self.max_deliveries,
                     _permit: permit,
