@@ -469,3 +469,55 @@ async fn from_config_reads_the_amqp091_table() {
     let err = claws_amqp091::AmqpClaw::from_config(&config).unwrap_err();
     assert!(err.to_string().contains("durabel"), "{err}");
 }
+
+#[tokio::test]
+async fn declarations_follow_the_options() {
+    let u = uid();
+    let s = start(
+        builder(&format!("decl-{u}@test/a"))
+            .durable(false)
+            .queue_expiry(Duration::from_secs(60))
+            .quorum_groups(true),
+    )
+    .await;
+    // Works end to end on quorum group queues.
+    let client =
+        start(builder(&format!("client-{u}@test/c")).subscriptions(Subscriptions::none())).await;
+    client
+        .claw
+        .send(
+            &jid::parse(&format!("decl-{u}@test")).unwrap(),
+            None,
+            Packet::from(format!("q {u}")),
+        )
+        .await
+        .unwrap();
+    let mut rx = s.rx;
+    let d = next(&mut rx, &u).await;
+    assert_eq!(d.via.queue, QueueKind::GroupDirect);
+    d.acker.ack().await.unwrap();
+
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_queues", "name", "durable", "type", "arguments"])
+        .output()
+        .expect("rabbitmqctl (scripts/provision)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = |name: &str| -> String {
+        text.lines()
+            .find(|l| l.split('\t').next() == Some(name))
+            .unwrap_or_else(|| panic!("queue {name} not listed:\n{text}"))
+            .to_owned()
+    };
+    let own = line(&format!("xmpp_direct:decl-{u}@test/a"));
+    assert!(own.contains("\tfalse\tclassic\t"), "{own}");
+    assert!(own.contains("x-expires") && own.contains("60000"), "{own}");
+    assert!(own.contains("xmpp_dead_letter"), "{own}");
+    let group = line(&format!("xmpp_fanout:decl-{u}@test"));
+    assert!(group.contains("\ttrue\tquorum\t"), "{group}");
+    assert!(!group.contains("x-expires"), "{group}");
+
+    drop(rx);
+    s.claw.close().await.unwrap();
+    client.claw.close().await.unwrap();
+    cleanup(&[&s.claw, &client.claw]).await;
+}
