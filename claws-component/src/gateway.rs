@@ -232,17 +232,21 @@ impl Handler for Gateway {
     }
 }
 
-/// Builds the gateway's router (the component first, so that on close the XMPP side stops
-/// before the bus drains) and starts it with a [`Gateway`] for the component's domain. Close the
-/// returned router to stop.
+/// Builds the gateway's router and starts it with a [`Gateway`] for the component's domain.
+/// Close the returned router to stop.
+///
+/// The bus claw comes first: it is connected before the component hands over the first stanza
+/// from the server, and on close it drains (its in-flight stanzas still go out through the open
+/// component) before the component closes. Stanzas from the server in the last moment of a close
+/// are answered with an error rather than lost silently.
 pub async fn start(component: ComponentClaw, bus: Arc<dyn Claw>) -> Result<Router> {
     let gateway = Gateway::new(component.domain())
         .component_claw(component.name())
         .bus_claw(bus.name());
     let bus_name = bus.name().to_owned();
     let router = Router::builder()
-        .claw(component)
         .claw_arc(bus)
+        .claw(component)
         .default_claw(bus_name)
         .build()?;
     router.start(gateway).await?;

@@ -101,6 +101,15 @@
 //! being addressed outside the domain, goes to the XMPP server and the user.
 //!
 //! [`gateway::run`] runs a gateway until a shutdown future completes: what `claws gateway` calls.
+//!
+//! ## Tests
+//!
+//! `tests/state_machine.rs` drives the claw against a fake XEP-0114 server (refused handshakes,
+//! backoff, stream errors, restarts, keepalives, limits); `tests/gateway_mem.rs` checks the
+//! routing table on the mem claw; `tests/gateway_e2e.rs` runs Prosody (configured by the test in
+//! a temporary directory, loopback ports only), a slixmpp client, the gateway and `Echo` workers
+//! behind RabbitMQ, and restarts Prosody and drops the RabbitMQ connection under it.
+//! `scripts/provision` installs Prosody and `python3-slixmpp`.
 
 pub mod claw;
 pub mod config;

@@ -93,8 +93,8 @@ impl Setup {
         );
         bus_claws.push(bus.clone());
         let gateway = Router::builder()
-            .claw(component)
             .claw_arc(bus)
+            .claw(component)
             .default_claw("amqp091")
             .build()
             .unwrap();
