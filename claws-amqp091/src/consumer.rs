@@ -262,6 +262,25 @@ impl AmqpAcker {
     }
 }
 
+impl AmqpAcker {
+    /// Awaits one settlement frame, giving up as soon as the session dies (lapin may never
+    /// resolve a frame queued on a connection that just failed).
+    async fn settle(
+        &self,
+        what: &str,
+        op: impl std::future::Future<Output = lapin::Result<bool>>,
+    ) -> Result<()> {
+        tokio::select! {
+            r = op => match r {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(self.gone()),
+                Err(err) => Err(self.failed(what, &err)),
+            },
+            _ = self.session.died() => Err(self.gone()),
+        }
+    }
+}
+
 #[async_trait]
 impl Acker for AmqpAcker {
     async fn ack(mut self: Box<Self>) -> Result<()> {
@@ -271,11 +290,8 @@ impl Acker for AmqpAcker {
         if self.session.is_dead() {
             return Err(self.gone());
         }
-        match acker.ack(BasicAckOptions::default()).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(self.gone()),
-            Err(err) => Err(self.failed("ack", &err)),
-        }
+        self.settle("ack", acker.ack(BasicAckOptions::default()))
+            .await
     }
 
     async fn reject(mut self: Box<Self>, reason: &Error) -> Result<()> {
@@ -288,32 +304,27 @@ impl Acker for AmqpAcker {
         if self.attempt >= self.max_deliveries {
             tracing::warn!(claw = &*self.claw, queue = %self.queue.name, attempt = self.attempt, %reason,
                 "dead-lettering a stanza that failed on every delivery");
-            return match acker.reject(BasicRejectOptions { requeue: false }).await {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(self.gone()),
-                Err(err) => Err(self.failed("reject", &err)),
-            };
+            return self
+                .settle(
+                    "reject",
+                    acker.reject(BasicRejectOptions { requeue: false }),
+                )
+                .await;
         }
-        match self.requeue_copy().await {
-            Ok(true) => match acker.ack(BasicAckOptions::default()).await {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(self.gone()),
-                Err(err) => Err(self.failed("ack after requeue", &err)),
-            },
-            Ok(false) | Err(_) => {
-                // The copy was not taken: put the original back instead (its count is lost).
-                match acker
-                    .nack(BasicNackOptions {
-                        multiple: false,
-                        requeue: true,
-                    })
-                    .await
-                {
-                    Ok(true) => Ok(()),
-                    Ok(false) => Err(self.gone()),
-                    Err(err) => Err(self.failed("nack", &err)),
-                }
-            }
+        let copied = tokio::select! {
+            r = self.requeue_copy() => matches!(r, Ok(true)),
+            _ = self.session.died() => return Err(self.gone()),
+        };
+        if copied {
+            self.settle("ack after requeue", acker.ack(BasicAckOptions::default()))
+                .await
+        } else {
+            // The copy was not taken: put the original back instead (its count is lost).
+            let requeue = BasicNackOptions {
+                multiple: false,
+                requeue: true,
+            };
+            self.settle("nack", acker.nack(requeue)).await
         }
     }
 }
