@@ -406,12 +406,30 @@ impl Inbox {
         &mut self,
         within: Duration,
         what: &str,
-        mut done: impl FnMut(&[Got]) -> bool,
+        done: impl FnMut(&[Got]) -> bool,
     ) -> CaseResult<Vec<Got>> {
+        let (got, complete) = self.collect(within, done).await;
+        if complete {
+            return Ok(got);
+        }
+        Err(CaseError::Fail(format!(
+            "waiting for {what}: gave up after {within:?} with {} packet(s) received{}",
+            got.len(),
+            summary(&got)
+        )))
+    }
+
+    /// Collects packets until `done` says so or `within` passes; returns them and whether
+    /// `done` was reached, so that the case can say precisely what is missing.
+    pub(crate) async fn collect(
+        &mut self,
+        within: Duration,
+        mut done: impl FnMut(&[Got]) -> bool,
+    ) -> (Vec<Got>, bool) {
         let deadline = Instant::now() + within;
         let mut got = Vec::new();
         if done(&got) {
-            return Ok(got);
+            return (got, true);
         }
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -419,17 +437,11 @@ impl Inbox {
                 Ok(Some(Seen::Packet(g))) => {
                     got.push(g);
                     if done(&got) {
-                        return Ok(got);
+                        return (got, true);
                     }
                 }
                 Ok(Some(_)) => {}
-                Ok(None) | Err(_) => {
-                    return Err(CaseError::Fail(format!(
-                        "waiting for {what}: gave up after {within:?} with {} packet(s) received{}",
-                        got.len(),
-                        summary(&got)
-                    )))
-                }
+                Ok(None) | Err(_) => return (got, false),
             }
         }
     }
