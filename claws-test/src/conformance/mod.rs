@@ -199,6 +199,7 @@ impl Suite {
         let caps = probe(&*factory).await;
         let mut report = Report {
             claw: factory.name(),
+            capabilities: caps.as_ref().ok().copied(),
             cases: Vec::new(),
             elapsed: Duration::ZERO,
         };

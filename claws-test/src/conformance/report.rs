@@ -32,6 +32,8 @@ pub struct CaseReport {
 pub struct Report {
     /// The factory's name (which claw, on which broker).
     pub claw: String,
+    /// What the claw declared in `capabilities()`, if a claw could be made to ask.
+    pub capabilities: Option<claws_core::Capabilities>,
     /// Every case, in the order they ran.
     pub cases: Vec<CaseReport>,
     /// The whole run's duration.
@@ -83,6 +85,41 @@ impl Report {
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "conformance: {}", self.claw)?;
+        if let Some(c) = &self.capabilities {
+            let flags = [
+                ("load_balancing", c.load_balancing),
+                ("fanout", c.fanout),
+                ("persistence", c.persistence),
+                ("ordering", c.ordering),
+                ("redelivery", c.redelivery),
+                ("dead_letter", c.dead_letter),
+                ("reconnect", c.reconnect),
+                ("survives_broker_restart", c.survives_broker_restart),
+                ("unroutable_errors", c.unroutable_errors),
+            ];
+            let has: Vec<&str> = flags
+                .iter()
+                .filter(|(_, on)| *on)
+                .map(|(n, _)| *n)
+                .collect();
+            let lacks: Vec<&str> = flags
+                .iter()
+                .filter(|(_, on)| !*on)
+                .map(|(n, _)| *n)
+                .collect();
+            writeln!(
+                f,
+                "  capabilities: {}",
+                if has.is_empty() {
+                    "none".into()
+                } else {
+                    has.join(", ")
+                }
+            )?;
+            if !lacks.is_empty() {
+                writeln!(f, "  lacks: {}", lacks.join(", "))?;
+            }
+        }
         for case in &self.cases {
             let secs = case.elapsed.as_secs_f64();
             match &case.outcome {
