@@ -80,7 +80,7 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<(), Failure> {
     // On a real broker, names unique to this run keep runs (and other users) apart.
     let suffix = match base.transport {
         claws::Transport::Mem => String::new(),
-        _ => format!("-{}", std::process::id()),
+        _ => format!("-{}-{}", std::process::id(), session::unique() % 1_000_000),
     };
     let group = format!("svc{suffix}@demo.claws");
     let w1 = format!("{group}/w1");

@@ -113,3 +113,10 @@ pub(crate) async fn shutdown_signal() {
     }
     let _ = tokio::signal::ctrl_c().await;
 }
+
+/// A number unique enough to keep runs apart (names on a shared broker).
+pub(crate) fn unique() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}

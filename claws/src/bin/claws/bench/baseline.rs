@@ -1,8 +1,9 @@
 //! The raw-lapin side of `claws bench --baseline`: the same work without claws.
 //!
-//! One connection, a durable queue of its own on the default exchange, persistent messages,
-//! publisher confirms (up to `in_flight` outstanding), a consumer with the config's prefetch
-//! that acknowledges each delivery.
+//! Two connections (a sender and a receiver, as the claws run has two instances), a durable
+//! queue of its own on the default exchange, persistent messages, publisher confirms (up to
+//! `in_flight` outstanding), a consumer with the config's prefetch that acknowledges each
+//! delivery.
 
 use std::time::Instant;
 
@@ -16,7 +17,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 
-use super::claw::{unique, STALL};
+use super::claw::STALL;
 use super::stats::{self, Stats};
 use super::Work;
 use crate::exit::Failure;
@@ -28,7 +29,12 @@ fn lapin_err(what: &str) -> impl Fn(lapin::Error) -> Failure + '_ {
 
 pub(super) async fn run(config: &Config, work: Work, bar: ProgressBar) -> Result<Stats, Failure> {
     let conn = rabbit::open(config).await?;
-    let queue = format!("claws_bench_baseline:{}-{}", std::process::id(), unique());
+    let sender = rabbit::open(config).await?;
+    let queue = format!(
+        "claws_bench_baseline:{}-{}",
+        std::process::id(),
+        crate::session::unique()
+    );
     let publisher = conn
         .create_channel()
         .await
@@ -117,6 +123,7 @@ pub(super) async fn run(config: &Config, work: Work, bar: ProgressBar) -> Result
     let _ = consumer_ch.close(200, "bench done".into()).await;
     let _ = publisher.close(200, "bench done".into()).await;
     let _ = conn.close(200, "bench done".into()).await;
+    let _ = sender.close(200, "bench done".into()).await;
     let ((), latencies) = outcome?;
     Ok(Stats::new(elapsed, latencies))
 }

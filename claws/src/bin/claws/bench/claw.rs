@@ -17,7 +17,7 @@ use crate::session;
 pub(super) const STALL: Duration = Duration::from_secs(30);
 
 pub(super) async fn run(base: &Config, work: Work, bar: ProgressBar) -> Result<Stats, Failure> {
-    let run_id = format!("{}-{}", std::process::id(), unique());
+    let run_id = format!("{}-{}", std::process::id(), session::unique());
     let receiver_config = Config {
         jid: format!("bench-{run_id}@bench.claws/r"),
         subscriptions: Subscriptions {
@@ -95,11 +95,4 @@ pub(super) async fn run(base: &Config, work: Work, bar: ProgressBar) -> Result<S
     }
     let ((), latencies) = outcome?;
     Ok(Stats::new(elapsed, latencies))
-}
-
-/// A number unique enough to keep runs apart.
-pub(super) fn unique() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos())
 }
