@@ -736,6 +736,27 @@ mod rabbitmq {
         assert!(lines[2]["throughput_ratio"].as_f64().unwrap() > 0.0);
     }
 
+    #[cfg(feature = "amqp10")]
+    #[test]
+    fn demo_runs_on_rabbitmq_over_amqp10() {
+        let _lock = BROADCASTS.lock().unwrap_or_else(|e| e.into_inner());
+        let out = claws(&[
+            "--transport",
+            "amqp10",
+            "--url",
+            URL,
+            "--format",
+            "json",
+            "demo",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let lines = json_lines(&stdout(&out));
+        let received: Vec<_> = lines.iter().filter(|l| l["event"] == "received").collect();
+        assert_eq!(received.len(), 16, "{lines:?}");
+        assert!(received.iter().all(|l| l["via"]["claw"] == "amqp10"));
+        assert_eq!(lines.last().unwrap()["event"], "done");
+    }
+
     #[test]
     fn demo_runs_on_rabbitmq() {
         let _lock = BROADCASTS.lock().unwrap_or_else(|e| e.into_inner());

@@ -89,8 +89,9 @@ pub(super) async fn run(base: &Config, work: Work, bar: ProgressBar) -> Result<S
     let _ = sender.claw.close().await;
     drop(receiver.events);
     let _ = receiver.claw.close().await;
+    // On RabbitMQ (over either protocol), leave nothing behind.
     #[cfg(feature = "amqp091")]
-    if base.transport == claws::Transport::Amqp091 {
+    if base.transport != claws::Transport::Mem {
         crate::rabbit::delete_queues_of(base, &[&receiver_config.jid, &sender_config.jid]).await;
     }
     let ((), latencies) = outcome?;
