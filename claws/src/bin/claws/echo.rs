@@ -37,7 +37,7 @@ impl Handler for Printing {
     }
 
     async fn received(&self, packet: Packet, via: Via, ctx: &Context) -> HandlerResult {
-        self.printer.received(&packet, &via);
+        let _ = self.printer.received(&packet, &via);
         Echo.received(packet, via, ctx).await?;
         let _ = self.handled.send(());
         Ok(())

@@ -75,7 +75,10 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<(), Failure> {
                 printer.disconnected(&claw, &reason)
             }
             Some(Some(Event::Received(delivery))) => {
-                printer.received(&delivery.packet, &delivery.via);
+                if let Err(err) = printer.received(&delivery.packet, &delivery.via) {
+                    // Not printed, so not acknowledged: it goes back to its queue.
+                    break Err(Failure::other(format!("cannot write to stdout: {err}")));
+                }
                 delivery.acker.ack().await?;
                 received += 1;
             }

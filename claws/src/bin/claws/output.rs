@@ -18,15 +18,25 @@ impl Printer {
         Self { format }
     }
 
-    /// Prints `human` or `json`, whichever the format asks for.
+    /// Prints `human` or `json`, whichever the format asks for. A closed stdout (the reader
+    /// went away) is ignored here; see [`try_line`](Self::try_line).
     pub(crate) fn line(&self, human: impl FnOnce() -> String, json: impl FnOnce() -> Value) {
+        let _ = self.try_line(human, json);
+    }
+
+    /// As [`line`](Self::line), reporting whether the line was written.
+    pub(crate) fn try_line(
+        &self,
+        human: impl FnOnce() -> String,
+        json: impl FnOnce() -> Value,
+    ) -> std::io::Result<()> {
         let text = match self.format {
             Format::Human => human(),
             Format::Json => json().to_string(),
         };
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{text}");
-        let _ = out.flush();
+        writeln!(out, "{text}")?;
+        out.flush()
     }
 
     /// `{"event":"connected","claw":NAME}`.
@@ -45,9 +55,9 @@ impl Printer {
         );
     }
 
-    /// `{"event":"received","payload":TEXT,"via":{..}}`.
-    pub(crate) fn received(&self, packet: &Packet, via: &Via) {
-        self.line(
+    /// `{"event":"received","payload":TEXT,"via":{..}}`; fails if stdout is closed.
+    pub(crate) fn received(&self, packet: &Packet, via: &Via) -> std::io::Result<()> {
+        self.try_line(
             || format!("received {} via {}", payload_text(packet), via_text(via)),
             || json!({"event": "received", "payload": payload_text(packet), "via": via_json(via)}),
         );
