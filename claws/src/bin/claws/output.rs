@@ -60,7 +60,7 @@ impl Printer {
         self.try_line(
             || format!("received {} via {}", payload_text(packet), via_text(via)),
             || json!({"event": "received", "payload": payload_text(packet), "via": via_json(via)}),
-        );
+        )
     }
 }
 
