@@ -431,3 +431,53 @@ fn figment_toml(s: &str) -> figment::providers::Data<figment::providers::Toml> {
     use figment::providers::Format;
     figment::providers::Toml::string(s)
 }
+
+#[tokio::test]
+async fn thousands_of_stanzas_each_way_in_order() {
+    const N: usize = 3000;
+    let (l, addr) = listener().await;
+    let claw = builder(&addr).build().unwrap();
+    let (mut server, mut rx) = start(&claw, &l).await;
+    assert!(matches!(next_event(&mut rx).await, Event::Connected { .. }));
+
+    let t0 = Instant::now();
+    let batch: String = (0..N)
+        .map(|i| format!("<message from='u@xmpp.example/r' id='in-{i}'><body>{i}</body></message>"))
+        .collect();
+    let writer = async {
+        server.sock.write_all(batch.as_bytes()).await.unwrap();
+    };
+    let reader = async {
+        for i in 0..N {
+            let d = next_delivery(&mut rx).await;
+            assert_eq!(d.via.id.as_deref(), Some(format!("in-{i}").as_str()));
+            d.acker.ack().await.unwrap();
+        }
+    };
+    tokio::join!(writer, reader);
+    let inbound = t0.elapsed();
+
+    let t0 = Instant::now();
+    let to = claws_core::jid::parse("u@xmpp.example/r").unwrap();
+    let sender = async {
+        for i in 0..N {
+            claw.send(
+                &to,
+                Some(&format!("out-{i}")),
+                Packet::from("<message><body>x</body></message>"),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    let receiver = async {
+        for i in 0..N {
+            let s = server.stanza().await;
+            assert_eq!(s.head.id.as_deref(), Some(format!("out-{i}").as_str()));
+        }
+    };
+    tokio::join!(sender, receiver);
+    let outbound = t0.elapsed();
+    eprintln!("{N} stanzas in: {inbound:?}; {N} sends out: {outbound:?}");
+    close(&claw, server).await;
+}
