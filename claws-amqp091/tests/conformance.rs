@@ -91,6 +91,27 @@ impl ClawFactory for Rabbit {
                     .await;
             }
         }
+        // Remove the case's stanzas from the shared dead-letter queue (their routing key is the
+        // JID, or the queue name for a copy the claw re-queued); leave everyone else's.
+        let mine = |key: &str| {
+            jids.iter().any(|j| {
+                let bare = j.split('/').next().unwrap_or(j);
+                [j.as_str(), bare]
+                    .iter()
+                    .any(|k| key == *k || key.ends_with(&format!(":{k}")))
+            })
+        };
+        for _ in 0..100_000 {
+            let Ok(Some(m)) = ch
+                .basic_get(DEAD_LETTER_QUEUE.into(), BasicGetOptions::default())
+                .await
+            else {
+                break;
+            };
+            if mine(m.delivery.routing_key.as_str()) {
+                let _ = m.delivery.acker.ack(Default::default()).await;
+            }
+        }
         let _ = conn.close(200, "ok".into()).await;
     }
 }
