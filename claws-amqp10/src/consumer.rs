@@ -198,13 +198,9 @@ pub(crate) async fn run_link(
                 }
                 unsettled = unsettled.saturating_sub(1);
                 if !stopping {
-                    let want = credit.saturating_sub(unsettled);
-                    let have = receiver.credit();
-                    if want > have && (want - have >= credit.div_ceil(2) || have == 0) {
-                        if let Err(e) = receiver.set_credit(want).await {
-                            live.fail(format!("granting credit: {e}"));
-                            return;
-                        }
+                    if let Err(e) = top_up(&mut receiver, credit, unsettled).await {
+                        live.fail(e);
+                        return;
                     }
                 }
             }
@@ -218,6 +214,12 @@ pub(crate) async fn run_link(
                 Ok(delivery) => {
                     unsettled += 1;
                     let d = make_delivery(&shared, index, delivery, &settle_tx);
+                    if !stopping {
+                        if let Err(e) = top_up(&mut receiver, credit, unsettled).await {
+                            live.fail(e);
+                            return;
+                        }
+                    }
                     if stopping {
                         drop(d); // released (or sent back) by the acker's drop
                     } else if let Err(e) = fwd_tx.send(d) {
@@ -231,6 +233,21 @@ pub(crate) async fn run_link(
             },
         }
     }
+}
+
+/// Grants credit up to `credit - unsettled`, only once the granted credit is used up: then no
+/// transfer is in flight, so the new credit cannot be misread (RabbitMQ 3.10's plugin counts a
+/// flow's credit from its own delivery count, and transfers in flight made fe2o3 see more
+/// transfers than allowed).
+async fn top_up(receiver: &mut Receiver, credit: u32, unsettled: u32) -> Result<(), String> {
+    let want = credit.saturating_sub(unsettled);
+    if receiver.credit() == 0 && want > 0 {
+        receiver
+            .set_credit(want)
+            .await
+            .map_err(|e| format!("granting credit: {e}"))?;
+    }
+    Ok(())
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -3,7 +3,7 @@
 //! RabbitMQ 3.10's AMQP 1.0 plugin cannot bind a named queue to an exchange (only server-named
 //! queues, which are never deleted), so the claw opens a short AMQP 0-9-1 connection (lapin) at
 //! every connect, declares what TOPOLOGY.md asks for, and closes it. A queue that exists
-//! already is adopted as it is (passive declare first), so a 0-9-1 instance's arguments
+//! with other arguments is adopted as it is (a failed declare, then a passive one), so a 0-9-1 instance's arguments
 //! (`x-expires`, quorum group queues) never clash with ours; only queues that are missing are
 //! declared, with the 0-9-1 claw's defaults: durable, `x-dead-letter-exchange =
 //! xmpp_dead_letter`, and `x-expires` on per-instance queues.
@@ -134,7 +134,8 @@ async fn declare_on(
     Ok(())
 }
 
-/// Adopts `name` if it exists (whatever its arguments), else declares it.
+/// Declares `name` with our arguments; if it exists with other ones (a 0-9-1 instance's
+/// choices), adopts it as it is.
 async fn ensure_queue(
     conn: &Connection,
     ch: &mut Channel,
@@ -143,42 +144,37 @@ async fn ensure_queue(
     args: FieldTable,
     claw: &str,
 ) -> Result<()> {
-    for _ in 0..3 {
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        if ch
-            .queue_declare(short(name)?, passive, FieldTable::default())
-            .await
-            .is_ok()
-        {
-            return Ok(());
+    let options = QueueDeclareOptions {
+        durable,
+        ..QueueDeclareOptions::default()
+    };
+    let Err(declare_error) = ch.queue_declare(short(name)?, options, args).await else {
+        return Ok(());
+    };
+    // The failed declare closed the channel; look at the queue that is there.
+    *ch = conn
+        .create_channel()
+        .await
+        .map_err(|e| Error::Backend(format!("reopening a channel: {e}").into()))?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    match ch
+        .queue_declare(short(name)?, passive, FieldTable::default())
+        .await
+    {
+        Ok(_) => {
+            tracing::debug!(queue = name, error = %declare_error, "adopting an existing queue declared with other arguments");
+            Ok(())
         }
-        // A failed passive declare (404) closes the channel.
-        *ch = conn
-            .create_channel()
-            .await
-            .map_err(|e| Error::Backend(format!("reopening a channel: {e}").into()))?;
-        let options = QueueDeclareOptions {
-            durable,
-            ..QueueDeclareOptions::default()
-        };
-        match ch.queue_declare(short(name)?, options, args.clone()).await {
-            Ok(_) => return Ok(()),
-            Err(e) => {
-                // Someone declared it between our two calls, maybe with other arguments: adopt.
-                tracing::debug!(queue = name, error = %e, "declare raced; adopting the queue");
-                *ch = conn
-                    .create_channel()
-                    .await
-                    .map_err(|e| Error::Backend(format!("reopening a channel: {e}").into()))?;
-            }
-        }
+        Err(e) => Err(Error::Backend(
+            format!(
+                "claw `{claw}`: could not declare queue `{name}` ({declare_error}) nor find it ({e})"
+            )
+            .into(),
+        )),
     }
-    Err(Error::Backend(
-        format!("claw `{claw}`: could neither find nor declare queue `{name}`").into(),
-    ))
 }
 
 fn mismatch(name: &str, what: &str, e: lapin::Error, claw: &str) -> Error {

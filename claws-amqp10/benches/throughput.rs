@@ -1,0 +1,256 @@
+//! Throughput and latency of claws-amqp10 against raw fe2o3-amqp doing the same work on RabbitMQ:
+//! unsettled sends awaiting `accepted` (a window of sends in flight), receive and accept, the
+//! same payload sizes and the same credit.
+//!
+//! Run with: `cargo bench -p claws-amqp10 --bench throughput` (RabbitMQ at 127.0.0.1:5672).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use claws_amqp10::{AddressScheme, Amqp10Claw};
+use claws_core::topology::Subscriptions;
+use claws_core::{Claw, Event, Events, Packet};
+use fe2o3_amqp::link::CreditMode;
+use fe2o3_amqp::types::messaging::{Body, Message, Outcome, Properties};
+use fe2o3_amqp::types::primitives::{Binary, Value};
+use fe2o3_amqp::{Connection, Receiver, Sender, Session};
+use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use tokio::sync::{Mutex, Semaphore};
+
+const URL: &str = "amqp://guest:guest@127.0.0.1:5672";
+const CREDIT: u32 = 64;
+const WINDOW: usize = 64;
+
+struct Run {
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+    fn pct(&self, p: f64) -> Duration {
+        let mut l = self.latencies.clone();
+        l.sort();
+        l[((l.len() as f64 - 1.0) * p) as usize]
+    }
+}
+
+fn suffix() -> String {
+    let n = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{:x}", n & 0xffff_ffff_ffff)
+}
+
+/// The payload: the message index in the first 8 bytes, then filler.
+fn payload(i: usize, size: usize) -> Vec<u8> {
+    let mut p = vec![b'x'; size];
+    p[..8].copy_from_slice(&(i as u64).to_be_bytes());
+    p
+}
+
+fn index(p: &[u8]) -> usize {
+    u64::from_be_bytes(p[..8].try_into().unwrap()) as usize
+}
+
+async fn claws_run(n: usize, size: usize) -> Run {
+    let s = suffix();
+    let only_direct = Subscriptions {
+        direct: true,
+        ..Subscriptions::none()
+    };
+    let rx = Amqp10Claw::builder(URL, &format!("benchrx{s}@bench/r"), AddressScheme::RabbitMq)
+        .subscriptions(only_direct)
+        .credit(CREDIT)
+        .durable(false)
+        .build()
+        .unwrap();
+    let tx = Arc::new(
+        Amqp10Claw::builder(URL, &format!("benchtx{s}@bench/r"), AddressScheme::RabbitMq)
+            .subscriptions(Subscriptions::none())
+            .durable(false)
+            .build()
+            .unwrap(),
+    );
+    let (events, mut inbox) = Events::channel(1024);
+    rx.start(events).await.unwrap();
+    let (ev2, _in2) = Events::channel(16);
+    tx.start(ev2).await.unwrap();
+    let to = rx.jid().clone();
+    let sent_at: Arc<std::sync::Mutex<Vec<Option<Instant>>>> =
+        Arc::new(std::sync::Mutex::new(vec![None; n]));
+    let start = Instant::now();
+    let sender = {
+        let (tx, sent_at) = (tx.clone(), sent_at.clone());
+        tokio::spawn(async move {
+            let window = Arc::new(Semaphore::new(WINDOW));
+            let mut tasks = Vec::with_capacity(n);
+            for i in 0..n {
+                let permit = window.clone().acquire_owned().await.unwrap();
+                let (tx, to, sent_at) = (tx.clone(), to.clone(), sent_at.clone());
+                sent_at.lock().unwrap()[i] = Some(Instant::now());
+                tasks.push(tokio::spawn(async move {
+                    tx.send(&to, None, Packet::from(payload(i, size)))
+                        .await
+                        .unwrap();
+                    drop(permit);
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+        })
+    };
+    let mut latencies = Vec::with_capacity(n);
+    while latencies.len() < n {
+        if let Some(Event::Received(d)) = inbox.recv().await {
+            let i = index(d.packet.as_bytes());
+            let at = sent_at.lock().unwrap()[i].unwrap();
+            d.acker.ack().await.unwrap();
+            latencies.push(at.elapsed());
+        }
+    }
+    let elapsed = start.elapsed();
+    sender.await.unwrap();
+    drop(inbox);
+    tx.close().await.unwrap();
+    rx.close().await.unwrap();
+    rx.delete_queues().await.unwrap();
+    Run { elapsed, latencies }
+}
+
+async fn raw_run(n: usize, size: usize) -> Run {
+    let s = suffix();
+    let queue = format!("bench_raw_{s}");
+    let key = format!("rawbench{s}@bench/r");
+    let lapin_conn =
+        lapin::Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f", Default::default())
+            .await
+            .unwrap();
+    let ch = lapin_conn.create_channel().await.unwrap();
+    ch.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        queue.as_str().into(),
+        "xmpp_direct".into(),
+        key.as_str().into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+
+    let mut rconn = Connection::open("raw-rx", URL).await.unwrap();
+    let mut rsession = Session::begin(&mut rconn).await.unwrap();
+    let mut receiver = Receiver::builder()
+        .name("raw-rx")
+        .source(format!("/amq/queue/{queue}"))
+        .credit_mode(CreditMode::Auto(CREDIT))
+        .attach(&mut rsession)
+        .await
+        .unwrap();
+    let mut tconn = Connection::open("raw-tx", URL).await.unwrap();
+    let mut tsession = Session::begin(&mut tconn).await.unwrap();
+    let sender = Arc::new(Mutex::new(
+        Sender::attach(&mut tsession, "raw-tx", "/exchange/xmpp_direct")
+            .await
+            .unwrap(),
+    ));
+    let sent_at: Arc<std::sync::Mutex<Vec<Option<Instant>>>> =
+        Arc::new(std::sync::Mutex::new(vec![None; n]));
+    let start = Instant::now();
+    let sending = {
+        let (sender, sent_at, key) = (sender.clone(), sent_at.clone(), key.clone());
+        tokio::spawn(async move {
+            let window = Arc::new(Semaphore::new(WINDOW));
+            let mut tasks = Vec::with_capacity(n);
+            for i in 0..n {
+                let permit = window.clone().acquire_owned().await.unwrap();
+                sent_at.lock().unwrap()[i] = Some(Instant::now());
+                let message = Message::builder()
+                    .properties(Properties::builder().subject(key.clone()).build())
+                    .data(Binary::from(payload(i, size)))
+                    .build();
+                let fut = sender.lock().await.send_batchable(message).await.unwrap();
+                tasks.push(tokio::spawn(async move {
+                    let outcome = fut.await.unwrap();
+                    assert!(matches!(outcome, Outcome::Accepted(_)));
+                    drop(permit);
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+        })
+    };
+    let mut latencies = Vec::with_capacity(n);
+    while latencies.len() < n {
+        let d = receiver.recv::<Body<Value>>().await.unwrap();
+        let i = match d.body() {
+            Body::Data(b) => index(b[0].0.as_slice()),
+            _ => panic!("data body"),
+        };
+        receiver.accept(&d).await.unwrap();
+        latencies.push(sent_at.lock().unwrap()[i].unwrap().elapsed());
+    }
+    let elapsed = start.elapsed();
+    sending.await.unwrap();
+    let _ = receiver.detach().await;
+    if let Ok(s) = Arc::try_unwrap(sender) {
+        let _ = s.into_inner().detach().await;
+    }
+    let _ = rsession.end().await;
+    let _ = tsession.end().await;
+    let _ = rconn.close().await;
+    let _ = tconn.close().await;
+    ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    let _ = lapin_conn.close(200, "done".into()).await;
+    Run { elapsed, latencies }
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .init();
+    let quick = std::env::var("BENCH_QUICK").is_ok();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // Warm up both paths (connections, JIT-free but caches and the broker's queues).
+        let _ = raw_run(200, 200).await;
+        let _ = claws_run(200, 200).await;
+        println!("| payload | messages | raw fe2o3 msg/s | claws msg/s | ratio | raw p50 / p99 | claws p50 / p99 |");
+        println!("|---|---|---|---|---|---|---|");
+        let plan = if quick { [(200usize, 1000usize), (16 * 1024, 300)] } else { [(200, 5000), (16 * 1024, 2000)] };
+        for (size, n) in plan {
+            let raw = raw_run(n, size).await;
+            let claws = claws_run(n, size).await;
+            println!(
+                "| {} B | {} | {:.0} | {:.0} | {:.2}x | {:.1} / {:.1} ms | {:.1} / {:.1} ms |",
+                size,
+                n,
+                raw.rate(),
+                claws.rate(),
+                claws.rate() / raw.rate(),
+                raw.pct(0.5).as_secs_f64() * 1e3,
+                raw.pct(0.99).as_secs_f64() * 1e3,
+                claws.pct(0.5).as_secs_f64() * 1e3,
+                claws.pct(0.99).as_secs_f64() * 1e3,
+            );
+        }
+    });
+}
