@@ -81,6 +81,7 @@
 //! |-----------|--------------------------------------------------------------------------|---------|
 //! | `amqp091` | RabbitMQ over AMQP 0-9-1 (`claws-amqp091`, on lapin): `transport = "amqp091"` | yes |
 //! | `amqp10`  | AMQP 1.0 brokers (`claws-amqp10`, on fe2o3-amqp): `transport = "amqp10"` | no      |
+//! | `component` | The XEP-0114 component claw and the XMPP gateway (`claws-component`; `claws gateway`) | yes |
 //! | `cli`     | The `claws` command-line tool (clap, indicatif, the scenario runner)     | yes     |
 //!
 //! The mem claw needs no feature. Asking [`connect`] for a transport whose feature is off is an
@@ -96,6 +97,9 @@ pub use claws_amqp091 as amqp091;
 
 #[cfg(feature = "amqp10")]
 pub use claws_amqp10 as amqp10;
+
+#[cfg(feature = "component")]
+pub use claws_component as component;
 
 mod connect;
 

@@ -252,6 +252,39 @@ fn bench_on_mem_reports_throughput_and_percentiles() {
 }
 
 #[test]
+fn gateway_needs_its_settings_and_says_which() {
+    let out = claws(&["gateway"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("[component] needs `server`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn gateway_with_an_unreachable_xmpp_server_exits_3_without_showing_the_secret() {
+    let started = std::time::Instant::now();
+    let out = claws(&[
+        "gateway",
+        "--server",
+        "127.0.0.1:1",
+        "--domain",
+        "gw.example",
+        "--secret",
+        "hunter2-secret",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot connect claw `component`"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("hunter2"), "{}", stderr(&out));
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}
+
+#[test]
 fn test_runs_scenario_files_and_counts_steps() {
     let ping = concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -6,6 +6,8 @@ mod bench;
 mod demo;
 mod echo;
 mod exit;
+#[cfg(feature = "component")]
+mod gateway;
 mod listen;
 mod options;
 mod output;
@@ -52,6 +54,8 @@ enum Command {
     Bench(bench::Args),
     Test(scenario::Args),
     Topology(topology::Args),
+    #[cfg(feature = "component")]
+    Gateway(gateway::Args),
 }
 
 fn main() -> ExitCode {
@@ -98,6 +102,8 @@ async fn run(global: &Global, command: Command) -> Result<(), exit::Failure> {
         Command::Bench(args) => bench::run(global, args).await,
         Command::Test(args) => scenario::run(global, args).await,
         Command::Topology(args) => topology::run(global, args).await,
+        #[cfg(feature = "component")]
+        Command::Gateway(args) => gateway::run(global, args).await,
     }
 }
 

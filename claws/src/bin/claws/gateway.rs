@@ -1,0 +1,71 @@
+//! `claws gateway`: an XMPP server's component traffic onto the bus, and back.
+
+use std::sync::Arc;
+
+use claws::component::ComponentClaw;
+use figment::value::{Dict, Value};
+
+use crate::exit::Failure;
+use crate::options::Global;
+use crate::session;
+
+/// Run the XMPP gateway: a XEP-0114 component on the XMPP server, and the bus claw (--transport,
+/// --url, --jid) in one router.
+///
+/// A stanza from the XMPP server addressed to a JID of the component's domain is sent over the
+/// bus to that JID (a bare JID load-balances over its worker group); a stanza from the bus
+/// addressed outside the bus goes back to the XMPP server. Settings come from the [component]
+/// table of the config file (server, domain, secret, ...), overridden by these flags. Runs
+/// until Ctrl-C or SIGTERM, then drains both claws.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The XMPP server's component port, host:port (default: [component] server).
+    #[arg(long, value_name = "HOST:PORT")]
+    server: Option<String>,
+    /// The domain the server hands to the component (default: [component] domain).
+    #[arg(long)]
+    domain: Option<String>,
+    /// The component's shared secret (default: [component] secret).
+    #[arg(long, env = "CLAWS_COMPONENT_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+}
+
+pub(crate) async fn run(global: &Global, args: Args) -> Result<(), Failure> {
+    let mut config = global.config()?;
+    let mut table = match config.sections.remove("component") {
+        Some(Value::Dict(_, dict)) => dict,
+        Some(_) => return Err(Failure::usage("[component] must be a table")),
+        None => Dict::new(),
+    };
+    for (key, value) in [
+        ("server", args.server),
+        ("domain", args.domain),
+        ("secret", args.secret),
+    ] {
+        if let Some(value) = value {
+            table.insert(key.to_owned(), Value::from(value));
+        }
+    }
+    config
+        .sections
+        .insert("component".to_owned(), Value::from(table));
+    let component = ComponentClaw::from_config(&config)?;
+    let bus: Arc<dyn claws::Claw> = claws::connect(&config)?;
+    let router = tokio::time::timeout(
+        session::CONNECT_TIMEOUT,
+        claws::component::gateway::start(component, bus),
+    )
+    .await
+    .map_err(|_| Failure::connect("cannot start the gateway: no answer within 15 s"))?
+    .map_err(|err| {
+        let mut failure = Failure::from(err);
+        if failure.code == crate::exit::OTHER {
+            failure.code = crate::exit::CONNECT;
+        }
+        failure
+    })?;
+    eprintln!("gateway running; Ctrl-C to stop");
+    session::shutdown_signal().await;
+    router.close().await?;
+    Ok(())
+}
