@@ -123,6 +123,25 @@ async fn claws_run(n: usize, size: usize) -> Run {
     Run { elapsed, latencies }
 }
 
+/// A raw fe2o3 connection with the socket set up as the claw does (TCP_NODELAY).
+async fn raw_connection(id: &str) -> fe2o3_amqp::connection::ConnectionHandle<()> {
+    let stream = tokio::net::TcpStream::connect("127.0.0.1:5672")
+        .await
+        .unwrap();
+    stream.set_nodelay(true).unwrap();
+    Connection::builder()
+        .container_id(id)
+        .scheme("amqp")
+        .hostname("127.0.0.1")
+        .sasl_profile(fe2o3_amqp::sasl_profile::SaslProfile::Plain {
+            username: "guest".into(),
+            password: "guest".into(),
+        })
+        .open_with_stream(stream)
+        .await
+        .unwrap()
+}
+
 async fn raw_run(n: usize, size: usize) -> Run {
     let s = suffix();
     let queue = format!("bench_raw_{s}");
@@ -149,16 +168,19 @@ async fn raw_run(n: usize, size: usize) -> Run {
     .await
     .unwrap();
 
-    let mut rconn = Connection::open("raw-rx", URL).await.unwrap();
+    let mut rconn = raw_connection("raw-rx").await;
     let mut rsession = Session::begin(&mut rconn).await.unwrap();
     let mut receiver = Receiver::builder()
         .name("raw-rx")
         .source(format!("/amq/queue/{queue}"))
-        .credit_mode(CreditMode::Auto(CREDIT))
+        .credit_mode(CreditMode::Manual)
         .attach(&mut rsession)
         .await
         .unwrap();
-    let mut tconn = Connection::open("raw-tx", URL).await.unwrap();
+    // The same credit policy as the claw: grant CREDIT again once it is used up (fe2o3's Auto
+    // mode refills at half, which RabbitMQ 3.10 answers by over-sending).
+    receiver.set_credit(CREDIT).await.unwrap();
+    let mut tconn = raw_connection("raw-tx").await;
     let mut tsession = Session::begin(&mut tconn).await.unwrap();
     let sender = Arc::new(Mutex::new(
         Sender::attach(&mut tsession, "raw-tx", "/exchange/xmpp_direct")
@@ -200,6 +222,9 @@ async fn raw_run(n: usize, size: usize) -> Run {
             _ => panic!("data body"),
         };
         receiver.accept(&d).await.unwrap();
+        if receiver.credit() == 0 {
+            receiver.set_credit(CREDIT).await.unwrap();
+        }
         latencies.push(sent_at.lock().unwrap()[i].unwrap().elapsed());
     }
     let elapsed = start.elapsed();

@@ -241,7 +241,9 @@ pub(crate) async fn run_link(
 /// transfers than allowed).
 async fn top_up(receiver: &mut Receiver, credit: u32, unsettled: u32) -> Result<(), String> {
     let want = credit.saturating_sub(unsettled);
-    if receiver.credit() == 0 && want > 0 {
+    // Batch: wait until half the window is free (or everything is settled), so that a busy
+    // link does not send one flow frame per delivery.
+    if receiver.credit() == 0 && want > 0 && (want >= credit.div_ceil(2) || unsettled == 0) {
         receiver
             .set_credit(want)
             .await

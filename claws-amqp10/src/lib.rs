@@ -90,7 +90,9 @@
 //! them (the Proton example broker does), so settlement cannot requeue there: a failed or
 //! abandoned delivery is sent back to its queue as a copy with `delivery-count` raised and the
 //! original accepted; after `max_deliveries` the copy goes to the `xmpp_dead_letter` queue.
-//! Broadcast, persistence and surviving a broker restart are reported missing.
+//! Broadcast, persistence and surviving a broker restart are reported missing, and so is
+//! `reconnect`: the claw does reconnect and re-attach, but with a broker that settles on send,
+//! the deliveries on the wire when a connection is cut are lost (at most one credit window).
 //!
 //! ## Guarantees
 //!
@@ -101,7 +103,9 @@
 //!   several instances may therefore see up to `max_deliveries` per instance). An acker dropped
 //!   unsettled releases its delivery.
 //! - **Credit**: each receiving link has at most [`credit`](Amqp10ClawBuilder::credit)
-//!   unsettled deliveries; credit is granted back as deliveries are settled.
+//!   unsettled deliveries; credit is granted again once the granted credit is used up, in
+//!   batches of at least half the window (RabbitMQ 3.10 over-sends when credit is refilled while
+//!   transfers are in flight).
 //! - **Sends**: unsettled transfers; `accepted` completes a send, any other outcome is
 //!   [`Error::Refused`](claws_core::Error::Refused).
 //! - **Recovery**: fe2o3-amqp does not reconnect, so the claw owns it: on a lost connection or
