@@ -12,7 +12,9 @@ use claws::component::{gateway, ComponentClaw};
 
 #[tokio::main]
 async fn main() -> claws::Result<()> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [server, domain, secret, rest @ ..] = args.as_slice() else {
         eprintln!("usage: gateway XMPP_HOST:PORT DOMAIN SECRET [AMQP_URL]");
