@@ -217,6 +217,10 @@ impl Router {
                 for started in &self.inner.claws[..i] {
                     let _ = started.close().await;
                 }
+                // Leave the router as it was, so that `start` may be tried again.
+                if let Some(task) = self.inner.dispatcher.lock().await.take() {
+                    task.abort();
+                }
                 return Err(err);
             }
         }

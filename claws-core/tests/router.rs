@@ -252,3 +252,44 @@ async fn reply_without_a_known_sender_is_a_clear_error() {
     let err = router.reply(&via, Packet::from("x")).await.unwrap_err();
     assert!(err.to_string().contains("no route"), "{err}");
 }
+
+#[tokio::test]
+async fn a_claw_that_fails_to_start_fails_the_start_and_closes_the_others() {
+    let broker = MemBroker::new();
+    let broken = broker
+        .claw_builder("b@d/1")
+        .unwrap()
+        .name("broken")
+        .build()
+        .unwrap();
+    broken.close().await.unwrap(); // a closed claw cannot start
+    let good = Arc::new(
+        broker
+            .claw_builder("g@d/1")
+            .unwrap()
+            .name("good")
+            .build()
+            .unwrap(),
+    );
+    let router = Router::builder()
+        .claw_arc(good.clone())
+        .claw(broken)
+        .build()
+        .unwrap();
+    let err = router.start(Echo).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Closed { ref claw } if claw == "broken"),
+        "{err}"
+    );
+    let err = good
+        .send(&jid::parse("g@d/1").unwrap(), None, Packet::from("x"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Closed { .. }),
+        "the started claw was closed: {err}"
+    );
+    // The router is not left half-started: a second start reports the claw again.
+    let err = router.start(Echo).await.unwrap_err();
+    assert!(matches!(err, Error::Closed { .. }), "{err}");
+}
