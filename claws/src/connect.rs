@@ -38,17 +38,12 @@ pub fn connect(config: &Config) -> Result<Arc<dyn Claw>> {
 }
 
 /// Builds a `mem` claw from `config` on `broker` (whatever `config.transport` says): its JID,
-/// name, prefetch, `max_deliveries` and subscriptions.
-///
-/// The mem claw counts `prefetch` across all its subscriptions, and each idle subscription
-/// holds one unit while it waits; so the prefetch used is at least the number of consumed
-/// queues (a `prefetch = 1` config would otherwise starve all but one subscription).
+/// name, prefetch (counted across all its subscriptions), `max_deliveries` and subscriptions.
 pub fn connect_mem(config: &Config, broker: &MemBroker) -> Result<Arc<dyn Claw>> {
-    let queues = claws_core::topology::queues(&config.jid()?, config.subscriptions)?.len();
     let claw = broker
         .claw_builder(&config.jid)?
         .name(config.claw_name())
-        .prefetch(usize::from(config.prefetch).max(queues + 1))
+        .prefetch(usize::from(config.prefetch))
         .max_deliveries(config.max_deliveries)
         .subscriptions(config.subscriptions)
         .build()?;
