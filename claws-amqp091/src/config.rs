@@ -1,6 +1,7 @@
 //! Settings: the `[amqp091]` table ([`Amqp091Options`]), the resolved settings a claw runs
 //! with, and the URL helpers that keep passwords out of logs.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use claws_core::{Error, Result};
@@ -20,6 +21,10 @@ pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// durable = true
 /// queue_expiry_secs = 1800
 /// quorum_groups = false
+/// # TLS, with an amqps:// URL and the `tls` feature:
+/// tls_ca_file = "/etc/claws/ca.pem"        # the CA that signed the broker's certificate
+/// tls_cert_file = "/etc/claws/client.pem"  # mutual TLS: the claw's certificate…
+/// tls_key_file = "/etc/claws/client-key.pem" # …and its private key
 /// ```
 ///
 /// The common `url` key (top level) wins over `host`/`username`/`password`/`port`/`vhost`.
@@ -56,6 +61,14 @@ pub struct Amqp091Options {
     pub reconnect_min_ms: u64,
     /// Longest reconnection delay in milliseconds (default 5 000).
     pub reconnect_max_ms: u64,
+    /// PEM file of the CA(s) that signed the broker's certificate, trusted beside the system's
+    /// roots (`amqps://` only).
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM certificate (chain) the claw presents, for mutual TLS (`amqps://` only; needs
+    /// `tls_key_file`).
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for Amqp091Options {
@@ -75,6 +88,9 @@ impl Default for Amqp091Options {
             heartbeat_secs: 10,
             reconnect_min_ms: 100,
             reconnect_max_ms: 5_000,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -132,6 +148,8 @@ pub(crate) struct Settings {
     pub(crate) heartbeat: u16,
     /// Reconnection backoff: first and longest delay.
     pub(crate) reconnect: (Duration, Duration),
+    /// What TLS trusts and presents (empty for amqp://). Holds a private key: never printed.
+    pub(crate) tls: lapin::tcp::OwnedTLSConfig,
 }
 
 impl std::fmt::Debug for Settings {
@@ -148,6 +166,8 @@ impl std::fmt::Debug for Settings {
             .field("connect_timeout", &self.connect_timeout)
             .field("heartbeat", &self.heartbeat)
             .field("reconnect", &self.reconnect)
+            .field("tls_ca", &self.tls.cert_chain.is_some())
+            .field("tls_client_cert", &self.tls.identity.is_some())
             .finish()
     }
 }
@@ -161,12 +181,6 @@ pub(crate) fn parse_url(url: &str) -> Result<AMQPUri> {
             scrub(&e, url)
         ))
     })?;
-    if !matches!(uri.scheme, lapin::uri::AMQPScheme::AMQP) {
-        return Err(Error::Config(format!(
-            "URL `{}` asks for TLS (amqps), but claws-amqp091 is built without a TLS stack; use amqp://",
-            redact(url)
-        )));
-    }
     Ok(uri)
 }
 
@@ -188,10 +202,16 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// Whether `uri` asks for TLS.
+pub(crate) fn is_amqps(uri: &AMQPUri) -> bool {
+    matches!(uri.scheme, lapin::uri::AMQPScheme::AMQPS)
+}
+
 /// The endpoint of a parsed URI, without the password.
 pub(crate) fn endpoint(uri: &AMQPUri) -> String {
     format!(
-        "amqp://{}@{}:{}/{}",
+        "{}://{}@{}:{}/{}",
+        if is_amqps(uri) { "amqps" } else { "amqp" },
         uri.authority.userinfo.username,
         uri.authority.host,
         uri.authority.port,
@@ -239,8 +259,10 @@ mod tests {
     }
 
     #[test]
-    fn tls_is_refused_clearly() {
-        let err = parse_url("amqps://u:p@h/").unwrap_err().to_string();
-        assert!(err.contains("TLS"), "{err}");
+    fn endpoints_keep_the_scheme() {
+        let uri = parse_url("amqps://u:p@h").unwrap();
+        assert_eq!(endpoint(&uri), "amqps://u@h:5671/%2F");
+        let uri = parse_url("amqp://u:p@h").unwrap();
+        assert_eq!(endpoint(&uri), "amqp://u@h:5672/%2F");
     }
 }

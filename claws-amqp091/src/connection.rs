@@ -22,8 +22,9 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::{scrub, Settings};
+use crate::config::{self, scrub, Settings};
 use crate::consumer::{self, QueueInfo};
+use crate::tls;
 use crate::topology::{self, Topology};
 
 /// What the claw is doing; senders wait on it.
@@ -263,14 +264,21 @@ async fn connect(shared: &Shared) -> Result<Connection> {
         endpoint: settings.endpoint.clone(),
         reason: scrub(&reason, &settings.uri.authority.userinfo.password),
     };
+    let runtime = lapin::runtime::default_runtime().map_err(|e| fail(e.to_string()))?;
     match tokio::time::timeout(
         settings.connect_timeout,
-        Connection::connect_uri(uri, properties),
+        Connection::connect_uri_with_config(uri, properties, settings.tls.clone(), runtime),
     )
     .await
     {
         Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(err)) => Err(fail(err.to_string())),
+        Ok(Err(err)) => {
+            let reason = err.to_string();
+            Err(fail(match tls::hint(&reason) {
+                Some(hint) if config::is_amqps(&settings.uri) => format!("{reason} ({hint})"),
+                _ => reason,
+            }))
+        }
         Err(_) => Err(fail(format!(
             "no answer within {:?} (raise `connect_timeout_ms` if the broker is slow)",
             settings.connect_timeout

@@ -87,13 +87,16 @@
 //! | Name | Description | Default |
 //! |------|-------------|---------|
 //! | (none) | plain `amqp://` over TCP; no TLS stack is built | |
+//! | `tls` | `amqps://` through rustls (*ring*), trusting the system's roots plus [`tls_ca_file`](AmqpClawBuilder::tls_ca_file); client certificates with [`tls_client_cert`](AmqpClawBuilder::tls_client_cert) | no |
 
 pub mod config;
 mod connection;
 mod consumer;
 mod publisher;
+mod tls;
 pub mod topology;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -127,6 +130,7 @@ pub struct AmqpClawBuilder {
     connect_timeout: Duration,
     heartbeat: u16,
     reconnect: (Duration, Duration),
+    tls: tls::TlsFiles,
 }
 
 impl AmqpClawBuilder {
@@ -203,10 +207,30 @@ impl AmqpClawBuilder {
         self
     }
 
-    /// Validates the URL, the JID and every queue name (255-byte limit), without connecting.
+    /// For `amqps://`: trust the CA(s) in this PEM file as well as the system's roots (needed
+    /// when the broker's certificate is signed by a private CA). Read when the claw is built.
+    pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls.ca = Some(path.into());
+        self
+    }
+
+    /// For `amqps://`: present this PEM certificate (chain) and PEM private key (mutual TLS,
+    /// which RabbitMQ's `EXTERNAL` mechanism can use: add `?auth_mechanism=external` to the URL).
+    pub fn tls_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls.client = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// Validates the URL, the JID, the TLS files and every queue name (255-byte limit), without
+    /// connecting.
     pub fn build(self) -> Result<AmqpClaw> {
         let jid = jid::parse(&self.jid)?;
         let uri = config::parse_url(&self.url)?;
+        let tls = tls::config(
+            &config::redact(&self.url),
+            config::is_amqps(&uri),
+            &self.tls,
+        )?;
         if self.name.is_empty() {
             return Err(Error::Config("the claw name must not be empty".into()));
         }
@@ -232,6 +256,7 @@ impl AmqpClawBuilder {
             connect_timeout: self.connect_timeout,
             heartbeat: self.heartbeat,
             reconnect: self.reconnect,
+            tls,
         };
         let shared = Shared::new(
             self.name.into(),
@@ -294,6 +319,7 @@ impl AmqpClaw {
                 Duration::from_millis(defaults.reconnect_min_ms),
                 Duration::from_millis(defaults.reconnect_max_ms),
             ),
+            tls: tls::TlsFiles::default(),
         }
     }
 
@@ -309,7 +335,22 @@ impl AmqpClaw {
             (None, None) => o.url_from_parts("127.0.0.1"),
         };
         let prefetch = config.prefetch;
-        Ok(Self::builder(&url, &config.jid)
+        let mut builder = Self::builder(&url, &config.jid);
+        builder.tls = tls::TlsFiles {
+            ca: o.tls_ca_file,
+            client: match (o.tls_cert_file, o.tls_key_file) {
+                (Some(cert), Some(key)) => Some((cert, key)),
+                (None, None) => None,
+                _ => {
+                    return Err(Error::Config(
+                        "[amqp091] sets only one of `tls_cert_file` and `tls_key_file`; \
+                         mutual TLS needs both (or neither)"
+                            .into(),
+                    ))
+                }
+            },
+        };
+        Ok(builder
             .name(config.claw_name())
             .prefetch(prefetch)
             .max_deliveries(config.max_deliveries)

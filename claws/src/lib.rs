@@ -80,6 +80,7 @@
 //! | Name      | Description                                                              | Default |
 //! |-----------|--------------------------------------------------------------------------|---------|
 //! | `amqp091` | RabbitMQ over AMQP 0-9-1 (`claws-amqp091`, on lapin): `transport = "amqp091"` | yes |
+//! | `amqp091-tls` | `amqps://` for `amqp091` (rustls with *ring*; `[amqp091]` keys `tls_ca_file`, `tls_cert_file`, `tls_key_file`) | no |
 //! | `amqp10`  | AMQP 1.0 brokers (`claws-amqp10`, on fe2o3-amqp): `transport = "amqp10"` | no      |
 //! | `component` | The XEP-0114 component claw and the XMPP gateway (`claws-component`; `claws gateway`) | yes |
 //! | `cli`     | The `claws` command-line tool (clap, indicatif, the scenario runner)     | yes     |

@@ -808,4 +808,79 @@ mod rabbitmq {
         assert_eq!(received, 16, "{lines:?}");
         assert_eq!(lines.last().unwrap()["event"], "done");
     }
+
+    /// `amqps://` from the command line: the URL and CA come from a config file, the listener
+    /// connects to RabbitMQ's TLS listener (scripts/provision sets it up), a plain `send` reaches
+    /// it; without the CA the same command is a connection error (exit 3) that names the fix.
+    #[cfg(feature = "amqp091-tls")]
+    #[test]
+    fn listen_over_tls_with_the_ca_from_the_config_file() {
+        let ca = "/etc/rabbitmq/claws-tls/ca.pem";
+        assert!(
+            std::path::Path::new(ca).exists(),
+            "no test CA at {ca}: run scripts/provision"
+        );
+        let id = unique();
+        let listener_jid = format!("cli-tls-{id}@test.claws/l1");
+        let sender_jid = format!("cli-tls-{id}-s@test.claws/s");
+        let config = std::env::temp_dir().join(format!("claws-cli-tls-{id}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "url = \"amqps://guest:guest@127.0.0.1:5671/%2f\"\n\
+                 [subscriptions]\nfanout = false\ngroup_fanout = false\n\
+                 [amqp091]\ntls_ca_file = \"{ca}\"\n"
+            ),
+        )
+        .expect("write config");
+        let config_path = config.to_string_lossy().into_owned();
+        let listen = [
+            "--transport",
+            "amqp091",
+            "--config",
+            &config_path,
+            "--jid",
+            &listener_jid,
+            "--format",
+            "json",
+            "listen",
+            "--count",
+            "1",
+            "--timeout",
+            "30",
+        ];
+        let listener = Running::spawn(&listen);
+        assert_eq!(
+            listener.next(),
+            serde_json::json!({"event": "connected", "claw": "amqp091"})
+        );
+        let args = amqp(
+            &sender_jid,
+            &["send", "--to", &listener_jid, "<message>tls</message>"],
+        );
+        let out = claws(&refs(&args));
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let received = listener.next();
+        assert_eq!(received["payload"], "<message>tls</message>");
+        let (code, _, err) = listener.finish();
+        assert_eq!(code, Some(0), "{err}");
+
+        // The same URL without the CA: the broker's certificate is not trusted.
+        let out = claws(&[
+            "--transport",
+            "amqp091",
+            "--url",
+            "amqps://guest:guest@127.0.0.1:5671/%2f",
+            "--jid",
+            &sender_jid,
+            "send",
+            "--to",
+            &listener_jid,
+            "<message/>",
+        ]);
+        assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+        assert!(stderr(&out).contains("tls_ca_file"), "{}", stderr(&out));
+        let _ = std::fs::remove_file(config);
+        delete_queues(&[&listener_jid, &sender_jid]);
+    }
 }

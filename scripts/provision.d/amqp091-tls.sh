@@ -1,0 +1,52 @@
+# claws-amqp091's TLS tests: a test CA, a server certificate for 127.0.0.1 and a client certificate,
+# and a RabbitMQ TLS listener on 127.0.0.1:5671 that uses them (the plain listener on 5672 stays).
+# The listener is configured in /etc/rabbitmq/conf.d/, so it survives broker restarts; RabbitMQ is
+# restarted once, only when that file is new or changed.
+# Sourced by scripts/provision (uses its `log` and `apt_install`).
+apt_install openssl
+tls_dir=/etc/rabbitmq/claws-tls
+if [ ! -s "$tls_dir/client-key.pem" ]; then
+  log "generating the test CA and certificates in $tls_dir"
+  mkdir -p "$tls_dir"
+  (
+    cd "$tls_dir"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+      -subj "/CN=claws test CA" -keyout ca-key.pem -out ca.pem 2>/dev/null
+    for who in server client; do
+      openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -subj "/CN=claws-test-$who" -keyout "$who-key.pem" -out "$who.csr" 2>/dev/null
+    done
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >server.ext
+    printf 'extendedKeyUsage=clientAuth\n' >client.ext
+    for who in server client; do
+      openssl x509 -req -in "$who.csr" -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 3650 \
+        -extfile "$who.ext" -out "$who.pem" 2>/dev/null
+    done
+    rm -f ./*.csr ./*.ext ca.srl
+  )
+  chown -R rabbitmq:rabbitmq "$tls_dir"
+  chmod 0644 "$tls_dir"/*.pem
+fi
+tls_conf=/etc/rabbitmq/conf.d/20-claws-tls.conf
+tls_wanted="# Written by claws' scripts/provision.d/amqp091-tls.sh: a TLS listener for claws' tests.
+listeners.ssl.claws = 127.0.0.1:5671
+ssl_options.cacertfile = $tls_dir/ca.pem
+ssl_options.certfile = $tls_dir/server.pem
+ssl_options.keyfile = $tls_dir/server-key.pem
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = false"
+if [ "$(cat "$tls_conf" 2>/dev/null)" != "$tls_wanted" ]; then
+  log "configuring RabbitMQ's TLS listener ($tls_conf) and restarting RabbitMQ"
+  mkdir -p "$(dirname "$tls_conf")"
+  printf '%s\n' "$tls_wanted" >"$tls_conf"
+  rabbitmqctl -q stop >/dev/null 2>&1 || true
+  rabbitmq-server -detached
+  await_rabbitmq "come back after enabling TLS"
+fi
+# stop_app/start_app (the broker-restart tests) keep the listener; check it answers TLS.
+if ! timeout 10 openssl s_client -connect 127.0.0.1:5671 -CAfile "$tls_dir/ca.pem" \
+  -verify_return_error </dev/null >/dev/null 2>&1; then
+  echo "error: RabbitMQ's TLS listener on 127.0.0.1:5671 does not answer; see /var/log/rabbitmq/ and $tls_conf" >&2
+  exit 1
+fi
+log "RabbitMQ TLS listener ready at 127.0.0.1:5671 (CA $tls_dir/ca.pem)"
