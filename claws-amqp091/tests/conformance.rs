@@ -60,31 +60,7 @@ impl ClawFactory for Rabbit {
     /// Restarts RabbitMQ's application (`rabbitmqctl stop_app` / `start_app`): durable queues and
     /// persistent messages must survive, and running claws must reconnect.
     async fn restart_broker(&self) -> Option<Result<()>> {
-        let restart = tokio::task::spawn_blocking(|| {
-            for args in [
-                &["stop_app"][..],
-                &["start_app"][..],
-                &["await_startup", "--timeout", "60"][..],
-            ] {
-                let out = std::process::Command::new("rabbitmqctl")
-                    .args(args)
-                    .output()
-                    .map_err(|e| format!("cannot run rabbitmqctl: {e}"))?;
-                if !out.status.success() {
-                    return Err(format!(
-                        "rabbitmqctl {} failed: {}",
-                        args.join(" "),
-                        String::from_utf8_lossy(&out.stderr)
-                    ));
-                }
-            }
-            Ok(())
-        });
-        Some(match restart.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(claws_core::Error::backend(e)),
-            Err(e) => Err(claws_core::Error::backend(e)),
-        })
+        Some(claws_test::rabbitmq::restart_app().await)
     }
 
     async fn dead_lettered(&self) -> Option<Vec<Packet>> {

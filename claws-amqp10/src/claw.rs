@@ -201,9 +201,10 @@ impl Claw for Amqp10Claw {
                 redelivery: true,
                 dead_letter: true,
                 // The claw reconnects, but a broker that settles deliveries when it sends them
-                // (the Proton example broker) loses what was on the wire at the cut, so
-                // "reconnects losing nothing" cannot be promised here.
-                reconnect: false,
+                // (the Proton example broker) loses what was on the wire at the cut: at most
+                // the credit window of each link.
+                reconnect: true,
+                lossless_cut: false,
                 survives_broker_restart: false,
                 unroutable_errors: false,
             },
@@ -377,8 +378,11 @@ async fn connect(
 }
 
 impl Generation {
-    /// After a failure: drop everything; the broker requeues what was unsettled.
-    async fn teardown(mut self) {
+    /// After a failure: drop everything; the broker requeues what was unsettled. Marking the
+    /// generation failed wakes the sends still awaiting an outcome on it, which then send
+    /// again on the next generation.
+    async fn teardown(mut self, reason: &str) {
+        self.live.fail(reason);
         for t in &self.tasks {
             t.abort();
         }
@@ -434,6 +438,7 @@ async fn supervise(
         generation += 1;
         match connect(&shared, generation, &events, &closing).await {
             Ok(mut gen) => {
+                tracing::debug!(claw = &*shared.name, jid = %shared.jid, generation, "connected");
                 backoff = s.reconnect_min;
                 shared.state.send_replace(State::Up(gen.live.clone()));
                 events.connected(&shared.name).await;
@@ -454,9 +459,9 @@ async fn supervise(
                         break;
                     }
                     Some(reason) => {
-                        tracing::warn!(claw = &*shared.name, %reason, "disconnected; reconnecting");
+                        tracing::warn!(claw = &*shared.name, jid = %shared.jid, %reason, "disconnected; reconnecting");
                         shared.state.send_replace(State::Down);
-                        gen.teardown().await;
+                        gen.teardown(&reason).await;
                         events.disconnected(&shared.name, reason).await;
                     }
                 }
@@ -466,7 +471,7 @@ async fn supervise(
                     let _ = f.send(Err(e));
                     return Ok(());
                 }
-                tracing::warn!(claw = &*shared.name, error = %e, retry_in = ?backoff, "reconnect failed");
+                tracing::warn!(claw = &*shared.name, jid = %shared.jid, error = %e, retry_in = ?backoff, "reconnect failed");
             }
         }
         tokio::select! {

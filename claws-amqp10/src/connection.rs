@@ -252,11 +252,14 @@ impl Live {
         }
     }
 
-    /// Marks the generation failed (the first reason wins) and wakes the supervisor.
+    /// Marks the generation failed (the first reason wins) and wakes everyone waiting in
+    /// [`failed`](Self::failed): the supervisor, and sends awaiting an outcome that will never
+    /// come on this generation.
     pub(crate) fn fail(&self, reason: impl Into<String>) {
         if !self.failed.swap(true, Ordering::SeqCst) {
             *self.reason.lock().expect("reason lock") = Some(reason.into());
         }
+        self.notify.notify_waiters();
         self.notify.notify_one();
     }
 

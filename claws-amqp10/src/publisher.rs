@@ -107,6 +107,14 @@ impl Shared {
                     Err(e) => Ok(Err(e)),
                 }
             };
+            // Credit, an attach or an outcome awaited on a dead connection never comes: once
+            // the generation has failed, send again on the next one.
+            let attempt = async {
+                tokio::select! {
+                    r = attempt => r,
+                    reason = live.failed() => Err(Error::Backend(reason.into())),
+                }
+            };
             let result: Result<_> = match tokio::time::timeout_at(deadline, attempt).await {
                 Ok(r) => r,
                 Err(_) => {

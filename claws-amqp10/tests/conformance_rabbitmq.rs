@@ -1,5 +1,5 @@
 //! The claws conformance suite against RabbitMQ with the `rabbitmq` address scheme, fault-proxy
-//! cases included.
+//! and broker-restart cases included.
 
 mod common;
 
@@ -59,6 +59,12 @@ impl ClawFactory for Rabbit {
         ))
     }
 
+    /// Restarts RabbitMQ's application (`rabbitmqctl stop_app` / `start_app`): the durable
+    /// queues and their stanzas survive, and running claws reconnect.
+    async fn restart_broker(&self) -> Option<Result<()>> {
+        Some(claws_test::rabbitmq::restart_app().await)
+    }
+
     async fn dead_lettered(&self) -> Option<Vec<Packet>> {
         // Unacked gets: closing the channel leaves them in the queue.
         let conn = raw().await;
@@ -99,6 +105,10 @@ impl ClawFactory for Rabbit {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_on_rabbitmq() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_default())
+        .with_test_writer()
+        .try_init();
     let report = conformance::run(Rabbit).await;
     println!("{report}");
     report.assert_passed();

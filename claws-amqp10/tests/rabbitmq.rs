@@ -10,7 +10,7 @@ use claws_amqp10::{AddressScheme, Amqp10Claw};
 use claws_core::jid::parse;
 use claws_core::{Claw, Error, Event, Packet, QueueKind};
 use claws_test::fault::FaultProxy;
-use common::{unique, Inbox, RABBIT, URL};
+use common::{unique, Inbox, RABBIT, URL, WAIT};
 use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 
@@ -430,6 +430,88 @@ async fn sends_during_an_outage_are_bounded() {
     drop(ib);
     b.close().await.unwrap();
     b.delete_queues().await.unwrap();
+}
+
+/// Sends caught by a cut (awaiting credit, an attach or an outcome on the dead connection) are
+/// sent again on the next connection at once, not after `send_timeout` (60 s here): with 64
+/// sends in flight, none takes more than 15 s across the cut, and every stanza arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_caught_by_a_cut_complete_on_the_next_connection() {
+    const N: usize = 3000;
+    let proxy = FaultProxy::start(RABBIT.parse().unwrap()).await.unwrap();
+    let s = unique("");
+    let url = format!("amqp://guest:guest@{}", proxy.addr());
+    // A sender only: no receiving link notices the cut before the connection does.
+    let b = Amqp10Claw::builder(
+        &url,
+        &format!("caught{s}@example.com/s"),
+        AddressScheme::RabbitMq,
+    )
+    .subscriptions(claws_core::topology::Subscriptions::none())
+    .send_timeout(Duration::from_secs(60))
+    .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200))
+    .build()
+    .unwrap();
+    let b = Arc::new(b);
+    let (events, mut sender_events) = Inbox::new();
+    b.start(events).await.unwrap();
+    sender_events.until_connected().await;
+    let (r, mut ib) = started(&format!("caught{s}@example.com/r")).await;
+    let to = r.jid().clone();
+    let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel();
+    let sends = {
+        let (b, s, to) = (b.clone(), s.clone(), to.clone());
+        tokio::spawn(async move {
+            let gate = Arc::new(tokio::sync::Semaphore::new(64));
+            let mut tasks = Vec::new();
+            for i in 0..N {
+                let permit = gate.clone().acquire_owned().await.unwrap();
+                let (b, sent_tx, to) = (b.clone(), sent_tx.clone(), to.clone());
+                let body = format!("{s}-{i}");
+                tasks.push(tokio::spawn(async move {
+                    let started = std::time::Instant::now();
+                    let r = b.send(&to, None, Packet::from(body)).await;
+                    let _ = sent_tx.send(());
+                    drop(permit);
+                    (r, started.elapsed())
+                }));
+            }
+            let mut slowest = Duration::ZERO;
+            for t in tasks {
+                let (r, took) = t.await.unwrap();
+                r.expect("every send succeeds across the cut");
+                slowest = slowest.max(took);
+            }
+            slowest
+        })
+    };
+    for _ in 0..N / 4 {
+        tokio::time::timeout(WAIT, sent_rx.recv())
+            .await
+            .expect("sends progress")
+            .unwrap();
+    }
+    proxy.cut();
+    let slowest = tokio::time::timeout(Duration::from_secs(45), sends)
+        .await
+        .expect("every send finished well before send_timeout")
+        .unwrap();
+    assert!(
+        slowest < Duration::from_secs(15),
+        "the slowest send took {slowest:?}: a send waited on the dead connection"
+    );
+    let mut seen = HashSet::new();
+    while seen.len() < N {
+        let d = ib.delivery(&s).await;
+        if let Some(body) = d.packet.as_str() {
+            seen.insert(body.to_owned());
+        }
+        // Deliveries of the cut connection cannot be acked: the broker redelivers them.
+        let _ = d.acker.ack().await;
+    }
+    drop(sender_events);
+    b.close().await.unwrap();
+    finish(&[&r], [ib]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -113,8 +113,14 @@ pub struct Capabilities {
     pub redelivery: bool,
     /// A stanza rejected `max_deliveries` times is dead-lettered, not retried forever.
     pub dead_letter: bool,
-    /// The claw reconnects by itself after its connection is cut, losing nothing.
+    /// The claw reconnects by itself after its connection is cut: it reports `Disconnected`,
+    /// then `Connected` once it consumes again, and sends work again.
     pub reconnect: bool,
+    /// A connection cut loses nothing: the broker keeps each delivery until the claw settles
+    /// it, so what was on the wire is delivered again. Without it (a broker that settles
+    /// deliveries as it sends them), a cut may lose up to one prefetch window per consumed
+    /// queue.
+    pub lossless_cut: bool,
     /// Persisted stanzas survive a broker restart.
     pub survives_broker_restart: bool,
     /// A direct send to a JID nobody consumes fails with [`Error::NoRoute`].
@@ -132,6 +138,7 @@ impl Capabilities {
             redelivery: true,
             dead_letter: true,
             reconnect: true,
+            lossless_cut: true,
             survives_broker_restart: true,
             unroutable_errors: true,
         }
@@ -147,6 +154,7 @@ impl Capabilities {
             redelivery: false,
             dead_letter: false,
             reconnect: false,
+            lossless_cut: false,
             survives_broker_restart: false,
             unroutable_errors: false,
         }

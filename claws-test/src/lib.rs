@@ -139,4 +139,5 @@
 pub mod conformance;
 pub mod fault;
 pub mod mem;
+pub mod rabbitmq;
 pub mod scenario;

@@ -172,6 +172,7 @@ impl Claw for MemClaw {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             reconnect: false,
+            lossless_cut: false,
             survives_broker_restart: false,
             ..Capabilities::all()
         }

@@ -94,6 +94,7 @@ impl fmt::Display for Report {
                 ("redelivery", c.redelivery),
                 ("dead_letter", c.dead_letter),
                 ("reconnect", c.reconnect),
+                ("lossless_cut", c.lossless_cut),
                 ("survives_broker_restart", c.survives_broker_restart),
                 ("unroutable_errors", c.unroutable_errors),
             ];

@@ -46,7 +46,7 @@ cases! {
     delivery::graceful_close_busy => "close while handlers are busy: in-flight stanzas finish and are acked",
     delivery::use_after_close => "sending after close fails with Error::Closed",
     router::router_reply_through_origin => "a router replies through the claw a stanza came from",
-    faults::reconnect_after_cut => "the fault proxy cuts the connections mid-stream and refuses new ones for 0.5 s: Disconnected, Connected, nothing lost",
+    faults::reconnect_after_cut => "the fault proxy cuts the connections mid-stream and refuses new ones for 0.5 s: Disconnected, Connected, nothing lost (at most one prefetch window without lossless_cut)",
     faults::broker_restart => "persisted stanzas survive a broker restart (opt-in)",
     bad_input::invalid_jid => "invalid JIDs are refused with Error::InvalidJid",
     bad_input::oversize_name => "a JID making names over 255 bytes is refused with Error::NameTooLong",
