@@ -48,7 +48,7 @@
 //! | `graceful_close_busy` | `close` while handlers are busy: they finish and their acks succeed; nothing comes back | always |
 //! | `use_after_close` | a send after `close` fails with `Error::Closed` | always |
 //! | `router_reply_through_origin` | a [`Router`](claws_core::Router) over two claws replies through the one a stanza came from | always |
-//! | `reconnect_after_cut` | the fault proxy cuts the connections while 10 000 stanzas flow and refuses new ones for 0.5 s: `Disconnected`, `Connected`, none lost | `reconnect` and `broker_addr()` |
+//! | `reconnect_after_cut` | the fault proxy cuts the connections while 10 000 stanzas flow and refuses new ones for 0.5 s: `Disconnected`, `Connected`, none lost (without `lossless_cut`: at most the receiver's prefetch window lost) | `reconnect` and `broker_addr()` |
 //! | `broker_restart` | stanzas stored while the receiver was away survive a broker restart | `survives_broker_restart` and `restart_broker()` |
 //! | `invalid_jid` | `make` refuses invalid JIDs with `Error::InvalidJid` | always |
 //! | `oversize_name` | a JID whose queue names pass 255 bytes is refused with `Error::NameTooLong` | always |
@@ -108,6 +108,8 @@
 //!    then disconnect. Afterwards `send` fails with [`Error::Closed`](claws_core::Error::Closed).
 //! 7. **Recovery** (if you declare `reconnect`). When the connection drops, report
 //!    `Disconnected`, reconnect with back-off, re-declare and re-consume, report `Connected`.
+//!    Declare `lossless_cut` too when the broker keeps deliveries until you settle them.
+//!    For RabbitMQ-backed claws, [`rabbitmq::restart_app`] implements `restart_broker()`.
 //! 8. **Capabilities.** Return what you really guarantee from `capabilities()`; the suite skips
 //!    the rest and says so.
 //! 9. **The factory.** In your tests implement [`ClawFactory`](conformance::ClawFactory): `make`
