@@ -392,15 +392,34 @@ impl Generation {
     /// On close: stop consuming, let in-flight work finish, then close cleanly.
     async fn shutdown(mut self, shared: &Shared) -> Result<()> {
         let timeout = shared.settings.close_timeout;
+        tracing::debug!(
+            claw = &*shared.name,
+            jid = %shared.jid,
+            deliveries = shared.in_flight.count(),
+            sends = shared.sends.count(),
+            "closing: waiting for in-flight deliveries and sends"
+        );
         let drained = tokio::time::timeout(timeout, async {
-            shared.in_flight.idle().await;
-            shared.sends.idle().await;
+            tokio::select! {
+                () = async {
+                    shared.in_flight.idle().await;
+                    shared.sends.idle().await;
+                } => {}
+                // Nothing can settle on a failed connection: stop waiting, close, and let the
+                // sends still waiting fail as closed.
+                reason = self.live.failed() => {
+                    tracing::debug!(claw = &*shared.name, %reason, "connection failed while closing");
+                }
+            }
         })
         .await;
+        tracing::debug!(claw = &*shared.name, jid = %shared.jid, drained = drained.is_ok(), "closing: detaching");
         for t in &self.tasks {
             t.abort();
         }
-        self.live.detach_senders().await;
+        self.live
+            .end_senders(shared.settings.scheme == AddressScheme::Queue)
+            .await;
         {
             let mut session = self.live.session.lock().await;
             let _ = tokio::time::timeout(Duration::from_secs(2), session.end()).await;

@@ -316,12 +316,22 @@ impl Live {
         Ok(sender)
     }
 
-    /// Detaches every sending link (RabbitMQ 3.10 answers `close` with IllegalState).
-    pub(crate) async fn detach_senders(&self) {
+    /// Ends every sending link: a detach where `close` is false (RabbitMQ 3.10 answers a
+    /// closing detach with IllegalState), a closing detach otherwise (the Proton example broker
+    /// never answers a plain detach, which cost 2 s per link).
+    pub(crate) async fn end_senders(&self, close: bool) {
         let senders: Vec<_> = self.senders.lock().await.drain().map(|(_, s)| s).collect();
         for s in senders {
             if let Ok(s) = Arc::try_unwrap(s) {
-                let _ = tokio::time::timeout(Duration::from_secs(2), s.into_inner().detach()).await;
+                let s = s.into_inner();
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    if close {
+                        let _ = s.close().await;
+                    } else {
+                        let _ = s.detach().await;
+                    }
+                })
+                .await;
             }
         }
     }

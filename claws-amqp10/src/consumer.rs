@@ -53,6 +53,11 @@ impl InFlight {
         InFlightGuard(self.clone())
     }
 
+    /// How many are in flight now.
+    pub(crate) fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
     /// Waits until nothing is in flight.
     pub(crate) async fn idle(&self) {
         loop {
@@ -205,9 +210,12 @@ pub(crate) async fn run_link(
                 }
             }
             changed = closing.changed(), if !stopping => {
+                // No more credit is granted; what the broker still sends within the credit it
+                // has is handed back (released, or sent back to its queue). Lowering the credit
+                // to 0 instead races transfers already on the wire, which fe2o3 then refuses
+                // (transfer limit exceeded) by closing the link.
                 if changed.is_err() || *closing.borrow() {
                     stopping = true;
-                    let _ = receiver.set_credit(0).await;
                 }
             }
             r = receiver.recv::<Body<Value>>() => match r {
@@ -227,7 +235,9 @@ pub(crate) async fn run_link(
                     }
                 }
                 Err(e) => {
-                    live.fail(format!("receiving from `{}`: {e}", shared.sources[index].address));
+                    let reason = format!("receiving from `{}`: {e}", shared.sources[index].address);
+                    tracing::debug!(claw = &*shared.name, %reason, "receiving link failed");
+                    live.fail(reason);
                     return;
                 }
             },

@@ -111,6 +111,7 @@ impl Shared {
             // the generation has failed, send again on the next one.
             let attempt = async {
                 tokio::select! {
+                    biased; // an outcome that has arrived wins over the failure that followed it
                     r = attempt => r,
                     reason = live.failed() => Err(Error::Backend(reason.into())),
                 }
