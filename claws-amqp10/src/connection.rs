@@ -222,7 +222,11 @@ pub(crate) async fn open(
 pub(crate) struct Live {
     pub(crate) generation: u64,
     pub(crate) session: Mutex<SessionHandle<()>>,
-    senders: Mutex<HashMap<String, Arc<Mutex<Sender>>>>,
+    /// Sending links by target address. A std mutex: looked up on every send, never held
+    /// across an await (contended async locks cost a task switch per send).
+    senders: StdMutex<HashMap<String, Arc<Mutex<Sender>>>>,
+    /// Serialises attaching new sending links.
+    attaching: Mutex<()>,
     failed: AtomicBool,
     reason: StdMutex<Option<String>>,
     notify: Notify,
@@ -245,7 +249,8 @@ impl Live {
         Self {
             generation,
             session: Mutex::new(session),
-            senders: Mutex::new(HashMap::new()),
+            senders: StdMutex::new(HashMap::new()),
+            attaching: Mutex::new(()),
             failed: AtomicBool::new(false),
             reason: StdMutex::new(None),
             notify: Notify::new(),
@@ -285,21 +290,28 @@ impl Live {
 
     /// The sending link for `address`, attached on first use.
     pub(crate) async fn sender(&self, address: &str, claw: &str) -> Result<Arc<Mutex<Sender>>> {
-        let mut senders = self.senders.lock().await;
-        if let Some(s) = senders.get(address) {
+        if let Some(s) = self.senders_map().get(address) {
             return Ok(s.clone());
         }
-        if senders.len() >= MAX_SENDERS {
-            if let Some(key) = senders.keys().next().cloned() {
-                if let Some(old) = senders.remove(&key) {
-                    tokio::spawn(async move {
-                        let sender = old.lock_owned().await;
-                        drop(sender);
-                    });
+        let _attaching = self.attaching.lock().await;
+        let count = {
+            let mut senders = self.senders_map();
+            if let Some(s) = senders.get(address) {
+                return Ok(s.clone()); // attached meanwhile
+            }
+            if senders.len() >= MAX_SENDERS {
+                if let Some(key) = senders.keys().next().cloned() {
+                    if let Some(old) = senders.remove(&key) {
+                        tokio::spawn(async move {
+                            let sender = old.lock_owned().await;
+                            drop(sender);
+                        });
+                    }
                 }
             }
-        }
-        let name = format!("{claw}-send-{}-{}", self.generation, senders.len());
+            senders.len()
+        };
+        let name = format!("{claw}-send-{}-{count}", self.generation);
         let sender = {
             let mut session = self.session.lock().await;
             Sender::attach(&mut *session, name, address.to_owned())
@@ -312,15 +324,20 @@ impl Live {
                 })?
         };
         let sender = Arc::new(Mutex::new(sender));
-        senders.insert(address.to_owned(), sender.clone());
+        self.senders_map()
+            .insert(address.to_owned(), sender.clone());
         Ok(sender)
+    }
+
+    fn senders_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Mutex<Sender>>>> {
+        self.senders.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Ends every sending link: a detach where `close` is false (RabbitMQ 3.10 answers a
     /// closing detach with IllegalState), a closing detach otherwise (the Proton example broker
     /// never answers a plain detach, which cost 2 s per link).
     pub(crate) async fn end_senders(&self, close: bool) {
-        let senders: Vec<_> = self.senders.lock().await.drain().map(|(_, s)| s).collect();
+        let senders: Vec<_> = self.senders_map().drain().map(|(_, s)| s).collect();
         for s in senders {
             if let Ok(s) = Arc::try_unwrap(s) {
                 let s = s.into_inner();

@@ -90,18 +90,25 @@ pub(crate) struct Attempts(StdMutex<HashMap<u64, u32>>);
 const MAX_TRACKED: usize = 50_000;
 
 impl Attempts {
+    /// The attempt this delivery is. A first delivery is 1 and is not stored (the common
+    /// case costs no lock); only redeliveries are counted.
     fn next(&self, key: u64, redelivered: bool) -> u32 {
+        if !redelivered {
+            return 1;
+        }
         let mut map = self.0.lock().expect("attempts lock");
         if map.len() >= MAX_TRACKED {
             map.clear();
         }
-        let n = map.entry(key).or_insert(0);
-        *n = if redelivered { (*n + 1).max(2) } else { 1 };
+        let n = map.entry(key).or_insert(1);
+        *n = (*n + 1).max(2);
         *n
     }
 
-    fn forget(&self, key: u64) {
-        self.0.lock().expect("attempts lock").remove(&key);
+    fn forget(&self, key: u64, attempt: u32) {
+        if attempt > 1 {
+            self.0.lock().expect("attempts lock").remove(&key);
+        }
     }
 }
 
@@ -115,7 +122,42 @@ enum Disposition {
 struct SettleRequest {
     info: DeliveryInfo,
     how: Disposition,
+    /// Told whether the settlement reached the link (`None`: nobody waits).
     done: Option<oneshot::Sender<bool>>,
+    /// Keeps the delivery counted in flight (for `close`) until the link task has settled it.
+    guard: Option<InFlightGuard>,
+}
+
+/// The last JIDs a link parsed: consecutive deliveries mostly share their subject and sender,
+/// and JID normalisation costs more than a string comparison.
+#[derive(Default)]
+struct JidCache {
+    subject: Option<(String, bool)>,
+    reply_to: Option<(String, Option<Jid>)>,
+}
+
+impl JidCache {
+    fn subject_is_jid(&mut self, subject: &str) -> bool {
+        match &self.subject {
+            Some((s, ok)) if s == subject => *ok,
+            _ => {
+                let ok = Jid::new(subject).is_ok();
+                self.subject = Some((subject.to_owned(), ok));
+                ok
+            }
+        }
+    }
+
+    fn sender(&mut self, reply_to: &str) -> Option<Jid> {
+        match &self.reply_to {
+            Some((r, jid)) if r == reply_to => jid.clone(),
+            _ => {
+                let jid = parse_reply_to(reply_to);
+                self.reply_to = Some((reply_to.to_owned(), jid.clone()));
+                jid
+            }
+        }
+    }
 }
 
 /// Attaches the receiving link for `source` with manual credit.
@@ -156,7 +198,13 @@ pub(crate) async fn run_link(
     let credit = shared.settings.credit;
     let (settle_tx, mut settle_rx) = mpsc::unbounded_channel::<SettleRequest>();
     let (fwd_tx, mut fwd_rx) = mpsc::unbounded_channel::<Delivery>();
+    // Deliveries given to the forwarder and not yet to the router: while there are none, the
+    // link task hands a delivery straight to the router when there is room (one task hop less);
+    // otherwise it queues behind them, which keeps their order.
+    let queued = Arc::new(AtomicUsize::new(0));
     let mut fwd_closing = closing.clone();
+    let fwd_events = events.clone();
+    let fwd_queued = queued.clone();
     let forwarder = tokio::spawn(async move {
         // On close, what was not handed over yet is dropped, which releases it.
         loop {
@@ -172,8 +220,9 @@ pub(crate) async fn run_link(
                 biased;
                 _ = fwd_closing.wait_for(|c| *c) => break,
                 // A router that is gone gives the delivery back; dropping it releases it.
-                _ = events.received(d) => {}
+                _ = fwd_events.received(d) => {}
             }
+            fwd_queued.fetch_sub(1, Ordering::AcqRel);
         }
         fwd_rx.close();
         while let Ok(d) = fwd_rx.try_recv() {
@@ -181,6 +230,7 @@ pub(crate) async fn run_link(
         }
     });
     let _forwarder = AbortOnDrop(forwarder);
+    let mut jids = JidCache::default();
     let mut unsettled: u32 = 0;
     let mut stopping = *closing.borrow();
     if !stopping {
@@ -201,6 +251,7 @@ pub(crate) async fn run_link(
                 if let Some(done) = req.done {
                     let _ = done.send(ok);
                 }
+                drop(req.guard);
                 unsettled = unsettled.saturating_sub(1);
                 if !stopping {
                     if let Err(e) = top_up(&mut receiver, credit, unsettled).await {
@@ -221,7 +272,7 @@ pub(crate) async fn run_link(
             r = receiver.recv::<Body<Value>>() => match r {
                 Ok(delivery) => {
                     unsettled += 1;
-                    let d = make_delivery(&shared, index, delivery, &settle_tx);
+                    let d = make_delivery(&shared, index, delivery, &settle_tx, &mut jids);
                     if !stopping {
                         if let Err(e) = top_up(&mut receiver, credit, unsettled).await {
                             live.fail(e);
@@ -230,8 +281,19 @@ pub(crate) async fn run_link(
                     }
                     if stopping {
                         drop(d); // released (or sent back) by the acker's drop
-                    } else if let Err(e) = fwd_tx.send(d) {
-                        drop(e.0);
+                    } else {
+                        let d = if queued.load(Ordering::Acquire) == 0 {
+                            match events.try_received(d) {
+                                Ok(()) => continue,
+                                Err(d) => d,
+                            }
+                        } else {
+                            d
+                        };
+                        queued.fetch_add(1, Ordering::AcqRel);
+                        if let Err(e) = fwd_tx.send(d) {
+                            drop(e.0);
+                        }
                     }
                 }
                 Err(e) => {
@@ -306,6 +368,7 @@ fn make_delivery(
     index: usize,
     delivery: fe2o3_amqp::link::delivery::Delivery<Body<Value>>,
     settle_tx: &mpsc::UnboundedSender<SettleRequest>,
+    jids: &mut JidCache,
 ) -> Delivery {
     let source = &shared.sources[index];
     let scheme = shared.settings.scheme;
@@ -318,11 +381,11 @@ fn make_delivery(
     let subject = props.subject.clone();
     let jid = subject
         .as_deref()
-        .filter(|s| Jid::new(s).is_ok())
+        .filter(|s| jids.subject_is_jid(s))
         .unwrap_or(source.default_jid())
         .to_owned();
     let id = props.correlation_id.clone().map(id_string);
-    let from = props.reply_to.as_deref().and_then(parse_reply_to);
+    let from = props.reply_to.as_deref().and_then(|r| jids.sender(r));
     let message_id = props.message_id.clone().map(id_string);
     let bytes = body.clone().unwrap_or_default();
 
@@ -395,20 +458,32 @@ struct Amqp10Acker {
 }
 
 impl Amqp10Acker {
-    async fn settle(&mut self, how: Disposition) -> Result<()> {
+    /// Asks the link task to settle; with `wait`, until it did, otherwise only until the link
+    /// task has the request (it settles requests in order, before `close` goes on).
+    async fn settle(&mut self, how: Disposition, wait: bool) -> Result<()> {
         let Some(info) = self.info.take() else {
             return Ok(());
         };
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = if wait {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         let sent = self
             .settle
             .send(SettleRequest {
                 info,
                 how,
-                done: Some(tx),
+                done: tx,
+                guard: self.guard.take(),
             })
             .is_ok();
-        if sent && rx.await.unwrap_or(false) {
+        let settled = match rx {
+            Some(rx) => sent && rx.await.unwrap_or(false),
+            None => sent,
+        };
+        if settled {
             Ok(())
         } else {
             Err(Error::Backend(
@@ -435,7 +510,7 @@ impl Amqp10Acker {
                 .send_outgoing(&out, "the stanza's own queue")
                 .await?;
         }
-        self.settle(Disposition::Accept).await
+        self.settle(Disposition::Accept, false).await
     }
 }
 
@@ -443,10 +518,10 @@ impl Amqp10Acker {
 impl Acker for Amqp10Acker {
     async fn ack(mut self: Box<Self>) -> Result<()> {
         self.resend = None;
-        self.shared.attempts.forget(self.key);
-        let r = self.settle(Disposition::Accept).await;
-        self.guard.take();
-        r
+        self.shared.attempts.forget(self.key, self.attempt);
+        // Not waited for: the link task settles requests in order, and the in-flight guard
+        // goes with the request, so `close` still waits until the accept is on its way.
+        self.settle(Disposition::Accept, false).await
     }
 
     async fn reject(mut self: Box<Self>, reason: &Error) -> Result<()> {
@@ -460,14 +535,14 @@ impl Acker for Amqp10Acker {
                 undecodable = self.undecodable.as_deref().unwrap_or(""),
                 "dead-lettering a stanza"
             );
-            self.shared.attempts.forget(self.key);
+            self.shared.attempts.forget(self.key, self.attempt);
         }
         let r = if self.resend.is_some() {
             self.send_back(dead, true).await
         } else if dead {
-            self.settle(Disposition::Reject).await
+            self.settle(Disposition::Reject, true).await
         } else {
-            self.settle(Disposition::Release).await
+            self.settle(Disposition::Release, true).await
         };
         self.guard.take();
         r
@@ -507,6 +582,7 @@ impl Drop for Amqp10Acker {
                 info,
                 how: Disposition::Release,
                 done: None,
+                guard: self.guard.take(),
             });
         }
     }

@@ -102,7 +102,9 @@
 //!   `x-dead-letter-exchange`). RabbitMQ 3.10 keeps `delivery-count` at 0 for AMQP 1.0
 //!   consumers, so the claw counts deliveries itself by `message-id` (a group queue shared by
 //!   several instances may therefore see up to `max_deliveries` per instance). An acker dropped
-//!   unsettled releases its delivery.
+//!   unsettled releases its delivery. `ack` returns once the link's task holds the accept (it
+//!   settles in order, and `close` waits for it); it fails only when that link is gone, in
+//!   which case the broker redelivers.
 //! - **Credit**: each receiving link has at most [`credit`](Amqp10ClawBuilder::credit)
 //!   unsettled deliveries; credit is granted again once the granted credit is used up, in
 //!   batches of at least half the window (RabbitMQ 3.10 over-sends when credit is refilled while

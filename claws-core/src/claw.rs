@@ -224,6 +224,19 @@ impl Events {
             })
     }
 
+    /// Hands a delivery to the router if there is room now, without waiting; otherwise (the
+    /// channel is full, or the router is gone) the delivery comes back. For claws whose
+    /// receiving task must not wait (see [`is_closed`](Events::is_closed) to tell which).
+    #[allow(clippy::result_large_err)] // the delivery comes back as it went, as in `received`
+    pub fn try_received(&self, delivery: Delivery) -> std::result::Result<(), Delivery> {
+        self.tx
+            .try_send(Event::Received(delivery))
+            .map_err(|e| match e.into_inner() {
+                Event::Received(d) => d,
+                _ => unreachable!("we sent a Received"),
+            })
+    }
+
     /// Whether the router stopped listening.
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
