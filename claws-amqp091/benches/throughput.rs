@@ -7,6 +7,10 @@
 //! latency (publish start to consumer receipt) and the
 //! claws/lapin ratios as a Markdown table. `CLAWS_AMQP_URL` picks the broker; `BENCH_SCALE`
 //! (default 1.0) scales the message counts.
+//!
+//! Over TLS, both sides alike: `CLAWS_AMQP_URL=amqps://guest:guest@127.0.0.1:5671/%2f
+//! CLAWS_TLS_CA=/etc/rabbitmq/claws-tls/ca.pem cargo bench -p claws-amqp091 --features tls
+//! --bench throughput` (the listener and CA that `scripts/provision` sets up).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,11 +63,37 @@ fn url() -> String {
     std::env::var("CLAWS_AMQP_URL").unwrap_or_else(|_| claws_amqp091::DEFAULT_URL.to_owned())
 }
 
+/// The CA both sides trust over TLS (`CLAWS_TLS_CA`), if any.
+fn tls_ca() -> Option<String> {
+    std::env::var("CLAWS_TLS_CA").ok()
+}
+
+/// A claw builder for `jid`, trusting `CLAWS_TLS_CA` when set.
+fn claw(jid: &str) -> claws_amqp091::AmqpClawBuilder {
+    let b = AmqpClaw::builder(&url(), jid);
+    match tls_ca() {
+        Some(ca) => b.tls_ca_file(ca),
+        None => b,
+    }
+}
+
+/// A raw lapin connection, trusting `CLAWS_TLS_CA` when set.
+async fn connect() -> Connection {
+    let tls = lapin::tcp::OwnedTLSConfig {
+        identity: None,
+        cert_chain: tls_ca().map(|p| std::fs::read_to_string(p).expect("readable CLAWS_TLS_CA")),
+    };
+    let runtime = lapin::runtime::default_runtime().expect("tokio runtime");
+    Connection::connect_with_config(&url(), ConnectionProperties::default(), tls, runtime)
+        .await
+        .expect("connect to the broker")
+}
+
 /// The claw: a sender claw sends to a receiver claw's full JID; the receiver acks each.
 async fn run_claws(n: usize, size: usize) -> RunResult {
     let u = uid();
     let receiver = Arc::new(
-        AmqpClaw::builder(&url(), &format!("bench-{u}@bench/r"))
+        claw(&format!("bench-{u}@bench/r"))
             .prefetch(PREFETCH)
             .subscriptions(Subscriptions {
                 direct: true,
@@ -73,7 +103,7 @@ async fn run_claws(n: usize, size: usize) -> RunResult {
             .unwrap(),
     );
     let sender = Arc::new(
-        AmqpClaw::builder(&url(), &format!("bench-client-{u}@bench/s"))
+        claw(&format!("bench-client-{u}@bench/s"))
             .subscriptions(Subscriptions::none())
             .build()
             .unwrap(),
@@ -127,12 +157,8 @@ async fn run_lapin(n: usize, size: usize) -> RunResult {
     let u = uid();
     let key = format!("rawbench-{u}@bench/r");
     let queue = format!("xmpp_direct:{key}");
-    let pub_conn = Connection::connect(&url(), ConnectionProperties::default())
-        .await
-        .unwrap();
-    let sub_conn = Connection::connect(&url(), ConnectionProperties::default())
-        .await
-        .unwrap();
+    let pub_conn = connect().await;
+    let sub_conn = connect().await;
     let publish = pub_conn.create_channel().await.unwrap();
     publish
         .confirm_select(ConfirmSelectOptions::default())
@@ -224,9 +250,7 @@ async fn run_lapin(n: usize, size: usize) -> RunResult {
 }
 
 async fn delete(queues: &[&str]) {
-    let conn = Connection::connect(&url(), ConnectionProperties::default())
-        .await
-        .unwrap();
+    let conn = connect().await;
     let ch = conn.create_channel().await.unwrap();
     for q in queues {
         let _ = ch
