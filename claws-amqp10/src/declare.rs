@@ -131,6 +131,9 @@ async fn declare_on(
         .await
         .map_err(|e| backend(format!("binding `{}` to `{}`", spec.name, spec.exchange), e))?;
     }
+    // Closed before the connection: a channel dropped open races the connection's close, and
+    // lapin logs that race as an error.
+    let _ = ch.close(200, "declared".into()).await;
     Ok(())
 }
 
@@ -201,6 +204,7 @@ pub(crate) async fn delete_queues(endpoint: &Endpoint, names: &[String]) -> Resu
             .await
             .map_err(|e| Error::Backend(format!("deleting `{name}`: {e}").into()))?;
     }
+    let _ = ch.close(200, "deleted".into()).await;
     let _ = conn.close(200, "deleted".into()).await;
     Ok(())
 }
