@@ -25,6 +25,8 @@ pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// tls_ca_file = "/etc/claws/ca.pem"        # the CA that signed the broker's certificate
 /// tls_cert_file = "/etc/claws/client.pem"  # mutual TLS: the claw's certificate…
 /// tls_key_file = "/etc/claws/client-key.pem" # …and its private key
+/// # url = "amqps://rabbit.example.com/%2f?auth_mechanism=external" logs in as the certificate
+/// # (RabbitMQ's rabbitmq_auth_mechanism_ssl plugin), with no password anywhere
 /// ```
 ///
 /// The common `url` key (top level) wins over `host`/`username`/`password`/`port`/`vhost`.
@@ -207,12 +209,22 @@ pub(crate) fn is_amqps(uri: &AMQPUri) -> bool {
     matches!(uri.scheme, lapin::uri::AMQPScheme::AMQPS)
 }
 
-/// The endpoint of a parsed URI, without the password.
+/// The endpoint of a parsed URI, without the password; with `auth_mechanism=external` the
+/// user is the client certificate's, so none is shown.
 pub(crate) fn endpoint(uri: &AMQPUri) -> String {
+    let external = matches!(
+        uri.query.auth_mechanism,
+        Some(lapin::uri::SASLMechanism::External)
+    );
+    let user = if external {
+        "(certificate)"
+    } else {
+        uri.authority.userinfo.username.as_str()
+    };
     format!(
         "{}://{}@{}:{}/{}",
         if is_amqps(uri) { "amqps" } else { "amqp" },
-        uri.authority.userinfo.username,
+        user,
         uri.authority.host,
         uri.authority.port,
         percent_encode(&uri.vhost)
@@ -264,5 +276,7 @@ mod tests {
         assert_eq!(endpoint(&uri), "amqps://u@h:5671/%2F");
         let uri = parse_url("amqp://u:p@h").unwrap();
         assert_eq!(endpoint(&uri), "amqp://u@h:5672/%2F");
+        let uri = parse_url("amqps://h?auth_mechanism=external").unwrap();
+        assert_eq!(endpoint(&uri), "amqps://(certificate)@h:5671/%2F");
     }
 }

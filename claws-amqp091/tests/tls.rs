@@ -133,6 +133,52 @@ async fn the_client_certificate_reaches_the_broker() {
     svc.claw.close().await.expect("close");
 }
 
+/// Mutual TLS with RabbitMQ's EXTERNAL mechanism: no password in the URL, the client
+/// certificate's CN (`claws-test-client`, a user provisioning created without a password) logs in.
+#[tokio::test]
+async fn the_client_certificate_logs_in_with_external() {
+    let u = uid();
+    let dir = tls_dir();
+    let mut svc = start(
+        tls_builder(
+            "amqps://127.0.0.1:5671/%2f?auth_mechanism=external",
+            &format!("ext-{u}@test/a"),
+        )
+        .tls_client_cert(dir.join("client.pem"), dir.join("client-key.pem")),
+    )
+    .await;
+    assert!(svc.claw.endpoint().contains("(certificate)@127.0.0.1:5671"));
+    let to = svc.claw.jid().clone();
+    svc.claw
+        .send(&to, None, Packet::from(format!("<message>{u}</message>")))
+        .await
+        .expect("confirmed send as the certificate's user");
+    next(&mut svc.rx, &u).await.acker.ack().await.unwrap();
+    let name = svc.claw.connection_name();
+    let row =
+        tokio::task::spawn_blocking(move || connection_row(&name, &["user", "auth_mechanism"]))
+            .await
+            .unwrap();
+    assert!(
+        row.contains("claws-test-client") && row.contains("EXTERNAL"),
+        "{row}"
+    );
+
+    // Without a certificate, EXTERNAL has nothing to log in with: a clear error, no hang.
+    let claw = tls_builder(
+        "amqps://127.0.0.1:5671/%2f?auth_mechanism=external",
+        &format!("ext-nocert-{u}@test/a"),
+    )
+    .connect_timeout(Duration::from_secs(5))
+    .build()
+    .unwrap();
+    let err = start_error(claw).await;
+    assert!(err.contains("cannot connect"), "{err}");
+
+    svc.claw.close().await.expect("close");
+    cleanup(&[&svc.claw]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_tls_connection_recovers_and_loses_nothing() {
     const N: usize = 400;

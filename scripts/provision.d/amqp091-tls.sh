@@ -1,5 +1,7 @@
 # claws-amqp091's TLS tests: a test CA, a server certificate for 127.0.0.1 and a client certificate,
-# and a RabbitMQ TLS listener on 127.0.0.1:5671 that uses them (the plain listener on 5672 stays).
+# and a RabbitMQ TLS listener on 127.0.0.1:5671 that uses them (the plain listener on 5672 stays),
+# with the EXTERNAL mechanism (rabbitmq_auth_mechanism_ssl) mapping the client certificate's CN to
+# the user `claws-test-client`.
 # The listener is configured in /etc/rabbitmq/conf.d/, so it survives broker restarts; RabbitMQ is
 # restarted once, only when that file is new or changed.
 # Sourced by scripts/provision (uses its `log` and `apt_install`).
@@ -34,7 +36,15 @@ ssl_options.cacertfile = $tls_dir/ca.pem
 ssl_options.certfile = $tls_dir/server.pem
 ssl_options.keyfile = $tls_dir/server-key.pem
 ssl_options.verify = verify_peer
-ssl_options.fail_if_no_peer_cert = false"
+ssl_options.fail_if_no_peer_cert = false
+auth_mechanisms.1 = PLAIN
+auth_mechanisms.2 = AMQPLAIN
+auth_mechanisms.3 = EXTERNAL
+ssl_cert_login_from = common_name"
+if ! rabbitmq-plugins -q list -e 2>/dev/null | grep -q 'rabbitmq_auth_mechanism_ssl'; then
+  log "enabling rabbitmq_auth_mechanism_ssl"
+  rabbitmq-plugins -q enable rabbitmq_auth_mechanism_ssl >/dev/null
+fi
 if [ "$(cat "$tls_conf" 2>/dev/null)" != "$tls_wanted" ]; then
   log "configuring RabbitMQ's TLS listener ($tls_conf) and restarting RabbitMQ"
   mkdir -p "$(dirname "$tls_conf")"
@@ -42,6 +52,13 @@ if [ "$(cat "$tls_conf" 2>/dev/null)" != "$tls_wanted" ]; then
   rabbitmqctl -q stop >/dev/null 2>&1 || true
   rabbitmq-server -detached
   await_rabbitmq "come back after enabling TLS"
+fi
+# The user the client certificate logs in as (EXTERNAL): no password, rights on the default vhost.
+if ! rabbitmqctl -q list_users 2>/dev/null | grep -q '^claws-test-client'; then
+  log "adding the RabbitMQ user claws-test-client (certificate login only)"
+  rabbitmqctl -q add_user claws-test-client "$(openssl rand -hex 16)" >/dev/null
+  rabbitmqctl -q clear_password claws-test-client >/dev/null
+  rabbitmqctl -q set_permissions -p / claws-test-client '.*' '.*' '.*' >/dev/null
 fi
 # stop_app/start_app (the broker-restart tests) keep the listener; check it answers TLS.
 if ! timeout 10 openssl s_client -connect 127.0.0.1:5671 -CAfile "$tls_dir/ca.pem" \
