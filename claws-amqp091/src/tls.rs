@@ -6,10 +6,14 @@
 //! system's certificate store plus the CA of `tls_ca_file`. Without it, an `amqps://` URL is a
 //! configuration error that names the feature.
 
-use std::path::{Path, PathBuf};
+#[cfg(feature = "tls")]
+use std::path::Path;
+use std::path::PathBuf;
 
 use claws_core::{Error, Result};
-use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+#[cfg(feature = "tls")]
+use lapin::tcp::OwnedIdentity;
+use lapin::tcp::OwnedTLSConfig;
 
 /// The TLS files a claw was given (all optional).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -43,14 +47,25 @@ pub(crate) fn config(url: &str, amqps: bool, files: &TlsFiles) -> Result<OwnedTL
              enable its `tls` feature (`amqp091-tls` in the claws crate) or use amqp://"
         )));
     }
+    checked(files)
+}
+
+#[cfg(not(feature = "tls"))]
+fn checked(_: &TlsFiles) -> Result<OwnedTLSConfig> {
+    unreachable!("config() refuses amqps:// without the tls feature")
+}
+
+/// Reads the files and checks that they hold what rustls will need.
+#[cfg(feature = "tls")]
+fn checked(files: &TlsFiles) -> Result<OwnedTLSConfig> {
     let cert_chain = match &files.ca {
-        Some(path) => Some(read_pem(path, "tls_ca_file", "CERTIFICATE")?),
+        Some(path) => Some(read_certificates(path, "tls_ca_file")?),
         None => None,
     };
     let identity = match &files.client {
         Some((cert, key)) => Some(OwnedIdentity::PKCS8 {
-            pem: read_pem(cert, "tls_cert_file", "CERTIFICATE")?.into_bytes(),
-            key: read_pem(key, "tls_key_file", "PRIVATE KEY")?.into_bytes(),
+            pem: read_certificates(cert, "tls_cert_file")?.into_bytes(),
+            key: read_private_key(key)?.into_bytes(),
         }),
         None => None,
     };
@@ -60,30 +75,65 @@ pub(crate) fn config(url: &str, amqps: bool, files: &TlsFiles) -> Result<OwnedTL
     })
 }
 
-/// Reads a PEM file that must hold a `-----BEGIN …{label}-----` block.
-fn read_pem(path: &Path, key: &str, label: &str) -> Result<String> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+#[cfg(feature = "tls")]
+fn read(path: &Path, key: &str) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| {
         Error::Config(format!(
             "cannot read `{key}` file `{}`: {e}; give the path of a PEM file",
             path.display()
         ))
-    })?;
-    let holds_label = text
-        .lines()
-        .any(|l| l.starts_with("-----BEGIN ") && l.trim_end().ends_with(&format!("{label}-----")));
-    if !holds_label {
+    })
+}
+
+/// A PEM file holding one or more certificates, each one decodable.
+#[cfg(feature = "tls")]
+fn read_certificates(path: &Path, key: &str) -> Result<String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let text = read(path, key)?;
+    let mut count = 0;
+    for cert in CertificateDer::pem_slice_iter(text.as_bytes()) {
+        cert.map_err(|e| {
+            Error::Config(format!(
+                "`{key}` file `{}` holds a broken PEM certificate ({e}); give a PEM file \
+                 (`-----BEGIN CERTIFICATE-----`)",
+                path.display()
+            ))
+        })?;
+        count += 1;
+    }
+    if count == 0 {
         return Err(Error::Config(format!(
-            "`{key}` file `{}` holds no PEM {label} block; give a PEM file (`-----BEGIN {label}-----`)",
+            "`{key}` file `{}` holds no PEM certificate; give a PEM file \
+             (`-----BEGIN CERTIFICATE-----`)",
             path.display()
         )));
     }
     Ok(text)
 }
 
+/// A PEM file holding an unencrypted private key (PKCS#8, SEC1 or PKCS#1).
+#[cfg(feature = "tls")]
+fn read_private_key(path: &Path) -> Result<String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::PrivateKeyDer;
+    let text = read(path, "tls_key_file")?;
+    PrivateKeyDer::from_pem_slice(text.as_bytes()).map_err(|e| {
+        Error::Config(format!(
+            "`tls_key_file` file `{}` holds no usable private key ({e}); give an unencrypted \
+             PEM key (`BEGIN PRIVATE KEY`, `BEGIN EC PRIVATE KEY` or `BEGIN RSA PRIVATE KEY`)",
+            path.display()
+        ))
+    })?;
+    Ok(text)
+}
+
 /// A hint for a failed TLS connection, from the error text rustls gave.
 pub(crate) fn hint(reason: &str) -> Option<&'static str> {
     let r = reason.to_ascii_lowercase();
-    if r.contains("certificate") || r.contains("unknownissuer") {
+    if r.contains("native certificates") {
+        Some("this machine has no system certificate store; install one (Debian: the ca-certificates package)")
+    } else if r.contains("invalid peer certificate") || r.contains("unknownissuer") {
         Some("the broker's certificate is not trusted for this host: set `tls_ca_file` to the CA that signed it, and connect to a name or IP address the certificate lists")
     } else if r.contains("corrupt message") || r.contains("invalidcontenttype") {
         Some("the server did not answer with TLS: is this port a TLS listener? RabbitMQ's is usually 5671, and 5672 is plain amqp://")
@@ -135,12 +185,35 @@ mod tests {
             client: None,
         };
         let err = config("amqps://h", true, &not_pem).unwrap_err().to_string();
-        assert!(err.contains("no PEM CERTIFICATE"), "{err}");
+        assert!(err.contains("no PEM certificate"), "{err}");
 
-        let cert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let broken = TlsFiles {
+            ca: Some(write(
+                "broken.pem",
+                "-----BEGIN CERTIFICATE-----\n!!not base64!!\n-----END CERTIFICATE-----\n",
+            )),
+            client: None,
+        };
+        let err = config("amqps://h", true, &broken).unwrap_err().to_string();
+        assert!(err.contains("broken PEM certificate"), "{err}");
+
+        let cert = "-----BEGIN CERTIFICATE-----\r\nMIIB\r\n-----END CERTIFICATE-----\r\n";
+        let encrypted = write(
+            "enc.pem",
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        );
+        let with_encrypted_key = TlsFiles {
+            ca: None,
+            client: Some((write("cert.pem", cert), encrypted)),
+        };
+        let err = config("amqps://h", true, &with_encrypted_key)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no usable private key"), "{err}");
+
         let key = write(
             "key.pem",
-            "-----BEGIN EC PRIVATE KEY-----\nMHc\n-----END EC PRIVATE KEY-----\n",
+            "-----BEGIN EC PRIVATE KEY-----\nMHc=\n-----END EC PRIVATE KEY-----\n",
         );
         let ok = TlsFiles {
             ca: Some(write("ca.pem", cert)),

@@ -405,8 +405,10 @@ impl Generation {
                     shared.in_flight.idle().await;
                     shared.sends.idle().await;
                 } => {}
-                // Nothing can settle on a failed connection: stop waiting, close, and let the
-                // sends still waiting fail as closed.
+                // Nothing can settle on a failed generation (a lost connection, or a refused
+                // attach, which ends the session on RabbitMQ): stop waiting, close, and let the
+                // sends still waiting fail as closed. Handlers still running lose their settlement;
+                // the broker delivers those stanzas again (at least once).
                 reason = self.live.failed() => {
                     tracing::debug!(claw = &*shared.name, %reason, "connection failed while closing");
                 }

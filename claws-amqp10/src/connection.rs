@@ -16,7 +16,7 @@
 //! gone the broker has already put them back in their queue.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
@@ -227,6 +227,9 @@ pub(crate) struct Live {
     senders: StdMutex<HashMap<String, Arc<Mutex<Sender>>>>,
     /// Serialises attaching new sending links.
     attaching: Mutex<()>,
+    /// Numbers sending links, so that a name is never reused within a generation (an evicted
+    /// link may still be detaching when its successor attaches).
+    attached: AtomicU64,
     failed: AtomicBool,
     reason: StdMutex<Option<String>>,
     notify: Notify,
@@ -251,6 +254,7 @@ impl Live {
             session: Mutex::new(session),
             senders: StdMutex::new(HashMap::new()),
             attaching: Mutex::new(()),
+            attached: AtomicU64::new(0),
             failed: AtomicBool::new(false),
             reason: StdMutex::new(None),
             notify: Notify::new(),
@@ -294,7 +298,7 @@ impl Live {
             return Ok(s.clone());
         }
         let _attaching = self.attaching.lock().await;
-        let count = {
+        {
             let mut senders = self.senders_map();
             if let Some(s) = senders.get(address) {
                 return Ok(s.clone()); // attached meanwhile
@@ -309,9 +313,9 @@ impl Live {
                     }
                 }
             }
-            senders.len()
-        };
-        let name = format!("{claw}-send-{}-{count}", self.generation);
+        }
+        let number = self.attached.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{claw}-send-{}-{number}", self.generation);
         let sender = {
             let mut session = self.session.lock().await;
             Sender::attach(&mut *session, name, address.to_owned())

@@ -176,7 +176,9 @@ async fn recovers_after_a_cut_and_a_broker_restart() {
         match tokio::time::timeout(Duration::from_secs(3), ib.event()).await {
             Ok(Event::Received(d)) => {
                 seen.insert(d.packet.as_str().unwrap_or_default().to_owned());
-                d.acker.ack().await.unwrap();
+                // A delivery of the link the cut ended cannot be settled any more (this broker
+                // settled it when sending): the ack says so, and there is nothing to redeliver.
+                let _ = d.acker.ack().await;
                 if seen.len() == N / 3 && !cut {
                     proxy.cut();
                     cut = true;

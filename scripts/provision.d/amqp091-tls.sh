@@ -5,30 +5,39 @@
 # The listener is configured in /etc/rabbitmq/conf.d/, so it survives broker restarts; RabbitMQ is
 # restarted once, only when that file is new or changed.
 # Sourced by scripts/provision (uses its `log` and `apt_install`).
-apt_install openssl
+apt_install openssl ca-certificates
 tls_dir=/etc/rabbitmq/claws-tls
-if [ ! -s "$tls_dir/client-key.pem" ]; then
+tls_files="ca.pem server.pem server-key.pem client.pem client-key.pem"
+tls_missing=""
+for f in $tls_files; do [ -s "$tls_dir/$f" ] || tls_missing=1; done
+if [ -n "$tls_missing" ]; then
   log "generating the test CA and certificates in $tls_dir"
-  mkdir -p "$tls_dir"
+  tls_tmp=$(mktemp -d)
   (
-    cd "$tls_dir"
+    cd "$tls_tmp"
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
-      -subj "/CN=claws test CA" -keyout ca-key.pem -out ca.pem 2>/dev/null
+      -subj "/CN=claws test CA" -keyout ca-key.pem -out ca.pem 2>openssl.log || exit 1
     for who in server client; do
       openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-        -subj "/CN=claws-test-$who" -keyout "$who-key.pem" -out "$who.csr" 2>/dev/null
+        -subj "/CN=claws-test-$who" -keyout "$who-key.pem" -out "$who.csr" 2>>openssl.log || exit 1
     done
     printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >server.ext
     printf 'extendedKeyUsage=clientAuth\n' >client.ext
     for who in server client; do
       openssl x509 -req -in "$who.csr" -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 3650 \
-        -extfile "$who.ext" -out "$who.pem" 2>/dev/null
+        -extfile "$who.ext" -out "$who.pem" 2>>openssl.log || exit 1
     done
-    rm -f ./*.csr ./*.ext ca.srl
-  )
+  ) || { cat "$tls_tmp/openssl.log" >&2; echo "error: generating the test certificates failed" >&2; exit 1; }
+  mkdir -p "$tls_dir"
+  for f in $tls_files; do cp "$tls_tmp/$f" "$tls_dir/$f"; done
+  # The CA key is not kept: with certificate logins, whoever holds it could log in as anyone.
+  rm -rf "$tls_tmp"
   chown -R rabbitmq:rabbitmq "$tls_dir"
   chmod 0644 "$tls_dir"/*.pem
+  chmod 0600 "$tls_dir"/server-key.pem "$tls_dir"/client-key.pem
 fi
+rm -f "$tls_dir/ca-key.pem" # kept by an earlier version of this script
+chmod 0600 "$tls_dir"/server-key.pem "$tls_dir"/client-key.pem
 tls_conf=/etc/rabbitmq/conf.d/20-claws-tls.conf
 tls_wanted="# Written by claws' scripts/provision.d/amqp091-tls.sh: a TLS listener for claws' tests.
 listeners.ssl.claws = 127.0.0.1:5671
@@ -50,6 +59,13 @@ if [ "$(cat "$tls_conf" 2>/dev/null)" != "$tls_wanted" ]; then
   mkdir -p "$(dirname "$tls_conf")"
   printf '%s\n' "$tls_wanted" >"$tls_conf"
   rabbitmqctl -q stop >/dev/null 2>&1 || true
+  # `stop` does not wait for the Erlang VM to exit; starting before it has would find the node
+  # name taken and fail silently (detached).
+  for _ in $(seq 60); do pgrep -u rabbitmq -f beam.smp >/dev/null || break; sleep 1; done
+  if pgrep -u rabbitmq -f beam.smp >/dev/null; then
+    echo "error: RabbitMQ did not stop within 60 s for the TLS configuration to take effect" >&2
+    exit 1
+  fi
   rabbitmq-server -detached
   await_rabbitmq "come back after enabling TLS"
 fi
