@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use claws_core::jid::Jid;
+use claws_core::jid::LastJid;
 use claws_core::topology::QueueKind;
 use claws_core::{Acker, Delivery, Error, Events, Packet, Result, Via};
 use futures_util::StreamExt;
@@ -44,7 +44,7 @@ pub(crate) async fn run(
     let mut stop = shared.stop_consuming.subscribe();
     // The last sender, parsed: most deliveries come from a sender seen just before, and parsing
     // (normalising) a JID costs more than comparing a string.
-    let mut last_from: Option<(ShortString, Jid)> = None;
+    let mut last_from = LastJid::default();
     loop {
         let next = tokio::select! {
             biased;
@@ -114,7 +114,7 @@ fn to_delivery(
     session: &Arc<Session>,
     queue: &Arc<QueueInfo>,
     d: lapin::message::Delivery,
-    last_from: &mut Option<(ShortString, Jid)>,
+    last_from: &mut LastJid,
 ) -> Delivery {
     let lapin::message::Delivery {
         exchange,
@@ -156,14 +156,7 @@ fn to_delivery(
         from: properties
             .reply_to()
             .as_ref()
-            .and_then(|s| match last_from {
-                Some((raw, jid)) if raw == s => Some(jid.clone()),
-                _ => {
-                    let jid = Jid::new(s.as_str()).ok()?;
-                    *last_from = Some((s.clone(), jid.clone()));
-                    Some(jid)
-                }
-            }),
+            .and_then(|s| last_from.parse(s.as_str())),
     };
     let attempt = previous.saturating_add(1);
     Delivery {

@@ -41,18 +41,13 @@ pub(crate) fn config(url: &str, amqps: bool, files: &TlsFiles) -> Result<OwnedTL
              is plain amqp://; use amqps:// (RabbitMQ's TLS port is usually 5671) or drop the TLS files"
         )));
     }
-    if !cfg!(feature = "tls") {
-        return Err(Error::Config(format!(
-            "URL `{url}` asks for TLS (amqps), but claws-amqp091 is built without a TLS stack; \
-             enable its `tls` feature (`amqp091-tls` in the claws crate) or use amqp://"
-        )));
-    }
+    #[cfg(not(feature = "tls"))]
+    return Err(Error::Config(format!(
+        "URL `{url}` asks for TLS (amqps), but claws-amqp091 is built without a TLS stack; \
+         enable its `tls` feature (`amqp091-tls` in the claws crate) or use amqp://"
+    )));
+    #[cfg(feature = "tls")]
     checked(files)
-}
-
-#[cfg(not(feature = "tls"))]
-fn checked(_: &TlsFiles) -> Result<OwnedTLSConfig> {
-    unreachable!("config() refuses amqps:// without the tls feature")
 }
 
 /// Reads the files and checks that they hold what rustls will need.

@@ -41,21 +41,6 @@ fn tls_builder(url: &str, jid: &str) -> AmqpClawBuilder {
         .close_timeout(Duration::from_secs(20))
 }
 
-/// The `rabbitmqctl list_connections` row of the connection whose properties contain `needle`,
-/// with the columns asked for.
-fn connection_row(needle: &str, columns: &[&str]) -> String {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(["-q", "list_connections", "client_properties"])
-        .args(columns)
-        .output()
-        .expect("rabbitmqctl must be installed (scripts/provision)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.lines()
-        .find(|l| l.contains(needle))
-        .unwrap_or_else(|| panic!("no connection named like `{needle}` in:\n{text}"))
-        .to_owned()
-}
-
 #[tokio::test]
 async fn stanzas_cross_between_a_tls_claw_and_a_plain_one() {
     let u = uid();

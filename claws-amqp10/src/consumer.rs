@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use claws_core::jid::Jid;
+use claws_core::jid::LastJid;
 use claws_core::topology::DEAD_LETTER_QUEUE;
 use claws_core::{Acker, Delivery, Error, Events, Packet, Result, Via};
 use fe2o3_amqp::link::delivery::DeliveryInfo;
@@ -128,36 +128,11 @@ struct SettleRequest {
     guard: Option<InFlightGuard>,
 }
 
-/// The last JIDs a link parsed: consecutive deliveries mostly share their subject and sender,
-/// and JID normalisation costs more than a string comparison.
+/// The last JIDs a link parsed, for its `subject` and its `reply-to`.
 #[derive(Default)]
 struct JidCache {
-    subject: Option<(String, bool)>,
-    reply_to: Option<(String, Option<Jid>)>,
-}
-
-impl JidCache {
-    fn subject_is_jid(&mut self, subject: &str) -> bool {
-        match &self.subject {
-            Some((s, ok)) if s == subject => *ok,
-            _ => {
-                let ok = Jid::new(subject).is_ok();
-                self.subject = Some((subject.to_owned(), ok));
-                ok
-            }
-        }
-    }
-
-    fn sender(&mut self, reply_to: &str) -> Option<Jid> {
-        match &self.reply_to {
-            Some((r, jid)) if r == reply_to => jid.clone(),
-            _ => {
-                let jid = parse_reply_to(reply_to);
-                self.reply_to = Some((reply_to.to_owned(), jid.clone()));
-                jid
-            }
-        }
-    }
+    subject: LastJid,
+    reply_to: LastJid,
 }
 
 /// Attaches the receiving link for `source` with manual credit.
@@ -381,11 +356,14 @@ fn make_delivery(
     let subject = props.subject.clone();
     let jid = subject
         .as_deref()
-        .filter(|s| jids.subject_is_jid(s))
+        .filter(|s| jids.subject.parse(s).is_some())
         .unwrap_or(source.default_jid())
         .to_owned();
     let id = props.correlation_id.clone().map(id_string);
-    let from = props.reply_to.as_deref().and_then(|r| jids.sender(r));
+    let from = props
+        .reply_to
+        .as_deref()
+        .and_then(|r| jids.reply_to.parse_with(r, parse_reply_to));
     let message_id = props.message_id.clone().map(id_string);
     let bytes = body.clone().unwrap_or_default();
 

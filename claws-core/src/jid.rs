@@ -28,6 +28,43 @@ pub fn parse_full(input: &str, what: &'static str) -> Result<FullJid> {
         })
 }
 
+/// The last string parsed into a JID, and what it gave. Consecutive stanzas mostly share their
+/// sender (and routing key), and normalising a JID costs far more than comparing strings, so a
+/// claw's receiving task keeps one of these per thing it parses.
+///
+/// ```
+/// let mut last = claws_core::jid::LastJid::default();
+/// let a = last.parse("a@example.com/r");
+/// assert_eq!(last.parse("a@example.com/r"), a); // compared, not parsed again
+/// assert!(last.parse("a@b@c").is_none());
+/// ```
+#[derive(Debug, Default)]
+pub struct LastJid(Option<(String, Option<Jid>)>);
+
+impl LastJid {
+    /// `raw` as a JID (`None` if it is not one), parsed only if it differs from the last.
+    pub fn parse(&mut self, raw: &str) -> Option<Jid> {
+        self.parse_with(raw, |s| Jid::new(s).ok())
+    }
+
+    /// Like [`parse`](Self::parse), with `parse` turning `raw` into a JID (for addresses that
+    /// wrap one).
+    pub fn parse_with(
+        &mut self,
+        raw: &str,
+        parse: impl FnOnce(&str) -> Option<Jid>,
+    ) -> Option<Jid> {
+        match &self.0 {
+            Some((last, jid)) if last == raw => jid.clone(),
+            _ => {
+                let jid = parse(raw);
+                self.0 = Some((raw.to_owned(), jid.clone()));
+                jid
+            }
+        }
+    }
+}
+
 fn invalid(input: &str, err: jid::Error) -> Error {
     let reason = if input.is_empty() {
         "it is empty".to_owned()

@@ -120,18 +120,28 @@ pub async fn cleanup(claws: &[&AmqpClaw]) {
     let _ = conn.close(200, "cleanup".into()).await;
 }
 
-/// Closes, from the broker's side, the connection whose name contains `needle`.
-pub fn close_connection(needle: &str) {
+/// The `rabbitmqctl list_connections` row of the connection whose properties contain `needle`:
+/// its client properties, then the columns asked for.
+pub fn connection_row(needle: &str, columns: &[&str]) -> String {
     let out = std::process::Command::new("rabbitmqctl")
-        .args(["-q", "list_connections", "pid", "client_properties"])
+        .args(["-q", "list_connections", "client_properties"])
+        .args(columns)
         .output()
         .expect("rabbitmqctl must be installed (scripts/provision)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let pid = text
-        .lines()
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
         .find(|l| l.contains(needle))
-        .and_then(|l| l.split_whitespace().next())
         .unwrap_or_else(|| panic!("no connection named like `{needle}` in:\n{text}"))
+        .to_owned()
+}
+
+/// Closes, from the broker's side, the connection whose name contains `needle`.
+pub fn close_connection(needle: &str) {
+    let row = connection_row(needle, &["pid"]);
+    let pid = row
+        .split_whitespace()
+        .last()
+        .expect("a row ends with the pid column")
         .to_owned();
     let status = std::process::Command::new("rabbitmqctl")
         .args(["-q", "close_connection", &pid, "claws fault test"])
