@@ -74,6 +74,44 @@ pub enum Error {
     #[error("configuration error: {0}")]
     Config(String),
 
+    /// Happens when `start` is called on a claw (or router) that is starting or running.
+    #[error("claw `{claw}` is already started; start it once, or build another")]
+    AlreadyStarted {
+        /// The claw's name.
+        claw: String,
+    },
+
+    /// Happens when a claw is used before `start`.
+    #[error("claw `{claw}` is not started; call `start` (or start its router) first")]
+    NotStarted {
+        /// The claw's name.
+        claw: String,
+    },
+
+    /// Happens when a claw is asked for something its transport cannot do (a broadcast on a
+    /// plain queue broker, a publish through an XMPP component).
+    #[error("claw `{claw}` cannot {what}: {why}")]
+    Unsupported {
+        /// The claw's name.
+        claw: String,
+        /// What was asked.
+        what: &'static str,
+        /// Why not, and what to use instead.
+        why: String,
+    },
+
+    /// Happens when a broker operation fails; `source` is the client library's error.
+    #[error("claw `{claw}`: {what} failed: {source}")]
+    Broker {
+        /// The claw's name.
+        claw: String,
+        /// What was being done.
+        what: String,
+        /// The underlying error.
+        #[source]
+        source: BoxError,
+    },
+
     /// Happens when something is used after `close()`.
     #[error("claw `{claw}` is closed; create a new one")]
     Closed {

@@ -11,7 +11,9 @@
 //! - [`Router`]: holds claws, hands each packet and its [`Via`] to the handler, acks after the
 //!   handler finished, and sends replies back the way packets came.
 //! - [`Packet`] and [`stanza::Element`]: payloads as they travelled, parsed only when asked.
-//! - [`jid`], [`topology`] (the wire contract's names), [`config`], [`Error`].
+//! - [`jid`], [`topology`] (the wire contract's names and the RabbitMQ plan), [`config`], [`Error`].
+//! - [`runtime`]: what every claw needs around its protocol calls (run state, reconnect with
+//!   backoff over endpoints, in-flight tracking, waiting for a live connection).
 //!
 //! ## Example
 //!
@@ -59,6 +61,7 @@ pub mod jid;
 pub mod mem;
 mod packet;
 pub mod router;
+pub mod runtime;
 pub mod stanza;
 pub mod topology;
 mod via;

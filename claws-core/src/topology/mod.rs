@@ -1,4 +1,5 @@
-//! The wire contract's names (TOPOLOGY.md): exchanges, queues, and which subscription each queue is.
+//! The wire contract's names (TOPOLOGY.md): exchanges, queues, and which subscription each queue
+//! is; and [`plan`], the RabbitMQ declarations of one instance as data.
 //!
 //! Every backend that speaks the RabbitMQ topology takes its names from here, so that 0-9-1 and 1.0
 //! instances, the mem claw, and foreign peers agree on them.
@@ -7,6 +8,12 @@ use std::fmt;
 
 use crate::jid::Jid;
 use crate::{Error, Result};
+
+mod plan;
+
+pub use plan::{
+    plan, ArgValue, BindingDecl, ExchangeDecl, ExchangeType, QueueDecl, Topology, TopologyOptions,
+};
 
 /// The direct exchange: routing key = destination JID, full or bare.
 pub const DIRECT_EXCHANGE: &str = "xmpp_direct";

@@ -1,0 +1,310 @@
+//! The RabbitMQ topology of one instance as data: exchanges, queues with their arguments, and
+//! bindings, computed from the settings and the JID. Both AMQP claws execute it (0-9-1
+//! directly, 1.0 through its short 0-9-1 declaring connection) and `claws topology` prints it,
+//! so every name and argument exists once, here.
+
+use std::fmt;
+use std::time::Duration;
+
+use super::{
+    self as names, QueueKind, Subscriptions, DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE,
+    DIRECT_EXCHANGE, FANOUT_EXCHANGE,
+};
+use crate::jid::Jid;
+use crate::Result;
+
+/// How the claw declares its queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopologyOptions {
+    /// Durable queues (exchanges are always durable, so that instances with either setting
+    /// share them).
+    pub durable: bool,
+    /// `x-expires` on per-instance (full-JID) queues.
+    pub queue_expiry: Option<Duration>,
+    /// `x-queue-type = quorum` on group (bare-JID) queues.
+    pub quorum_groups: bool,
+}
+
+impl Default for TopologyOptions {
+    fn default() -> Self {
+        Self {
+            durable: true,
+            queue_expiry: Some(Duration::from_secs(1800)),
+            quorum_groups: false,
+        }
+    }
+}
+
+/// An exchange type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeType {
+    /// Routes by exact routing key.
+    Direct,
+    /// Routes to every bound queue.
+    Fanout,
+}
+
+impl ExchangeType {
+    /// `direct` or `fanout`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExchangeType::Direct => "direct",
+            ExchangeType::Fanout => "fanout",
+        }
+    }
+}
+
+/// One exchange declaration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExchangeDecl {
+    /// Its name.
+    pub name: &'static str,
+    /// Its type.
+    pub kind: ExchangeType,
+    /// Whether it survives a broker restart.
+    pub durable: bool,
+}
+
+/// A queue argument's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArgValue {
+    /// A string (`x-queue-type`, `x-dead-letter-exchange`).
+    Str(&'static str),
+    /// An integer (`x-expires`, in milliseconds).
+    Int(i64),
+}
+
+impl fmt::Display for ArgValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ArgValue::Str(s) => f.write_str(s),
+            ArgValue::Int(i) => write!(f, "{i}"),
+        }
+    }
+}
+
+/// One queue declaration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDecl {
+    /// Its name.
+    pub name: String,
+    /// Which subscription it is (`None` for the dead-letter queue).
+    pub kind: Option<QueueKind>,
+    /// Whether it survives a broker restart.
+    pub durable: bool,
+    /// Its arguments (`x-expires`, `x-queue-type`, `x-dead-letter-exchange`).
+    pub arguments: Vec<(&'static str, ArgValue)>,
+}
+
+/// One binding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindingDecl {
+    /// The queue.
+    pub queue: String,
+    /// The exchange.
+    pub exchange: &'static str,
+    /// The routing key (the JID; ignored by fanout exchanges).
+    pub routing_key: String,
+}
+
+/// Everything one instance declares, in declaration order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    /// The exchanges: `xmpp_direct`, `xmpp_fanout`, `xmpp_dead_letter`.
+    pub exchanges: Vec<ExchangeDecl>,
+    /// The dead-letter queue, then the consumed queues.
+    pub queues: Vec<QueueDecl>,
+    /// How queues are bound.
+    pub bindings: Vec<BindingDecl>,
+}
+
+impl Topology {
+    /// The queues the instance consumes (the dead-letter queue excluded).
+    pub fn consumed(&self) -> impl Iterator<Item = (&QueueDecl, &QueueKind)> {
+        self.queues
+            .iter()
+            .filter_map(|q| q.kind.as_ref().map(|k| (q, k)))
+    }
+}
+
+impl fmt::Display for Topology {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for e in &self.exchanges {
+            writeln!(
+                f,
+                "exchange {} ({}{})",
+                e.name,
+                e.kind.as_str(),
+                if e.durable { ", durable" } else { "" }
+            )?;
+        }
+        for q in &self.queues {
+            write!(f, "queue {}", q.name)?;
+            if let Some(kind) = &q.kind {
+                write!(f, " [{kind}]")?;
+            }
+            write!(f, "{}", if q.durable { " durable" } else { " transient" })?;
+            for (k, v) in &q.arguments {
+                write!(f, " {k}={v}")?;
+            }
+            writeln!(f)?;
+        }
+        for b in &self.bindings {
+            writeln!(
+                f,
+                "bind {} -> {} key `{}`",
+                b.exchange, b.queue, b.routing_key
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The topology of an instance with `jid` consuming `subscriptions` (TOPOLOGY.md).
+///
+/// Fails with [`Error::NameTooLong`](crate::Error::NameTooLong) if a queue name or the JID is over 255 bytes.
+///
+/// ```
+/// use claws_core::topology::{plan, TopologyOptions};
+/// use claws_core::topology::Subscriptions;
+/// let jid = claws_core::jid::parse("news@example.com/r1")?;
+/// let t = plan(&jid, Subscriptions::all(), &TopologyOptions::default())?;
+/// assert_eq!(t.exchanges.len(), 3);
+/// assert_eq!(t.consumed().count(), 4);
+/// print!("{t}");
+/// # Ok::<(), claws_core::Error>(())
+/// ```
+pub fn plan(
+    jid: &Jid,
+    subscriptions: Subscriptions,
+    options: &TopologyOptions,
+) -> Result<Topology> {
+    names::check_name("JID (reply-to and routing key)", jid.as_str())?;
+    let exchanges = vec![
+        ExchangeDecl {
+            name: DIRECT_EXCHANGE,
+            kind: ExchangeType::Direct,
+            durable: true,
+        },
+        ExchangeDecl {
+            name: FANOUT_EXCHANGE,
+            kind: ExchangeType::Fanout,
+            durable: true,
+        },
+        ExchangeDecl {
+            name: DEAD_LETTER_EXCHANGE,
+            kind: ExchangeType::Fanout,
+            durable: true,
+        },
+    ];
+    let mut queues = vec![QueueDecl {
+        name: DEAD_LETTER_QUEUE.to_owned(),
+        kind: None,
+        durable: true,
+        arguments: Vec::new(),
+    }];
+    let mut bindings = vec![BindingDecl {
+        queue: DEAD_LETTER_QUEUE.to_owned(),
+        exchange: DEAD_LETTER_EXCHANGE,
+        routing_key: String::new(),
+    }];
+    for spec in names::queues(jid, subscriptions)? {
+        let mut arguments = vec![(
+            "x-dead-letter-exchange",
+            ArgValue::Str(DEAD_LETTER_EXCHANGE),
+        )];
+        let group = spec.kind.is_group();
+        if group && options.quorum_groups {
+            arguments.push(("x-queue-type", ArgValue::Str("quorum")));
+        }
+        if !group {
+            if let Some(expiry) = options.queue_expiry {
+                let ms = i64::try_from(expiry.as_millis()).unwrap_or(i64::MAX).max(1);
+                arguments.push(("x-expires", ArgValue::Int(ms)));
+            }
+        }
+        bindings.push(BindingDecl {
+            queue: spec.name.clone(),
+            exchange: spec.exchange,
+            routing_key: spec.routing_key,
+        });
+        queues.push(QueueDecl {
+            name: spec.name,
+            kind: Some(spec.kind),
+            // Quorum queues are always durable.
+            durable: options.durable || (group && options.quorum_groups),
+            arguments,
+        });
+    }
+    Ok(Topology {
+        exchanges,
+        queues,
+        bindings,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Error;
+
+    #[test]
+    fn plan_follows_topology_md() {
+        let jid = crate::jid::parse("n@d/r").unwrap();
+        let t = plan(&jid, Subscriptions::all(), &TopologyOptions::default()).unwrap();
+        let names: Vec<_> = t.consumed().map(|(q, _)| q.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "xmpp_direct:n@d/r",
+                "xmpp_direct:n@d",
+                "xmpp_fanout:n@d/r",
+                "xmpp_fanout:n@d"
+            ]
+        );
+        let direct = &t.queues[1];
+        assert!(direct
+            .arguments
+            .contains(&("x-expires", ArgValue::Int(1_800_000))));
+        let group = &t.queues[2];
+        assert!(!group.arguments.iter().any(|(k, _)| *k == "x-expires"));
+        assert_eq!(t.bindings[2].routing_key, "n@d");
+        assert_eq!(t.bindings[3].exchange, FANOUT_EXCHANGE);
+    }
+
+    #[test]
+    fn quorum_groups_are_durable() {
+        let jid = crate::jid::parse("n@d/r").unwrap();
+        let options = TopologyOptions {
+            durable: false,
+            queue_expiry: None,
+            quorum_groups: true,
+        };
+        let t = plan(&jid, Subscriptions::all(), &options).unwrap();
+        let group = t
+            .queues
+            .iter()
+            .find(|q| q.name == "xmpp_direct:n@d")
+            .unwrap();
+        assert!(group.durable);
+        assert!(group
+            .arguments
+            .contains(&("x-queue-type", ArgValue::Str("quorum"))));
+        let own = t
+            .queues
+            .iter()
+            .find(|q| q.name == "xmpp_direct:n@d/r")
+            .unwrap();
+        assert!(!own.durable);
+    }
+
+    #[test]
+    fn long_jids_are_refused() {
+        let jid = crate::jid::parse(&format!("n@d/{}", "r".repeat(300))).unwrap();
+        let err = plan(&jid, Subscriptions::none(), &TopologyOptions::default()).unwrap_err();
+        assert!(matches!(err, Error::NameTooLong { .. }), "{err}");
+        let jid = crate::jid::parse(&format!("n@d/{}", "r".repeat(250))).unwrap();
+        let err = plan(&jid, Subscriptions::all(), &TopologyOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("xmpp_direct:n@d/rrr"), "{err}");
+    }
+}
