@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use claws_core::runtime::redact_url;
 use claws_core::{Error, Result};
 use lapin::uri::AMQPUri;
 use serde::{Deserialize, Serialize};
@@ -123,23 +124,52 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
+/// One broker endpoint: the parsed URL (which holds the password) and how it is shown.
+#[derive(Clone)]
+pub(crate) struct Endpoint {
+    pub(crate) uri: AMQPUri,
+    /// The URL without its password, for messages.
+    pub(crate) shown: String,
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl Endpoint {
+    /// Parses `url`, failing with a message that does not repeat the password.
+    pub(crate) fn parse(url: &str) -> Result<Self> {
+        let uri = parse_url(url)?;
+        Ok(Self {
+            shown: endpoint(&uri),
+            uri,
+        })
+    }
+
+    pub(crate) fn is_amqps(&self) -> bool {
+        is_amqps(&self.uri)
+    }
+}
+
 /// Everything a claw runs with, resolved from a builder or a config.
 #[derive(Clone)]
 pub(crate) struct Settings {
-    /// The parsed broker URL (holds the password).
-    pub(crate) uri: AMQPUri,
-    /// The URL without its password, for messages.
-    pub(crate) endpoint: String,
+    /// Where the broker is (several for a cluster); at least one.
+    pub(crate) endpoints: Vec<Endpoint>,
     /// Unsettled deliveries per consumer (basic.qos).
     pub(crate) prefetch: u16,
     /// Deliveries after which a failing stanza is dead-lettered.
     pub(crate) max_deliveries: u32,
     /// Durable queues and persistent messages.
     pub(crate) durable: bool,
-    /// `x-expires` on per-instance queues.
-    pub(crate) queue_expiry: Option<Duration>,
-    /// Quorum group queues.
-    pub(crate) quorum_groups: bool,
     /// Bound on waiting for a connection in `send`.
     pub(crate) send_timeout: Duration,
     /// Bound on `close`.
@@ -157,12 +187,10 @@ pub(crate) struct Settings {
 impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Settings")
-            .field("endpoint", &self.endpoint)
+            .field("endpoints", &self.endpoints)
             .field("prefetch", &self.prefetch)
             .field("max_deliveries", &self.max_deliveries)
             .field("durable", &self.durable)
-            .field("queue_expiry", &self.queue_expiry)
-            .field("quorum_groups", &self.quorum_groups)
             .field("send_timeout", &self.send_timeout)
             .field("close_timeout", &self.close_timeout)
             .field("connect_timeout", &self.connect_timeout)
@@ -174,34 +202,29 @@ impl std::fmt::Debug for Settings {
     }
 }
 
+impl Settings {
+    /// `text` with every endpoint's password scrubbed out.
+    pub(crate) fn scrub(&self, text: &str) -> String {
+        self.endpoints.iter().fold(text.to_owned(), |t, e| {
+            claws_core::runtime::scrub(&t, &e.uri.authority.userinfo.password)
+        })
+    }
+}
+
 /// Parses `url`, failing with a message that does not repeat the password.
 pub(crate) fn parse_url(url: &str) -> Result<AMQPUri> {
     let uri: AMQPUri = url.parse().map_err(|e: String| {
+        let password = url::Url::parse(url)
+            .ok()
+            .and_then(|u| u.password().map(str::to_owned))
+            .unwrap_or_default();
         Error::Config(format!(
             "invalid AMQP URL `{}`: {}; expected amqp://user:password@host:port/vhost",
-            redact(url),
-            scrub(&e, url)
+            redact_url(url),
+            claws_core::runtime::scrub(&e, &password)
         ))
     })?;
     Ok(uri)
-}
-
-/// `url` with the password replaced by `***`.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{host}{path}")
-        }
-        None => url.to_owned(),
-    }
 }
 
 /// Whether `uri` asks for TLS.
@@ -231,26 +254,12 @@ pub(crate) fn endpoint(uri: &AMQPUri) -> String {
     )
 }
 
-/// `text` with every occurrence of `secret` (and its URL-encoded form) removed.
-pub(crate) fn scrub(text: &str, secret: &str) -> String {
-    if secret.is_empty() {
-        return text.to_owned();
-    }
-    text.replace(secret, "***")
-        .replace(&percent_encode(secret), "***")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(
-            redact("amqp://u:s3cret@h:5672/%2f"),
-            "amqp://u:***@h:5672/%2f"
-        );
-        assert_eq!(redact("amqp://h:5672"), "amqp://h:5672");
         let err = parse_url("amqp://u:s3cret@h:notaport/")
             .unwrap_err()
             .to_string();

@@ -1,258 +1,40 @@
-//! Connecting, the [`Session`] one connection carries, and the recovery state machine.
+//! Connecting and recovering: [`establish`] builds a [`Session`] (connect, declare, consume,
+//! report `Connected`); [`supervise`] watches it and, when it dies, reports `Disconnected` and
+//! builds the next one over the endpoints with jittered backoff (claws-core's
+//! [`Reconnect`]).
 //!
-//! claws owns recovery instead of using lapin's `enable_auto_recover()` (see the crate docs): a
-//! session is one connection with its two channels and consumers; when anything on it fails the
-//! session is marked dead, `Disconnected` is reported, and the supervisor builds a new session
-//! from scratch (connect, declare, consume) with capped exponential backoff, then reports
-//! `Connected`. Ackers keep the session that delivered them, so an ack never reaches another
-//! connection.
+//! claws owns recovery instead of using lapin's `enable_auto_recover()` (see the crate docs).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use claws_core::jid::Jid;
-use claws_core::topology::Subscriptions;
+use claws_core::runtime::{Backoff, Endpoints, Reconnect};
 use claws_core::{Error, Events, Result};
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::{FieldTable, LongString, ShortString};
-use lapin::{Channel, Connection, ConnectionProperties};
-use tokio::sync::{watch, Notify};
-use tokio::task::JoinHandle;
-use tokio::time::Instant;
+use lapin::{Connection, ConnectionProperties};
 
-use crate::config::{self, scrub, Settings};
+use crate::config::Endpoint;
 use crate::consumer::{self, QueueInfo};
+use crate::session::{Session, Shared};
 use crate::tls;
-use crate::topology::{self, Topology};
+use crate::topology::{self, short, OnMismatch};
 
-/// What the claw is doing; senders wait on it.
-#[derive(Clone)]
-pub(crate) enum State {
-    /// Not started, or (re)connecting.
-    Connecting,
-    /// Connected: sends go to this session.
-    Up(Arc<Session>),
-    /// Closed for good.
-    Closed,
-}
-
-/// Counts operations in flight (unsettled deliveries, unconfirmed sends) so that `close` can
-/// wait for them.
-#[derive(Debug, Default)]
-pub(crate) struct Tracker {
-    count: AtomicUsize,
-    idle: Notify,
-}
-
-/// Leaves the [`Tracker`] when dropped.
-#[derive(Debug)]
-pub(crate) struct TrackerGuard(Arc<Tracker>);
-
-impl Tracker {
-    pub(crate) fn enter(self: &Arc<Self>) -> TrackerGuard {
-        self.count.fetch_add(1, Ordering::AcqRel);
-        TrackerGuard(self.clone())
-    }
-
-    pub(crate) async fn wait_idle(&self) {
-        loop {
-            let notified = self.idle.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.count.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    pub(crate) fn count(&self) -> usize {
-        self.count.load(Ordering::Acquire)
-    }
-}
-
-impl Drop for TrackerGuard {
-    fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
-
-/// Everything the claw's tasks share.
-pub(crate) struct Shared {
-    pub(crate) name: Arc<str>,
-    pub(crate) jid: Jid,
-    /// The JID as an AMQP short string (reply-to, broadcast routing key).
-    pub(crate) jid_short: ShortString,
-    pub(crate) settings: Settings,
-    pub(crate) subscriptions: Subscriptions,
-    pub(crate) topology: Topology,
-    pub(crate) state: watch::Sender<State>,
-    /// Set by `close`: consumers stop taking deliveries; a dying session is not replaced.
-    pub(crate) closing: AtomicBool,
-    pub(crate) stop_consuming: watch::Sender<bool>,
-    pub(crate) in_flight: Arc<Tracker>,
-    pub(crate) sends: Arc<Tracker>,
-    generation: AtomicU64,
-}
-
-impl Shared {
-    pub(crate) fn new(
-        name: Arc<str>,
-        jid: Jid,
-        settings: Settings,
-        subscriptions: Subscriptions,
-        topology: Topology,
-    ) -> Result<Self> {
-        let jid_short = topology::short("JID", jid.as_str())?;
-        Ok(Self {
-            name,
-            jid,
-            jid_short,
-            settings,
-            subscriptions,
-            topology,
-            state: watch::Sender::new(State::Connecting),
-            closing: AtomicBool::new(false),
-            stop_consuming: watch::Sender::new(false),
-            in_flight: Arc::default(),
-            sends: Arc::default(),
-            generation: AtomicU64::new(0),
-        })
-    }
-
-    pub(crate) fn is_closing(&self) -> bool {
-        self.closing.load(Ordering::Acquire)
-    }
-
-    /// Marks `session` dead (once) and, if it is the current one, leaves the `Up` state.
-    pub(crate) fn mark_dead(&self, session: &Session, reason: impl Into<String>) {
-        if session.kill(reason.into()) {
-            self.state.send_if_modified(|state| match state {
-                State::Up(s) if s.generation == session.generation => {
-                    *state = State::Connecting;
-                    true
-                }
-                _ => false,
-            });
-        }
-    }
-
-    /// The live session, waiting until `deadline` for one.
-    pub(crate) async fn session(
-        &self,
-        deadline: Instant,
-        started: Instant,
-    ) -> Result<Arc<Session>> {
-        if let State::Up(s) = &*self.state.borrow() {
-            if !s.is_dead() {
-                return Ok(s.clone());
-            }
-        }
-        let mut rx = self.state.subscribe();
-        let waited = tokio::time::timeout_at(
-            deadline,
-            rx.wait_for(|s| match s {
-                State::Up(s) => !s.is_dead(),
-                State::Closed => true,
-                State::Connecting => false,
-            }),
-        )
-        .await;
-        match waited {
-            Ok(Ok(state)) => match &*state {
-                State::Up(s) => Ok(s.clone()),
-                _ => Err(self.closed()),
-            },
-            Ok(Err(_)) => Err(self.closed()),
-            Err(_) => Err(Error::Disconnected {
-                claw: self.name.to_string(),
-                waited: started.elapsed(),
-            }),
-        }
-    }
-
-    pub(crate) fn is_closed(&self) -> bool {
-        matches!(*self.state.borrow(), State::Closed)
-    }
-
-    pub(crate) fn closed(&self) -> Error {
-        Error::Closed {
-            claw: self.name.to_string(),
-        }
-    }
-}
-
-/// One connection, its channels and consumers.
-pub(crate) struct Session {
-    pub(crate) generation: u64,
-    pub(crate) connection: Connection,
-    /// Publishes (with confirms) and declarations.
-    pub(crate) publish: Channel,
-    /// Consumes (with basic.qos); deliveries are settled here.
-    pub(crate) consume: Channel,
-    pub(crate) consumer_tags: Vec<ShortString>,
-    pub(crate) consumers: Mutex<Vec<JoinHandle<()>>>,
-    dead: watch::Sender<Option<String>>,
-}
-
-impl Session {
-    /// Marks the session dead; returns whether it was alive.
-    fn kill(&self, reason: String) -> bool {
-        self.dead.send_if_modified(|d| {
-            if d.is_none() {
-                *d = Some(reason);
-                true
-            } else {
-                false
-            }
-        })
-    }
-
-    pub(crate) fn is_dead(&self) -> bool {
-        self.dead.borrow().is_some()
-    }
-
-    /// Waits until the session is dead; returns why.
-    pub(crate) async fn died(&self) -> String {
-        let mut rx = self.dead.subscribe();
-        let reason = match rx.wait_for(Option::is_some).await {
-            Ok(reason) => reason.clone().unwrap_or_default(),
-            Err(_) => "session dropped".into(),
-        };
-        reason
-    }
-
-    /// Closes the connection, bounded.
-    pub(crate) async fn shut(&self, reason: &str) {
-        let _ = tokio::time::timeout(
-            Duration::from_secs(2),
-            self.connection
-                .close(200, ShortString::from("claws: closing")),
-        )
-        .await;
-        tracing::debug!(generation = self.generation, reason, "connection closed");
-    }
-}
-
-fn lapin_err(shared: &Shared, what: &str, err: &lapin::Error) -> Error {
-    Error::backend(format!(
-        "claw `{}`: {what} failed: {}",
-        shared.name,
-        scrub(
-            &err.to_string(),
-            &shared.settings.uri.authority.userinfo.password
-        )
+/// The retry schedule over the claw's endpoints.
+pub(crate) fn reconnect(shared: &Shared) -> Result<Reconnect<Endpoint>> {
+    let (min, max) = shared.settings.reconnect;
+    Ok(Reconnect::new(
+        shared.name.to_string(),
+        Endpoints::shuffled(shared.settings.endpoints.clone())?,
+        Backoff::new(min, max),
     ))
 }
 
 /// Opens a connection: heartbeats on, named after the claw and its JID, bounded in time.
-async fn connect(shared: &Shared) -> Result<Connection> {
+async fn connect(shared: &Shared, endpoint: &Endpoint) -> Result<Connection> {
     let settings = &shared.settings;
-    let mut uri = settings.uri.clone();
+    let mut uri = endpoint.uri.clone();
     if uri.query.heartbeat.is_none() {
         uri.query.heartbeat = Some(settings.heartbeat);
     }
@@ -261,8 +43,8 @@ async fn connect(shared: &Shared) -> Result<Connection> {
         ConnectionProperties::default().with_connection_name(LongString::from(connection_name));
     let fail = |reason: String| Error::Connect {
         claw: shared.name.to_string(),
-        endpoint: settings.endpoint.clone(),
-        reason: scrub(&reason, &settings.uri.authority.userinfo.password),
+        endpoint: endpoint.shown.clone(),
+        reason: settings.scrub(&reason),
     };
     let runtime = lapin::runtime::default_runtime().map_err(|e| fail(e.to_string()))?;
     match tokio::time::timeout(
@@ -275,44 +57,56 @@ async fn connect(shared: &Shared) -> Result<Connection> {
         Ok(Err(err)) => {
             let reason = err.to_string();
             Err(fail(match tls::hint(&reason) {
-                Some(hint) if config::is_amqps(&settings.uri) => format!("{reason} ({hint})"),
+                Some(hint) if endpoint.is_amqps() => format!("{reason} ({hint})"),
                 _ => reason,
             }))
         }
         Err(_) => Err(fail(format!(
-            "no answer within {:?} (raise `connect_timeout_ms` if the broker is slow)",
+            "no answer within {:?} (raise `connect_timeout` if the broker is slow)",
             settings.connect_timeout
         ))),
     }
 }
 
-/// Builds a session: connect, open channels, declare the topology, consume, report `Connected`.
-pub(crate) async fn establish(shared: &Arc<Shared>, events: &Events) -> Result<Arc<Session>> {
-    let connection = connect(shared).await?;
-    let generation = shared.generation.fetch_add(1, Ordering::AcqRel) + 1;
+/// Builds a session on `endpoint`: connect, open channels, declare the topology, consume,
+/// report `Connected`.
+pub(crate) async fn establish(
+    shared: &Arc<Shared>,
+    events: &Events,
+    endpoint: &Endpoint,
+) -> Result<Arc<Session>> {
+    let connection = connect(shared, endpoint).await?;
+    let generation = shared.next_generation();
     let mut conn_events = connection.events_listener();
     let setup = async {
-        let publish = connection
+        let mut publish = connection
             .create_channel()
             .await
-            .map_err(|e| lapin_err(shared, "opening the publishing channel", &e))?;
+            .map_err(|e| shared.lapin_err("opening the publishing channel", e))?;
         publish
             .confirm_select(ConfirmSelectOptions::default())
             .await
-            .map_err(|e| lapin_err(shared, "enabling publisher confirms", &e))?;
-        topology::declare(&publish, &shared.topology).await?;
+            .map_err(|e| shared.lapin_err("enabling publisher confirms", e))?;
+        topology::declare(
+            &shared.name,
+            &connection,
+            &mut publish,
+            &shared.topology,
+            OnMismatch::Fail,
+        )
+        .await?;
         let consume = connection
             .create_channel()
             .await
-            .map_err(|e| lapin_err(shared, "opening the consuming channel", &e))?;
+            .map_err(|e| shared.lapin_err("opening the consuming channel", e))?;
         consume
             .basic_qos(shared.settings.prefetch, BasicQosOptions::default())
             .await
-            .map_err(|e| lapin_err(shared, "setting the prefetch (basic.qos)", &e))?;
+            .map_err(|e| shared.lapin_err("setting the prefetch (basic.qos)", e))?;
         let mut consumers = Vec::new();
         let mut tags = Vec::new();
         for (queue, kind) in shared.topology.consumed() {
-            let name = topology::short("queue", &queue.name)?;
+            let name = short("queue", &queue.name)?;
             let tag = format!("claws-{}-{}", kind.as_str(), generation);
             let consumer = consume
                 .basic_consume(
@@ -322,7 +116,7 @@ pub(crate) async fn establish(shared: &Arc<Shared>, events: &Events) -> Result<A
                     FieldTable::default(),
                 )
                 .await
-                .map_err(|e| lapin_err(shared, &format!("consuming `{}`", queue.name), &e))?;
+                .map_err(|e| shared.lapin_err(&format!("consuming `{}`", queue.name), e))?;
             tags.push(consumer.tag());
             consumers.push((
                 Arc::new(QueueInfo {
@@ -362,12 +156,13 @@ pub(crate) async fn establish(shared: &Arc<Shared>, events: &Events) -> Result<A
     };
     let session = Arc::new(Session {
         generation,
+        endpoint: endpoint.shown.clone(),
         connection,
         publish,
         consume,
         consumer_tags,
         consumers: Mutex::new(Vec::new()),
-        dead: watch::Sender::new(None),
+        dead: Default::default(),
     });
     // Watch the connection: any error ends the session.
     {
@@ -389,7 +184,7 @@ pub(crate) async fn establish(shared: &Arc<Shared>, events: &Events) -> Result<A
                     }
                     event = conn_events.next() => match event {
                         Some(lapin::Event::Error(err)) => {
-                            let reason = scrub(&err.to_string(), &shared.settings.uri.authority.userinfo.password);
+                            let reason = shared.settings.scrub(&err.to_string());
                             shared.mark_dead(&session, format!("connection lost: {reason}"));
                             return;
                         }
@@ -400,7 +195,8 @@ pub(crate) async fn establish(shared: &Arc<Shared>, events: &Events) -> Result<A
             }
         });
     }
-    shared.state.send_replace(State::Up(session.clone()));
+    shared.current.up(session.clone());
+    tracing::info!(claw = &*shared.name, endpoint = %endpoint, generation, "connected");
     events.connected(&shared.name).await;
     let mut handles = Vec::with_capacity(consumers.len());
     for (queue, consumer) in consumers {
@@ -412,66 +208,46 @@ pub(crate) async fn establish(shared: &Arc<Shared>, events: &Events) -> Result<A
             events.clone(),
         )));
     }
-    *session.consumers.lock().expect("consumer list lock") = handles;
+    *session.consumers.lock().unwrap_or_else(|e| e.into_inner()) = handles;
     Ok(session)
 }
 
-/// Watches the current session; when it dies, reports `Disconnected` and rebuilds one with
-/// capped exponential backoff, until `stop`.
+/// Watches the current session; when it dies, reports `Disconnected` and builds another one,
+/// until the claw closes.
 pub(crate) async fn supervise(
     shared: Arc<Shared>,
     events: Events,
     mut session: Arc<Session>,
-    mut stop: watch::Receiver<bool>,
+    mut retry: Reconnect<Endpoint>,
 ) {
-    let (min, max) = shared.settings.reconnect;
+    let stop = shared.closing.clone();
     loop {
         let reason = tokio::select! {
             reason = session.died() => reason,
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.cancelled() => return,
         };
         if shared.is_closing() {
             return;
         }
-        tracing::warn!(claw = &*shared.name, %reason, "disconnected; reconnecting");
-        shared.state.send_if_modified(|s| {
-            if matches!(s, State::Up(_)) {
-                *s = State::Connecting;
-                true
-            } else {
-                false
-            }
-        });
+        tracing::warn!(claw = &*shared.name, endpoint = %session.endpoint, %reason, "disconnected; reconnecting");
+        shared.current.down();
         events.disconnected(&shared.name, reason.clone()).await;
         {
             let old = session.clone();
             tokio::spawn(async move { old.shut("replaced").await });
         }
-        let mut delay = min;
-        loop {
-            let attempt = tokio::select! {
-                r = establish(&shared, &events) => r,
-                _ = stop.wait_for(|s| *s) => return,
-            };
-            match attempt {
-                Ok(new) => {
-                    tracing::info!(
-                        claw = &*shared.name,
-                        generation = new.generation,
-                        "reconnected"
-                    );
-                    session = new;
-                    break;
-                }
-                Err(err) => {
-                    tracing::warn!(claw = &*shared.name, %err, retry_in = ?delay, "reconnection failed");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = stop.wait_for(|s| *s) => return,
-                    }
-                    delay = (delay * 2).min(max);
-                }
+        let next = retry
+            .until(&stop, |endpoint| {
+                let (shared, events) = (&shared, &events);
+                async move { establish(shared, events, &endpoint).await }
+            })
+            .await;
+        match next {
+            Some(new) => {
+                retry.reset();
+                session = new;
             }
+            None => return,
         }
     }
 }

@@ -23,7 +23,9 @@ use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions, Bas
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Confirmation};
 
-use crate::connection::{Session, Shared, TrackerGuard};
+use claws_core::runtime::InFlightGuard;
+
+use crate::session::{Session, Shared};
 use crate::topology::{DELIVERIES_HEADER, EXCHANGE_HEADER, ROUTING_KEY_HEADER};
 
 /// A consumed queue.
@@ -41,14 +43,14 @@ pub(crate) async fn run(
     mut consumer: lapin::Consumer,
     events: Events,
 ) {
-    let mut stop = shared.stop_consuming.subscribe();
+    let stop = shared.closing.clone();
     // The last sender, parsed: most deliveries come from a sender seen just before, and parsing
     // (normalising) a JID costs more than comparing a string.
     let mut last_from = LastJid::default();
     loop {
         let next = tokio::select! {
             biased;
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.cancelled() => return,
             _ = session.died() => return,
             next = consumer.next() => next,
         };
@@ -58,7 +60,7 @@ pub(crate) async fn run(
                 tokio::select! {
                     biased;
                     // A delivery not handed over is dropped: its acker requeues it.
-                    _ = stop.wait_for(|s| *s) => return,
+                    _ = stop.cancelled() => return,
                     r = events.received(delivery) => if r.is_err() { return },
                 }
             }
@@ -144,20 +146,24 @@ fn to_delivery(
         }
     }
     let payload = Bytes::from(data);
-    let via = Via {
-        jid: routing_key.as_str().to_owned(),
-        exchange: Some(exchange.as_str().to_owned()),
-        claw: shared.name.clone(),
-        id: properties
+    let via = Via::new(
+        shared.name.clone(),
+        queue.kind.clone(),
+        routing_key.as_str(),
+    )
+    .with_exchange(exchange.as_str())
+    .with_id(
+        properties
             .correlation_id()
             .as_ref()
             .map(|s| s.as_str().to_owned()),
-        queue: queue.kind.clone(),
-        from: properties
+    )
+    .with_from(
+        properties
             .reply_to()
             .as_ref()
             .and_then(|s| last_from.parse(s.as_str())),
-    };
+    );
     let attempt = previous.saturating_add(1);
     Delivery {
         packet: Packet::new(payload.clone()),
@@ -197,7 +203,7 @@ struct AmqpAcker {
     attempt: u32,
     max_deliveries: u32,
     claw: Arc<str>,
-    _guard: TrackerGuard,
+    _guard: InFlightGuard,
 }
 
 impl AmqpAcker {
@@ -208,11 +214,15 @@ impl AmqpAcker {
         ))
     }
 
-    fn failed(&self, what: &str, err: &lapin::Error) -> Error {
-        Error::backend(format!(
-            "claw `{}`: {what} on `{}` failed: {err}; the broker redelivers the stanza",
-            self.claw, self.queue.name
-        ))
+    fn failed(&self, what: &str, err: lapin::Error) -> Error {
+        Error::Broker {
+            claw: self.claw.to_string(),
+            what: format!(
+                "{what} on `{}` (the broker redelivers the stanza)",
+                self.queue.name
+            ),
+            source: err.into(),
+        }
     }
 
     /// Publishes a copy to the same queue with the next attempt number; true once confirmed.
@@ -267,7 +277,7 @@ impl AmqpAcker {
             r = op => match r {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(self.gone()),
-                Err(err) => Err(self.failed(what, &err)),
+                Err(err) => Err(self.failed(what, err)),
             },
             _ = self.session.died() => Err(self.gone()),
         }

@@ -15,7 +15,7 @@ use lapin::types::ShortString;
 use lapin::{BasicProperties, Confirmation};
 use tokio::time::Instant;
 
-use crate::connection::Shared;
+use crate::session::Shared;
 use crate::topology::short;
 
 /// Where a stanza goes.
@@ -34,9 +34,6 @@ pub(crate) async fn publish(
     packet: Packet,
 ) -> Result<()> {
     let started = Instant::now();
-    if shared.is_closed() {
-        return Err(shared.closed());
-    }
     let (exchange, routing_key, mandatory, to) = match target {
         Target::Direct(jid) => (
             DIRECT_EXCHANGE,
@@ -64,7 +61,10 @@ pub(crate) async fn publish(
     let _guard = shared.sends.enter();
     let deadline = started + shared.settings.send_timeout;
     loop {
-        let session = shared.session(deadline, started).await?;
+        let session = shared
+            .current
+            .wait_live(started, shared.settings.send_timeout)
+            .await?;
         let attempt = async {
             session
                 .publish

@@ -242,7 +242,7 @@ async fn start_error(claw: AmqpClaw) -> String {
 async fn an_untrusted_broker_certificate_is_a_clear_error() {
     let u = uid();
     // Only the system's roots, which do not hold the test CA.
-    let claw = AmqpClaw::builder(&tls_url(), &format!("untrusted-{u}@test/a"))
+    let claw = AmqpClaw::builder(&tls_url(), format!("untrusted-{u}@test/a"))
         .connect_timeout(Duration::from_secs(5))
         .build()
         .unwrap();

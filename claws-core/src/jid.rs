@@ -18,6 +18,78 @@ pub fn parse(input: &str) -> Result<Jid> {
     Jid::new(input).map_err(|e| invalid(input, e))
 }
 
+/// A JID as a builder takes it: a [`Jid`] already parsed, or a string parsed (and checked)
+/// when the claw is built, so a builder call never fails half-way.
+///
+/// ```
+/// use claws_core::jid::{self, JidInput};
+/// let a: JidInput = "svc@example.com/w1".into();
+/// let b: JidInput = jid::parse("svc@example.com/w1")?.into();
+/// assert_eq!(a.resolve()?, b.resolve()?);
+/// assert!(JidInput::from("a@b@c").resolve().is_err());
+/// # Ok::<(), claws_core::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JidInput(JidSource);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum JidSource {
+    Parsed(Jid),
+    Text(String),
+}
+
+impl JidInput {
+    /// The JID, parsed if it was given as a string.
+    pub fn resolve(self) -> Result<Jid> {
+        match self.0 {
+            JidSource::Parsed(jid) => Ok(jid),
+            JidSource::Text(text) => parse(&text),
+        }
+    }
+}
+
+impl From<&str> for JidInput {
+    fn from(s: &str) -> Self {
+        Self(JidSource::Text(s.to_owned()))
+    }
+}
+
+impl From<String> for JidInput {
+    fn from(s: String) -> Self {
+        Self(JidSource::Text(s))
+    }
+}
+
+impl From<&String> for JidInput {
+    fn from(s: &String) -> Self {
+        Self(JidSource::Text(s.clone()))
+    }
+}
+
+impl From<Jid> for JidInput {
+    fn from(jid: Jid) -> Self {
+        Self(JidSource::Parsed(jid))
+    }
+}
+
+impl From<&Jid> for JidInput {
+    fn from(jid: &Jid) -> Self {
+        Self(JidSource::Parsed(jid.clone()))
+    }
+}
+
+impl From<FullJid> for JidInput {
+    fn from(jid: FullJid) -> Self {
+        Self(JidSource::Parsed(jid.into()))
+    }
+}
+
+impl From<BareJid> for JidInput {
+    fn from(jid: BareJid) -> Self {
+        Self(JidSource::Parsed(jid.into()))
+    }
+}
+
 /// Parses a JID that must carry a resource.
 pub fn parse_full(input: &str, what: &'static str) -> Result<FullJid> {
     parse(input)?

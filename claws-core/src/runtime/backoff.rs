@@ -146,7 +146,7 @@ pub struct Reconnect<T> {
     backoff: Backoff,
 }
 
-impl<T: fmt::Display> Reconnect<T> {
+impl<T: fmt::Display + Clone> Reconnect<T> {
     /// Retries over `endpoints` with `backoff` for the claw named `claw` (for logs).
     pub fn new(claw: impl Into<String>, endpoints: Endpoints<T>, backoff: Backoff) -> Self {
         Self {
@@ -161,18 +161,18 @@ impl<T: fmt::Display> Reconnect<T> {
         &self.endpoints
     }
 
-    /// One round: each endpoint once, in turn, until one succeeds. Fails with the last error
+    /// One round: each endpoint once, in turn (`attempt` gets a copy), until one succeeds. Fails with the last error
     /// if none did (what `start` reports: a broker unreachable on every URL).
     pub async fn round<C, F, Fut>(&mut self, mut attempt: F) -> Result<C>
     where
-        F: FnMut(&T) -> Fut,
+        F: FnMut(T) -> Fut,
         Fut: Future<Output = Result<C>>,
     {
         self.endpoints.new_round();
         loop {
             let i = self.endpoints.advance();
             let endpoint = &self.endpoints.list[i];
-            match attempt(endpoint).await {
+            match attempt(endpoint.clone()).await {
                 Ok(c) => return Ok(c),
                 Err(err) if self.endpoints.round_complete() => return Err(err),
                 Err(err) => {
@@ -186,7 +186,7 @@ impl<T: fmt::Display> Reconnect<T> {
     /// `None` once `stop` is cancelled.
     pub async fn until<C, F, Fut>(&mut self, stop: &CancellationToken, mut attempt: F) -> Option<C>
     where
-        F: FnMut(&T) -> Fut,
+        F: FnMut(T) -> Fut,
         Fut: Future<Output = Result<C>>,
     {
         self.endpoints.new_round();
@@ -196,7 +196,7 @@ impl<T: fmt::Display> Reconnect<T> {
             let result = tokio::select! {
                 biased;
                 _ = stop.cancelled() => return None,
-                r = attempt(endpoint) => r,
+                r = attempt(endpoint.clone()) => r,
             };
             match result {
                 Ok(c) => return Some(c),

@@ -1,0 +1,241 @@
+//! [`AmqpClawBuilder`]: building an [`AmqpClaw`] from code or from a config.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use claws_core::jid::JidInput;
+use claws_core::topology::{self, Subscriptions, TopologyOptions};
+use claws_core::{Config, Error, Result};
+
+use crate::claw::AmqpClaw;
+use crate::config::{Amqp091Options, Endpoint, Settings};
+use crate::session::Shared;
+use crate::tls;
+
+/// Builds an [`AmqpClaw`]; start from [`AmqpClaw::builder`]. Nothing connects before
+/// [`Claw::start`].
+#[must_use]
+#[derive(Debug, Clone)]
+pub struct AmqpClawBuilder {
+    url: String,
+    jid: JidInput,
+    name: String,
+    prefetch: u16,
+    max_deliveries: u32,
+    subscriptions: Subscriptions,
+    durable: bool,
+    queue_expiry: Option<Duration>,
+    quorum_groups: bool,
+    send_timeout: Duration,
+    close_timeout: Duration,
+    connect_timeout: Duration,
+    heartbeat: u16,
+    reconnect: (Duration, Duration),
+    tls: tls::TlsFiles,
+}
+
+impl AmqpClawBuilder {
+    /// The claw's name, as it appears in `Via` (default `amqp091`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Unsettled deliveries per consumed queue (basic.qos; default 32, at least 1).
+    pub fn prefetch(mut self, n: u16) -> Self {
+        self.prefetch = n.max(1);
+        self
+    }
+
+    /// Deliveries after which a failing stanza is dead-lettered (default 5, at least 1).
+    pub fn max_deliveries(mut self, n: u32) -> Self {
+        self.max_deliveries = n.max(1);
+        self
+    }
+
+    /// Which of the four queues to consume (default all).
+    pub fn subscriptions(mut self, subscriptions: Subscriptions) -> Self {
+        self.subscriptions = subscriptions;
+        self
+    }
+
+    /// Durable queues and persistent messages (default true); false is the seed's transient mode.
+    pub fn durable(mut self, durable: bool) -> Self {
+        self.durable = durable;
+        self
+    }
+
+    /// Idle time after which the broker deletes this instance's own (full-JID) queues
+    /// (`x-expires`, default 30 minutes). `Duration::ZERO` disables expiry.
+    pub fn queue_expiry(mut self, idle: Duration) -> Self {
+        self.queue_expiry = (!idle.is_zero()).then_some(idle);
+        self
+    }
+
+    /// Make the group (bare-JID) queues quorum queues, for clustered RabbitMQ (default false).
+    pub fn quorum_groups(mut self, quorum: bool) -> Self {
+        self.quorum_groups = quorum;
+        self
+    }
+
+    /// How long a send waits for a connection during an outage (default 30 s).
+    pub fn send_timeout(mut self, timeout: Duration) -> Self {
+        self.send_timeout = timeout;
+        self
+    }
+
+    /// How long `close` waits for in-flight deliveries and confirms (default 30 s).
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
+        self
+    }
+
+    /// How long one connection attempt may take (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// AMQP heartbeat interval in seconds (default 10), unless the URL sets `heartbeat`.
+    pub fn heartbeat(mut self, secs: u16) -> Self {
+        self.heartbeat = secs;
+        self
+    }
+
+    /// Reconnection backoff: the first delay, doubling up to `max` (default 100 ms to 5 s).
+    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.reconnect = (min, max.max(min));
+        self
+    }
+
+    /// For `amqps://`: trust the CA(s) in this PEM file as well as the system's roots (needed
+    /// when the broker's certificate is signed by a private CA). Read when the claw is built.
+    pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls.ca = Some(path.into());
+        self
+    }
+
+    /// For `amqps://`: present this PEM certificate (chain) and PEM private key (mutual TLS,
+    /// which RabbitMQ's `EXTERNAL` mechanism can use: add `?auth_mechanism=external` to the URL).
+    pub fn tls_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls.client = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// Validates the URL, the JID, the TLS files and every queue name (255-byte limit), without
+    /// connecting.
+    pub fn build(self) -> Result<AmqpClaw> {
+        let jid = self.jid.resolve()?;
+        let endpoint = Endpoint::parse(&self.url)?;
+        let tls = tls::config(&endpoint.shown, endpoint.is_amqps(), &self.tls)?;
+        if self.name.is_empty() {
+            return Err(Error::Config("the claw name must not be empty".into()));
+        }
+        let topology = topology::plan(
+            &jid,
+            self.subscriptions,
+            &TopologyOptions {
+                durable: self.durable,
+                queue_expiry: self.queue_expiry,
+                quorum_groups: self.quorum_groups,
+            },
+        )?;
+        let settings = Settings {
+            endpoints: vec![endpoint],
+            prefetch: self.prefetch,
+            max_deliveries: self.max_deliveries,
+            durable: self.durable,
+            send_timeout: self.send_timeout,
+            close_timeout: self.close_timeout,
+            connect_timeout: self.connect_timeout,
+            heartbeat: self.heartbeat,
+            reconnect: self.reconnect,
+            tls,
+        };
+        let shared = Shared::new(
+            self.name.into(),
+            jid,
+            settings,
+            self.subscriptions,
+            topology,
+        )?;
+        Ok(AmqpClaw::new(shared))
+    }
+}
+
+impl AmqpClaw {
+    /// A builder for a claw connecting to `url` as `jid`.
+    pub fn builder(url: &str, jid: impl Into<JidInput>) -> AmqpClawBuilder {
+        let defaults = Amqp091Options::default();
+        AmqpClawBuilder {
+            url: url.to_owned(),
+            jid: jid.into(),
+            name: "amqp091".into(),
+            prefetch: 32,
+            max_deliveries: 5,
+            subscriptions: Subscriptions::all(),
+            durable: defaults.durable,
+            queue_expiry: Some(Duration::from_secs(defaults.queue_expiry_secs)),
+            quorum_groups: defaults.quorum_groups,
+            send_timeout: Duration::from_millis(defaults.send_timeout_ms),
+            close_timeout: Duration::from_millis(defaults.close_timeout_ms),
+            connect_timeout: Duration::from_millis(defaults.connect_timeout_ms),
+            heartbeat: defaults.heartbeat_secs,
+            reconnect: (
+                Duration::from_millis(defaults.reconnect_min_ms),
+                Duration::from_millis(defaults.reconnect_max_ms),
+            ),
+            tls: tls::TlsFiles::default(),
+        }
+    }
+
+    /// The builder a config describes: the common keys (`url`, `jid`, `name`, `prefetch`,
+    /// `max_deliveries`, `subscriptions`) and the `[amqp091]` table. Without `url`, the URL is
+    /// built from `[amqp091]`'s `host`, `username`, `password` (the seed's parameters), or is
+    /// [`DEFAULT_URL`].
+    pub fn builder_from_config(config: &Config) -> Result<AmqpClawBuilder> {
+        let o: Amqp091Options = config.section("amqp091")?;
+        let url = match (&config.url, &o.host) {
+            (Some(url), _) => url.clone(),
+            (None, Some(host)) => o.url_from_parts(host),
+            (None, None) => o.url_from_parts("127.0.0.1"),
+        };
+        let prefetch = config.prefetch;
+        let mut builder = Self::builder(&url, config.jid.as_str());
+        builder.tls = tls::TlsFiles {
+            ca: o.tls_ca_file,
+            client: match (o.tls_cert_file, o.tls_key_file) {
+                (Some(cert), Some(key)) => Some((cert, key)),
+                (None, None) => None,
+                _ => {
+                    return Err(Error::Config(
+                        "[amqp091] sets only one of `tls_cert_file` and `tls_key_file`; \
+                         mutual TLS needs both (or neither)"
+                            .into(),
+                    ))
+                }
+            },
+        };
+        Ok(builder
+            .name(config.claw_name())
+            .prefetch(prefetch)
+            .max_deliveries(config.max_deliveries)
+            .subscriptions(config.subscriptions)
+            .durable(o.durable)
+            .queue_expiry(Duration::from_secs(o.queue_expiry_secs))
+            .quorum_groups(o.quorum_groups)
+            .send_timeout(Duration::from_millis(o.send_timeout_ms))
+            .close_timeout(Duration::from_millis(o.close_timeout_ms))
+            .connect_timeout(Duration::from_millis(o.connect_timeout_ms))
+            .heartbeat(o.heartbeat_secs)
+            .reconnect_backoff(
+                Duration::from_millis(o.reconnect_min_ms),
+                Duration::from_millis(o.reconnect_max_ms),
+            ))
+    }
+
+    /// A claw from a config (see [`builder_from_config`](Self::builder_from_config)).
+    pub fn from_config(config: &Config) -> Result<AmqpClaw> {
+        Self::builder_from_config(config)?.build()
+    }
+}

@@ -1,0 +1,144 @@
+//! What the claw's tasks share ([`Shared`]) and one connection's worth of state ([`Session`]).
+//!
+//! A session is one connection with its two channels and its consumers. It carries a [`Fuse`]:
+//! whoever sees it fail (the connection watcher, a consumer, a send) trips it, and the
+//! supervisor, the consumers and the sends still waiting on it all learn at once. Ackers keep
+//! the session that delivered them, so an ack never reaches another connection.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use claws_core::jid::Jid;
+use claws_core::runtime::{Alive, CancellationToken, Current, Fuse, InFlight};
+use claws_core::topology::{Subscriptions, Topology};
+use claws_core::Error;
+use lapin::types::ShortString;
+use lapin::{Channel, Connection};
+use tokio::task::JoinHandle;
+
+use crate::config::Settings;
+use crate::topology::short;
+
+/// Everything the claw's tasks share.
+pub(crate) struct Shared {
+    pub(crate) name: Arc<str>,
+    pub(crate) jid: Jid,
+    /// The JID as an AMQP short string (reply-to, broadcast routing key).
+    pub(crate) jid_short: ShortString,
+    pub(crate) settings: Settings,
+    pub(crate) subscriptions: Subscriptions,
+    pub(crate) topology: Topology,
+    /// The session that serves sends now.
+    pub(crate) current: Current<Arc<Session>>,
+    /// Cancelled by `close`: consumers stop taking deliveries; a dying session is not replaced.
+    pub(crate) closing: CancellationToken,
+    /// Deliveries handed out and not yet settled.
+    pub(crate) in_flight: Arc<InFlight>,
+    /// Sends waiting for their confirm.
+    pub(crate) sends: Arc<InFlight>,
+    generation: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        name: Arc<str>,
+        jid: Jid,
+        settings: Settings,
+        subscriptions: Subscriptions,
+        topology: Topology,
+    ) -> claws_core::Result<Self> {
+        let jid_short = short("JID", jid.as_str())?;
+        Ok(Self {
+            current: Current::new(name.clone()),
+            name,
+            jid,
+            jid_short,
+            settings,
+            subscriptions,
+            topology,
+            closing: CancellationToken::new(),
+            in_flight: InFlight::new(),
+            sends: InFlight::new(),
+            generation: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn next_generation(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.is_cancelled()
+    }
+
+    /// Marks `session` dead (once) and, if it is the current one, takes it out of service.
+    pub(crate) fn mark_dead(&self, session: &Session, reason: impl Into<String>) {
+        if session.dead.trip(reason) {
+            self.current.down_if(|s| s.generation == session.generation);
+        }
+    }
+
+    /// A lapin failure of `what`, with the password scrubbed from lapin's text.
+    pub(crate) fn lapin_err(&self, what: &str, err: lapin::Error) -> Error {
+        let text = err.to_string();
+        let scrubbed = self.settings.scrub(&text);
+        if scrubbed == text {
+            return Error::Broker {
+                claw: self.name.to_string(),
+                what: what.to_owned(),
+                source: err.into(),
+            };
+        }
+        // lapin's text holds the password: keep the scrubbed text only (the source is dropped
+        // on purpose).
+        Error::Broker {
+            claw: self.name.to_string(),
+            what: what.to_owned(),
+            source: scrubbed.into(),
+        }
+    }
+}
+
+/// One connection, its channels and consumers.
+pub(crate) struct Session {
+    pub(crate) generation: u64,
+    /// Where it is connected (no password).
+    pub(crate) endpoint: String,
+    pub(crate) connection: Connection,
+    /// Publishes (with confirms) and declarations.
+    pub(crate) publish: Channel,
+    /// Consumes (with basic.qos); deliveries are settled here.
+    pub(crate) consume: Channel,
+    pub(crate) consumer_tags: Vec<ShortString>,
+    pub(crate) consumers: Mutex<Vec<JoinHandle<()>>>,
+    pub(crate) dead: Fuse,
+}
+
+impl Alive for Session {
+    fn is_alive(&self) -> bool {
+        !self.dead.is_tripped()
+    }
+}
+
+impl Session {
+    pub(crate) fn is_dead(&self) -> bool {
+        self.dead.is_tripped()
+    }
+
+    /// Waits until the session is dead; returns why.
+    pub(crate) async fn died(&self) -> String {
+        self.dead.tripped().await
+    }
+
+    /// Closes the connection, bounded.
+    pub(crate) async fn shut(&self, reason: &str) {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.connection
+                .close(200, ShortString::from("claws: closing")),
+        )
+        .await;
+        tracing::debug!(generation = self.generation, reason, "connection closed");
+    }
+}
