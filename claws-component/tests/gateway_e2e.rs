@@ -66,7 +66,7 @@ impl Setup {
         let mut workers = Vec::new();
         for w in ["w1", "w2"] {
             let claw = Arc::new(
-                AmqpClaw::builder(&url, &format!("echo@{domain}/{w}"))
+                AmqpClaw::builder(&url, format!("echo@{domain}/{w}"))
                     .name(w)
                     .build()
                     .unwrap(),
@@ -86,7 +86,7 @@ impl Setup {
             .build()
             .unwrap();
         let bus = Arc::new(
-            AmqpClaw::builder(&url, &format!("gateway@{domain}/gw1"))
+            AmqpClaw::builder(&url, format!("gateway@{domain}/gw1"))
                 .name("amqp091")
                 .build()
                 .unwrap(),
