@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use claws_core::runtime::{CancellationToken, Lifecycle};
 use claws_core::{Capabilities, Claw, Config, Error, Events, Jid, Packet, Result};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -11,7 +12,8 @@ use tokio::task::JoinHandle;
 use crate::config::{self, ComponentSection, Secret, Settings};
 use crate::outbound;
 use crate::session::{self, Command};
-use crate::state::{self, Shared, State};
+use crate::state::{Shared, State};
+use crate::supervisor;
 
 /// How many stanzas may wait for the stream at once before `send` itself waits.
 const QUEUE: usize = 1024;
@@ -55,13 +57,16 @@ impl ComponentClawBuilder {
         self
     }
 
-    /// The first wait before reconnecting (default 250 ms); it doubles after each failed attempt.
+    /// The first wait before reconnecting (default 250 ms). Waits are jittered: each is drawn
+    /// from `[d/2, d]`, where `d` starts here and doubles after each failed attempt, up to
+    /// [`backoff_cap`](Self::backoff_cap).
     pub fn backoff_initial(mut self, wait: Duration) -> Self {
         self.settings.backoff_initial = wait;
         self
     }
 
-    /// The longest wait between reconnection attempts (default 30 s).
+    /// The longest wait between reconnection attempts (default 30 s; below the initial wait it
+    /// counts as the initial wait).
     pub fn backoff_cap(mut self, wait: Duration) -> Self {
         self.settings.backoff_cap = wait;
         self
@@ -119,6 +124,7 @@ impl ComponentClawBuilder {
         let (state, _) = watch::channel(State::Disconnected);
         let (cmds, rx) = mpsc::channel(QUEUE);
         Ok(ComponentClaw {
+            life: Lifecycle::new(name.clone()),
             shared: Arc::new(Shared {
                 settings: s,
                 name,
@@ -126,20 +132,16 @@ impl ComponentClawBuilder {
             }),
             jid,
             cmds,
-            run: Mutex::new(Run::New(rx)),
+            pending: Mutex::new(Some(rx)),
         })
     }
 }
 
+/// What a running claw owns: its supervisor task and the token that stops it.
 #[derive(Debug)]
-enum Run {
-    New(mpsc::Receiver<Command>),
-    Starting,
-    Running {
-        stop: watch::Sender<bool>,
-        task: JoinHandle<()>,
-    },
-    Closed,
+struct Running {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
 }
 
 /// An XEP-0114 component: connects to an XMPP server's component port, authenticates for its
@@ -159,7 +161,11 @@ pub struct ComponentClaw {
     shared: Arc<Shared>,
     jid: Jid,
     cmds: mpsc::Sender<Command>,
-    run: Mutex<Run>,
+    /// New → Starting → Running → Closed.
+    life: Lifecycle<Running>,
+    /// The receiving end of `cmds`, until `start` hands it to the supervisor (and back after a
+    /// failed start).
+    pending: Mutex<Option<mpsc::Receiver<Command>>>,
 }
 
 impl ComponentClaw {
@@ -273,72 +279,45 @@ impl Claw for ComponentClaw {
     }
 
     async fn start(&self, events: Events) -> Result<()> {
-        let cmds = {
-            let mut run = self.run.lock().expect("run lock poisoned");
-            match std::mem::replace(&mut *run, Run::Starting) {
-                Run::New(cmds) => cmds,
-                other => {
-                    let err = match other {
-                        Run::Closed => Error::Closed {
-                            claw: self.shared.name.to_string(),
-                        },
-                        _ => {
-                            Error::Config(format!("claw `{}` is already started", self.shared.name))
-                        }
-                    };
-                    *run = other;
-                    return Err(err);
-                }
-            }
-        };
+        self.life.begin_start()?;
+        // Starting is exclusive, and a new claw holds its receiver: a failed start puts it back
+        // before it makes the claw new again.
+        let cmds = self
+            .pending
+            .lock()
+            .expect("pending lock poisoned")
+            .take()
+            .expect("a new claw holds its command receiver");
         match session::establish(&self.shared).await {
             Ok(stream) => {
                 tracing::info!(claw = &*self.shared.name, server = %self.shared.settings.server, domain = %self.shared.settings.domain, "component stream ready");
                 self.shared.set(State::Ready);
                 events.connected(&self.shared.name).await;
-                let (stop, stopped) = watch::channel(false);
-                let task = tokio::spawn(state::supervise(
+                let stop = CancellationToken::new();
+                let task = tokio::spawn(supervisor::supervise(
                     self.shared.clone(),
                     stream,
                     cmds,
                     events,
-                    stopped,
+                    stop.clone(),
                 ));
-                let mut run = self.run.lock().expect("run lock poisoned");
-                if matches!(*run, Run::Closed) {
-                    // Closed while starting.
-                    let _ = stop.send(true);
-                } else {
-                    *run = Run::Running { stop, task };
+                if let Err(running) = self.life.started(Running { stop, task }) {
+                    // Closed while starting: the supervisor ends the stream and stops.
+                    running.stop.cancel();
                 }
                 Ok(())
             }
             Err(failure) => {
                 self.shared.set(State::Disconnected);
-                let mut run = self.run.lock().expect("run lock poisoned");
-                if matches!(*run, Run::Starting) {
-                    *run = Run::New(cmds);
-                }
+                *self.pending.lock().expect("pending lock poisoned") = Some(cmds);
+                self.life.start_failed();
                 Err(self.connect_error(failure.to_string()))
             }
         }
     }
 
     async fn send(&self, to: &Jid, id: Option<&str>, packet: Packet) -> Result<()> {
-        match &*self.run.lock().expect("run lock poisoned") {
-            Run::New(_) => {
-                return Err(Error::Config(format!(
-                    "component claw `{}` is not started; start its router (or the claw) first",
-                    self.shared.name
-                )))
-            }
-            Run::Closed => {
-                return Err(Error::Closed {
-                    claw: self.shared.name.to_string(),
-                })
-            }
-            Run::Starting | Run::Running { .. } => {}
-        }
+        self.life.check_running()?;
         let bytes = outbound::prepare(&self.shared.settings, to, id, &packet)?;
         let waited = self.shared.settings.send_timeout;
         let (done, written) = oneshot::channel();
@@ -366,20 +345,18 @@ impl Claw for ComponentClaw {
     }
 
     async fn publish(&self, _packet: Packet) -> Result<()> {
-        Err(Error::Config(format!(
-            "claw `{}` is an XEP-0114 component: an XMPP server has no broadcast to publish to; \
-             send to a JID instead, or publish through a broker claw",
-            self.shared.name
-        )))
+        Err(Error::Unsupported {
+            claw: self.shared.name.to_string(),
+            what: "publish",
+            why: "it is an XEP-0114 component, and an XMPP server has no broadcast to publish to; \
+                  send to a JID instead, or publish through a broker claw"
+                .into(),
+        })
     }
 
     async fn close(&self) -> Result<()> {
-        let previous = std::mem::replace(
-            &mut *self.run.lock().expect("run lock poisoned"),
-            Run::Closed,
-        );
-        if let Run::Running { stop, mut task } = previous {
-            let _ = stop.send(true);
+        if let Some(Running { stop, mut task }) = self.life.close() {
+            stop.cancel();
             let bound = self.shared.settings.connect_timeout + Duration::from_secs(5);
             if tokio::time::timeout(bound, &mut task).await.is_err() {
                 task.abort();

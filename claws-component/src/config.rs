@@ -19,6 +19,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use claws_core::runtime::Backoff;
 use claws_core::{Error, Result};
 use serde::Deserialize;
 
@@ -51,7 +52,8 @@ pub const DEFAULT_NAME: &str = "component";
 pub const DEFAULT_MAX_STANZA_BYTES: usize = 1 << 20;
 /// Default whitespace keepalive interval.
 pub const DEFAULT_PING: Duration = Duration::from_secs(60);
-/// Default first wait before reconnecting; it doubles on each failed attempt.
+/// Default first wait before reconnecting; the ceiling of the (jittered) wait doubles on each
+/// failed attempt.
 pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_millis(250);
 /// Default longest wait between reconnection attempts.
 pub const DEFAULT_BACKOFF_CAP: Duration = Duration::from_secs(30);
@@ -144,14 +146,11 @@ pub(crate) struct Settings {
 }
 
 impl Settings {
-    /// The wait before reconnection attempt `attempt` (1-based): the initial wait doubled each
-    /// time, at most the cap, never zero.
-    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
-        let initial = self.backoff_initial.max(Duration::from_millis(1));
-        let factor = 1u32 << attempt.saturating_sub(1).min(20);
-        initial
-            .saturating_mul(factor)
-            .min(self.backoff_cap.max(initial))
+    /// A fresh reconnection backoff: jittered waits whose ceiling doubles from
+    /// `backoff_initial` up to `backoff_cap` (a zero initial wait counts as 1 ms, a cap below
+    /// it as the initial wait), so never a tight loop.
+    pub(crate) fn backoff(&self) -> Backoff {
+        Backoff::new(self.backoff_initial, self.backoff_cap)
     }
 }
 
@@ -168,6 +167,36 @@ mod tests {
             ..Default::default()
         };
         assert!(!format!("{section:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn backoff_runs_from_the_initial_wait_to_the_cap() {
+        let settings = |initial, cap| Settings {
+            name: DEFAULT_NAME.into(),
+            server: "h:1".into(),
+            domain: "d".into(),
+            secret: Secret::new("x"),
+            trimmed: false,
+            adjust_attrs: true,
+            ping: None,
+            max_stanza_bytes: DEFAULT_MAX_STANZA_BYTES,
+            backoff_initial: initial,
+            backoff_cap: cap,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            send_timeout: DEFAULT_SEND_TIMEOUT,
+        };
+        let ms = Duration::from_millis;
+        let backoff = settings(ms(40), ms(160)).backoff();
+        assert_eq!(backoff.bounds(), (ms(40), ms(160)));
+        // A zero initial wait is never a tight loop; a cap below it counts as it.
+        assert_eq!(
+            settings(Duration::ZERO, Duration::ZERO).backoff().bounds(),
+            (ms(1), ms(1))
+        );
+        assert_eq!(
+            settings(ms(500), ms(100)).backoff().bounds(),
+            (ms(500), ms(500))
+        );
     }
 
     #[test]

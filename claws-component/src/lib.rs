@@ -56,7 +56,7 @@
 //! | `adjust_attrs` | on sent stanzas, set `to` from the send call, `id` from the call when given, `from` = the component's domain when missing | on |
 //! | `ping` | whitespace keepalive after this long without writing (`ping = 0`: off) | 60 s |
 //! | `max_stanza_bytes` | a larger stanza from the server ends the stream (then reconnect) | 1 MiB |
-//! | `backoff_initial` (builder only) | first wait before reconnecting; doubles on each failure | 250 ms |
+//! | `backoff_initial` (builder only) | first wait before reconnecting; doubles on each failure (jittered: each wait is drawn from its upper half) | 250 ms |
 //! | `backoff_cap` | longest wait between reconnection attempts | 30 s |
 //! | `connect_timeout` | bound on TCP connect + stream header + handshake | 10 s |
 //! | `send_timeout` | how long a send waits for the stream to be up | 10 s |
@@ -72,13 +72,15 @@
 //!   (a bad payload cannot break the stream), moved into the stream's namespace
 //!   (`jabber:client` becomes the stream default), adjusted (`adjust_attrs`), and refused if its
 //!   `from` is outside the domain (servers close the stream for that).
-//! - **publish** fails: an XMPP server has no broadcast.
+//! - **publish** fails with [`Error::Unsupported`](claws_core::Error::Unsupported): an XMPP
+//!   server has no broadcast.
 //! - **no acknowledgements**: [`Capabilities`](claws_core::Capabilities) reports only ordering;
 //!   ack is a no-op; a rejected stanza is logged and dropped, since the server cannot deliver it
 //!   again.
 //! - **reconnection**: a lost stream, a stream error or a refused handshake reports
-//!   `Disconnected` to the router and reconnects with a doubling, capped backoff (never a tight
-//!   loop); success reports `Connected`. The states are in [`state`]. Sends wait for the stream
+//!   `Disconnected` to the router and reconnects with a doubling, capped, jittered backoff
+//!   ([`claws_core::runtime::Backoff`]; never a tight loop, and gateways that lost the same
+//!   server do not come back in lockstep); success reports `Connected`. The states are in [`state`]. Sends wait for the stream
 //!   up to `send_timeout`, then fail with [`Error::Disconnected`](claws_core::Error::Disconnected).
 //!
 //! ## The gateway's routing rules
@@ -119,6 +121,7 @@ mod outbound;
 mod session;
 pub mod state;
 pub mod stream;
+mod supervisor;
 
 pub use claw::{ComponentClaw, ComponentClawBuilder};
 pub use config::Secret;

@@ -2,83 +2,67 @@
 //! the stream ([`serve`]): a reader handing stanzas to the router and, beside it, a writer writing
 //! sends (in batches) and whitespace keepalives.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use claws_core::runtime::CancellationToken;
 use claws_core::{Acker, Delivery, Error, Events, Jid, Packet, QueueKind, Via};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, timeout, Instant};
 
 use crate::config::Settings;
 use crate::handshake;
-use crate::state::{stopped, Shared, State};
+use crate::state::{Shared, State};
 use crate::stream::{Frame, FrameError, Framer, Stanza};
 
 /// Why a connection attempt or an established stream failed. Never holds the secret.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub(crate) enum Failure {
-    Io(std::io::Error),
+    /// The TCP connection failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// Connecting, or waiting for the server, took longer than `connect_timeout`.
+    #[error("timed out after {0:?} {1}")]
     Timeout(Duration, &'static str),
-    Frame(FrameError),
+    /// The server's bytes are not a readable stream.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The server refused the handshake (a wrong secret, or a domain it does not serve).
+    #[error(
+        "the server refused the handshake for `{domain}` ({condition}{}); check that the \
+         component secret matches the server's for this domain, and that the server serves \
+         `{domain}` as a component",
+        suffix(.text)
+    )]
     HandshakeRefused {
         domain: String,
         condition: String,
         text: Option<String>,
     },
+    /// The server ended the stream with a stream error.
+    #[error(
+        "the server ended the stream with a stream error ({condition}{})",
+        suffix(.text)
+    )]
     StreamError {
         condition: String,
         text: Option<String>,
     },
+    /// The server closed the connection (when: in the message).
+    #[error("the server closed the connection {0}")]
     ClosedByServer(&'static str),
+    /// The server broke the XEP-0114 protocol.
+    #[error("protocol error: {0}")]
     Protocol(String),
 }
 
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text = |t: &Option<String>| t.as_ref().map(|t| format!(": {t}")).unwrap_or_default();
-        match self {
-            Failure::Io(e) => write!(f, "{e}"),
-            Failure::Timeout(after, what) => write!(f, "timed out after {after:?} {what}"),
-            Failure::Frame(e) => write!(f, "{e}"),
-            Failure::HandshakeRefused {
-                domain,
-                condition,
-                text: t,
-            } => write!(
-                f,
-                "the server refused the handshake for `{domain}` ({condition}{}); check that the \
-                 component secret matches the server's for this domain, and that the server \
-                 serves `{domain}` as a component",
-                text(t)
-            ),
-            Failure::StreamError { condition, text: t } => {
-                write!(
-                    f,
-                    "the server ended the stream with a stream error ({condition}{})",
-                    text(t)
-                )
-            }
-            Failure::ClosedByServer(when) => write!(f, "the server closed the connection {when}"),
-            Failure::Protocol(what) => write!(f, "protocol error: {what}"),
-        }
-    }
-}
-
-impl From<std::io::Error> for Failure {
-    fn from(e: std::io::Error) -> Self {
-        Failure::Io(e)
-    }
-}
-
-impl From<FrameError> for Failure {
-    fn from(e: FrameError) -> Self {
-        Failure::Frame(e)
-    }
+/// `: text` after a stream error's condition, when the server gave a text.
+fn suffix(text: &Option<String>) -> String {
+    text.as_ref().map(|t| format!(": {t}")).unwrap_or_default()
 }
 
 /// A stanza to write, and who waits for it being written.
@@ -87,6 +71,7 @@ pub(crate) struct Command {
     pub(crate) bytes: Bytes,
     pub(crate) done: oneshot::Sender<Result<(), String>>,
 }
+
 /// An established (Ready) stream.
 #[derive(Debug)]
 pub(crate) struct Stream {
@@ -187,20 +172,26 @@ async fn establish_unbounded(shared: &Shared) -> Result<Stream, Failure> {
         framer,
     })
 }
+
+/// How serving a stream ended.
 pub(crate) enum Outcome {
+    /// The claw was closed: the stream was ended cleanly.
     Stopped,
+    /// The stream was lost; reconnect.
     Lost(Failure),
 }
 
 /// How long a closing claw keeps reading after it sent `</stream:stream>`.
 const CLOSE_DRAIN: Duration = Duration::from_secs(2);
 
+/// Serves an established stream: reads stanzas to the router while writing sends and
+/// keepalives, until the stream is lost or `stop` is cancelled (then the stream is ended).
 pub(crate) async fn serve(
     shared: &Shared,
     stream: &mut Stream,
     cmds: &mut mpsc::Receiver<Command>,
     events: &Events,
-    stop: &mut watch::Receiver<bool>,
+    stop: &CancellationToken,
 ) -> Outcome {
     let Stream {
         reader,
@@ -295,13 +286,13 @@ fn trimmed(bytes: &[u8], settings: &Settings) -> Option<Packet> {
 /// Most bytes written in one batch.
 const BATCH_BYTES: usize = 256 * 1024;
 
-/// Writes queued stanzas (in batches) and whitespace keepalives; on `stop`, writes what is
-/// queued and `</stream:stream>`, then returns `Ok`.
+/// Writes queued stanzas (in batches) and whitespace keepalives; once `stop` is cancelled, writes
+/// what is queued and `</stream:stream>`, then returns `Ok`.
 async fn write_loop(
     shared: &Shared,
     writer: &mut OwnedWriteHalf,
     cmds: &mut mpsc::Receiver<Command>,
-    stop: &mut watch::Receiver<bool>,
+    stop: &CancellationToken,
 ) -> Result<(), Failure> {
     let ping = shared.settings.ping;
     let mut last_write = Instant::now();
@@ -316,7 +307,7 @@ async fn write_loop(
         };
         tokio::select! {
             biased;
-            _ = stopped(stop) => {
+            _ = stop.cancelled() => {
                 while let Ok(cmd) = cmds.try_recv() {
                     batch.push(cmd);
                 }

@@ -151,6 +151,16 @@ async fn stanzas_flow_both_ways_with_the_right_via() {
     assert_eq!(server.stanza().await.head.name, "presence");
 
     let err = claw.publish(Packet::from("<message/>")).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Unsupported {
+                what: "publish",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("no broadcast"), "{err}");
     let caps = claw.capabilities();
     assert!(
@@ -174,6 +184,26 @@ async fn stanzas_flow_both_ways_with_the_right_via() {
         claw.send(&to, None, Packet::from("<presence/>")).await,
         Err(Error::Closed { .. })
     ));
+}
+
+#[tokio::test]
+async fn misuse_gets_typed_errors() {
+    let (l, addr) = listener().await;
+    let claw = builder(&addr).build().unwrap();
+    let to = claws_core::jid::parse("u@xmpp.example/r").unwrap();
+    let err = claw
+        .send(&to, None, Packet::from("<presence/>"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotStarted { .. }), "{err}");
+    let (server, _rx) = start(&claw, &l).await;
+    let (events, _rx2) = Events::channel(8);
+    let err = claw.start(events).await.unwrap_err();
+    assert!(matches!(err, Error::AlreadyStarted { .. }), "{err}");
+    close(&claw, server).await;
+    let (events, _rx3) = Events::channel(8);
+    let err = claw.start(events).await.unwrap_err();
+    assert!(matches!(err, Error::Closed { .. }), "{err}");
 }
 
 #[tokio::test]
@@ -215,6 +245,20 @@ async fn failed_reconnections_back_off_up_to_the_cap() {
     let mut states = claw.watch_state();
     let (server, mut rx) = start(&claw, &l).await;
     assert!(matches!(next_event(&mut rx).await, Event::Connected { .. }));
+    // Every wait the claw draws, as it reports it (each `Retrying` lasts at least 20 ms, its
+    // shortest wait, so the recorder sees each one).
+    let (waits_tx, mut waits) = mpsc::unbounded_channel();
+    let recorder = tokio::spawn({
+        let mut states = claw.watch_state();
+        async move {
+            while states.changed().await.is_ok() {
+                let state = states.borrow_and_update().clone();
+                if let State::Retrying { attempt, delay } = state {
+                    let _ = waits_tx.send((attempt, delay));
+                }
+            }
+        }
+    });
 
     // The server goes away; then refuses the handshake five times (as after a secret change).
     drop(server);
@@ -230,26 +274,40 @@ async fn failed_reconnections_back_off_up_to_the_cap() {
         accepted_at.push(Instant::now());
         assert!(s.handshake(&format!("bad-{i}"), false).await);
     }
-    // Each wait doubles from 40 ms up to the 160 ms cap: never a tight loop.
-    let gaps: Vec<Duration> = accepted_at.windows(2).map(|w| w[1] - w[0]).collect();
-    for (i, gap) in gaps.iter().enumerate() {
-        let floor = Duration::from_millis((80u64 << i).min(160));
-        assert!(
-            *gap >= floor - Duration::from_millis(5),
-            "attempt gap {i} was {gap:?}, wanted >= {floor:?}; gaps {gaps:?}"
-        );
-    }
     let retrying = wait_state(&mut states, |s| {
         matches!(s, State::Retrying { attempt: 6.., .. })
     })
     .await;
-    assert_eq!(
-        retrying,
-        State::Retrying {
-            attempt: 6,
-            delay: Duration::from_millis(160)
-        }
+    assert!(
+        matches!(retrying, State::Retrying { attempt: 6, .. }),
+        "{retrying:?}"
     );
+    // Attempts 1 to 6 in turn, each wait jittered within [d/2, d] where d doubles from 40 ms up
+    // to the 160 ms cap.
+    let mut drawn = Vec::new();
+    while drawn.len() < 6 {
+        drawn.push(timeout(WAIT, waits.recv()).await.unwrap().unwrap());
+    }
+    for (i, (attempt, delay)) in drawn.iter().enumerate() {
+        let ceiling = Duration::from_millis((40u64 << i).min(160));
+        assert_eq!(*attempt as usize, i + 1, "waits drawn: {drawn:?}");
+        assert!(
+            *delay >= ceiling / 2 && *delay <= ceiling,
+            "attempt {attempt} waits {delay:?}, not within [{:?}, {ceiling:?}]; waits drawn: \
+             {drawn:?}",
+            ceiling / 2
+        );
+    }
+    // And the claw really waits that long before each attempt: never a tight loop.
+    let gaps: Vec<Duration> = accepted_at.windows(2).map(|w| w[1] - w[0]).collect();
+    for (i, gap) in gaps.iter().enumerate() {
+        let (attempt, floor) = drawn[i + 1];
+        assert!(
+            *gap >= floor - Duration::from_millis(5),
+            "the gap before attempt {attempt} was {gap:?}, wanted >= {floor:?}; gaps {gaps:?}, \
+             waits drawn {drawn:?}"
+        );
+    }
 
     // Then it accepts: Connected again, and stanzas flow.
     let mut s = Session::accept(&l).await;
@@ -261,6 +319,7 @@ async fn failed_reconnections_back_off_up_to_the_cap() {
         Some("after")
     );
     close(&claw, s).await;
+    recorder.abort();
 }
 
 #[tokio::test]
