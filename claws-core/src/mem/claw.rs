@@ -1,15 +1,16 @@
 //! [`MemClaw`]: one instance on a [`MemBroker`].
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::broker::{MemBroker, Message, Queue};
 use crate::claw::{Acker, Capabilities, Claw, Delivery, Events};
 use crate::jid::{self, Jid};
+use crate::runtime::{CancellationToken, Lifecycle};
 use crate::topology::{self, QueueSpec, Subscriptions, DIRECT_EXCHANGE, FANOUT_EXCHANGE};
 use crate::{Error, Packet, Result, Via};
 
@@ -60,8 +61,10 @@ impl MemClawBuilder {
     /// Builds the claw, checking its queue names.
     pub fn build(self) -> Result<MemClaw> {
         let queues = topology::queues(&self.jid, self.subscriptions)?;
+        let name: Arc<str> = self.name.into();
         Ok(MemClaw {
-            name: self.name.into(),
+            life: Lifecycle::new(name.clone()),
+            name,
             jid: self.jid,
             broker: self.broker,
             queues,
@@ -69,7 +72,6 @@ impl MemClawBuilder {
             prefetch: self.prefetch,
             max_deliveries: self.max_deliveries,
             close_timeout: self.close_timeout,
-            run: Mutex::new(RunState::New),
         })
     }
 }
@@ -94,14 +96,11 @@ impl MemBroker {
     }
 }
 
+/// What a running claw owns: the token that stops its consumer, and the consumer's task.
 #[derive(Debug)]
-enum RunState {
-    New,
-    Running {
-        stop: watch::Sender<bool>,
-        consumers: Vec<JoinHandle<()>>,
-    },
-    Closed,
+struct Running {
+    stop: CancellationToken,
+    consumers: Vec<JoinHandle<()>>,
 }
 
 /// A claw on the in-process [`MemBroker`]: the embedded default, needing no broker. It keeps
@@ -118,7 +117,8 @@ pub struct MemClaw {
     prefetch: usize,
     max_deliveries: u32,
     close_timeout: Duration,
-    run: Mutex<RunState>,
+    /// New → Starting → Running → Closed.
+    life: Lifecycle<Running>,
 }
 
 impl MemClaw {
@@ -149,13 +149,15 @@ impl MemClaw {
         }
     }
 
+    /// Sending needs no `start` on the mem broker (a claw that only sends never starts); only
+    /// a closed claw refuses.
     fn check_open(&self) -> Result<()> {
-        match *self.run.lock().expect("run lock") {
-            RunState::Closed => Err(Error::Closed {
+        if self.life.is_closed() {
+            return Err(Error::Closed {
                 claw: self.name.to_string(),
-            }),
-            _ => Ok(()),
+            });
         }
+        Ok(())
     }
 }
 
@@ -179,42 +181,32 @@ impl Claw for MemClaw {
     }
 
     async fn start(&self, events: Events) -> Result<()> {
-        let (stop, stopped) = watch::channel(false);
-        let mut consumers = Vec::with_capacity(self.queues.len());
-        {
-            let mut run = self.run.lock().expect("run lock");
-            match *run {
-                RunState::New => {}
-                RunState::Running { .. } => {
-                    return Err(Error::Config(format!(
-                        "claw `{}` is already started",
-                        self.name
-                    )))
-                }
-                RunState::Closed => {
-                    return Err(Error::Closed {
-                        claw: self.name.to_string(),
-                    })
-                }
-            }
-            let mut queues = Vec::with_capacity(self.queues.len());
-            for spec in &self.queues {
-                let queue = self.broker.declare(&spec.name);
-                self.broker
-                    .bind(&spec.name, spec.exchange, &spec.routing_key);
-                queues.push((spec.clone(), queue));
-            }
-            if !queues.is_empty() {
-                let consumer = Consumer {
-                    queues,
-                    claw: self.name.clone(),
-                    broker: self.broker.clone(),
-                    in_flight: self.in_flight.clone(),
-                    max_deliveries: self.max_deliveries,
-                };
-                consumers.push(tokio::spawn(consumer.run(events.clone(), stopped)));
-            }
-            *run = RunState::Running { stop, consumers };
+        self.life.begin_start()?;
+        let stop = CancellationToken::new();
+        let mut queues = Vec::with_capacity(self.queues.len());
+        for spec in &self.queues {
+            let queue = self.broker.declare(&spec.name);
+            self.broker
+                .bind(&spec.name, spec.exchange, &spec.routing_key);
+            queues.push((spec.clone(), queue));
+        }
+        let mut consumers = Vec::with_capacity(1);
+        if !queues.is_empty() {
+            let consumer = Consumer {
+                queues,
+                claw: self.name.clone(),
+                broker: self.broker.clone(),
+                in_flight: self.in_flight.clone(),
+                max_deliveries: self.max_deliveries,
+            };
+            consumers.push(tokio::spawn(consumer.run(events.clone(), stop.clone())));
+        }
+        if let Err(running) = self.life.started(Running { stop, consumers }) {
+            // Closed while starting: the consumer stops, and its unsettled deliveries requeue.
+            running.stop.cancel();
+            return Err(Error::Closed {
+                claw: self.name.to_string(),
+            });
         }
         events.connected(&self.name).await;
         Ok(())
@@ -241,12 +233,10 @@ impl Claw for MemClaw {
     }
 
     async fn close(&self) -> Result<()> {
-        let previous =
-            std::mem::replace(&mut *self.run.lock().expect("run lock"), RunState::Closed);
-        let RunState::Running { stop, consumers } = previous else {
+        let Some(Running { stop, consumers }) = self.life.close() else {
             return Ok(());
         };
-        let _ = stop.send(true);
+        stop.cancel();
         for c in consumers {
             let _ = c.await;
         }
@@ -287,11 +277,11 @@ impl Consumer {
         futures_util::future::select_all(pops).await.0
     }
 
-    async fn run(self, events: Events, mut stopped: watch::Receiver<bool>) {
+    async fn run(self, events: Events, stop: CancellationToken) {
         loop {
             let permit = tokio::select! {
                 biased;
-                _ = stopped.wait_for(|s| *s) => return,
+                _ = stop.cancelled() => return,
                 p = self.in_flight.clone().acquire_owned() => match p {
                     Ok(p) => p,
                     Err(_) => return,
@@ -299,7 +289,7 @@ impl Consumer {
             };
             let (mut msg, index) = tokio::select! {
                 biased;
-                _ = stopped.wait_for(|s| *s) => return,
+                _ = stop.cancelled() => return,
                 m = self.next() => m,
             };
             let (spec, queue) = &self.queues[index];
@@ -326,7 +316,7 @@ impl Consumer {
             };
             tokio::select! {
                 biased;
-                _ = stopped.wait_for(|s| *s) => return, // the dropped delivery requeues itself
+                _ = stop.cancelled() => return, // the dropped delivery requeues itself
                 r = events.received(delivery) => if r.is_err() { return },
             }
         }
@@ -368,5 +358,32 @@ impl Drop for MemAcker {
         if let Some(msg) = self.msg.take() {
             self.queue.push_front(msg);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn misuse_gets_typed_errors() {
+        let broker = MemBroker::new();
+        let claw = broker.claw("svc@example.com/w1").unwrap();
+        let peer = broker.claw("peer@example.com/p").unwrap();
+        let (events, _rx) = Events::channel(8);
+        claw.start(events).await.unwrap();
+        // A claw that only sends needs no start.
+        peer.send(&claw.jid().clone(), None, Packet::from("<message/>"))
+            .await
+            .unwrap();
+        let (events, _rx2) = Events::channel(8);
+        let err = claw.start(events).await.unwrap_err();
+        assert!(matches!(err, Error::AlreadyStarted { .. }), "{err}");
+        claw.close().await.unwrap();
+        let (events, _rx3) = Events::channel(8);
+        let err = claw.start(events).await.unwrap_err();
+        assert!(matches!(err, Error::Closed { .. }), "{err}");
+        let err = claw.publish(Packet::from("<message/>")).await.unwrap_err();
+        assert!(matches!(err, Error::Closed { .. }), "{err}");
     }
 }
