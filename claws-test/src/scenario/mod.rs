@@ -103,21 +103,14 @@ pub struct StepOutput<'a> {
 }
 
 /// A scenario file could not be read or understood.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("scenario {source_name}: {message}")]
 pub struct ScenarioError {
     /// The file (or `<string>`).
     pub source_name: String,
     /// What is wrong, and where.
     pub message: String,
 }
-
-impl fmt::Display for ScenarioError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "scenario {}: {}", self.source_name, self.message)
-    }
-}
-
-impl std::error::Error for ScenarioError {}
 
 /// How a packet is written in the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
