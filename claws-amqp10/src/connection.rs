@@ -16,17 +16,18 @@
 //! gone the broker has already put them back in their queue.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
+use claws_core::runtime::{redact_url, Alive, Fuse};
 use claws_core::{Error, Result};
 use fe2o3_amqp::connection::ConnectionHandle;
 use fe2o3_amqp::sasl_profile::SaslProfile;
 use fe2o3_amqp::session::SessionHandle;
 use fe2o3_amqp::{Connection, Sender, Session};
 use tokio::net::TcpStream;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::Mutex;
 
 /// Where and how to connect, parsed from the URL once. Its `Display` never shows the password.
 #[derive(Clone)]
@@ -58,7 +59,7 @@ impl Endpoint {
             Error::Config(format!(
                 "claw `{claw}`: bad broker URL `{}`: {reason}; expected \
                  `amqp://user:password@host:5672`",
-                redact(url)
+                redact_url(url)
             ))
         };
         let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
@@ -96,17 +97,13 @@ impl Endpoint {
         } else {
             percent_decode(path, &decode)
         };
-        let mut shown = parsed.clone();
-        if shown.password().is_some() {
-            let _ = shown.set_password(Some("***"));
-        }
         Ok(Self {
             host,
             port,
             user,
             password,
             vhost,
-            redacted: shown.to_string(),
+            redacted: redact_url(url),
         })
     }
 
@@ -134,22 +131,6 @@ impl Endpoint {
 fn percent_decode(s: &str, decode: &dyn Fn(&str) -> String) -> String {
     // form_urlencoded turns `+` into a space; keep a literal `+`.
     decode(&s.replace('+', "%2B"))
-}
-
-/// A URL with its password replaced by `***`, for messages.
-pub(crate) fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            u.to_string()
-        }
-        Err(_) => match (url.find("://"), url.rfind('@')) {
-            (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
-            _ => url.to_owned(),
-        },
-    }
 }
 
 /// Opens a connection and a session, bounded by `timeout`.
@@ -230,9 +211,13 @@ pub(crate) struct Live {
     /// Numbers sending links, so that a name is never reused within a generation (an evicted
     /// link may still be detaching when its successor attaches).
     attached: AtomicU64,
-    failed: AtomicBool,
-    reason: StdMutex<Option<String>>,
-    notify: Notify,
+    dead: Fuse,
+}
+
+impl Alive for Live {
+    fn is_alive(&self) -> bool {
+        !self.is_failed()
+    }
 }
 
 impl std::fmt::Debug for Live {
@@ -255,9 +240,7 @@ impl Live {
             senders: StdMutex::new(HashMap::new()),
             attaching: Mutex::new(()),
             attached: AtomicU64::new(0),
-            failed: AtomicBool::new(false),
-            reason: StdMutex::new(None),
-            notify: Notify::new(),
+            dead: Fuse::new(),
         }
     }
 
@@ -265,31 +248,16 @@ impl Live {
     /// [`failed`](Self::failed): the supervisor, and sends awaiting an outcome that will never
     /// come on this generation.
     pub(crate) fn fail(&self, reason: impl Into<String>) {
-        if !self.failed.swap(true, Ordering::SeqCst) {
-            *self.reason.lock().expect("reason lock") = Some(reason.into());
-        }
-        self.notify.notify_waiters();
-        self.notify.notify_one();
+        self.dead.trip(reason);
     }
 
     pub(crate) fn is_failed(&self) -> bool {
-        self.failed.load(Ordering::SeqCst)
+        self.dead.is_tripped()
     }
 
     /// Waits until the generation is marked failed; returns why.
     pub(crate) async fn failed(&self) -> String {
-        loop {
-            let notified = self.notify.notified();
-            if self.is_failed() {
-                return self
-                    .reason
-                    .lock()
-                    .expect("reason lock")
-                    .clone()
-                    .unwrap_or_else(|| "link failed".into());
-            }
-            notified.await;
-        }
+        self.dead.tripped().await
     }
 
     /// The sending link for `address`, attached on first use.

@@ -18,14 +18,14 @@
 //! the broker had settled it), and after `max_deliveries` sends it to the `xmpp_dead_letter`
 //! queue instead.
 
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use claws_core::jid::LastJid;
+use claws_core::runtime::InFlightGuard;
 use claws_core::topology::DEAD_LETTER_QUEUE;
 use claws_core::{Acker, Delivery, Error, Events, Packet, Result, Via};
 use fe2o3_amqp::link::delivery::DeliveryInfo;
@@ -33,84 +33,12 @@ use fe2o3_amqp::link::{CreditMode, Receiver};
 use fe2o3_amqp::session::SessionHandle;
 use fe2o3_amqp::types::messaging::{AmqpValue, Body, Message, MessageId};
 use fe2o3_amqp::types::primitives::Value;
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::address::{parse_reply_to, AddressScheme, Source};
-use crate::claw::Shared;
 use crate::connection::Live;
 use crate::publisher::Outgoing;
-
-/// Counts deliveries handed out and not yet settled, so that `close` can wait for them.
-#[derive(Debug, Default)]
-pub(crate) struct InFlight {
-    count: AtomicUsize,
-    idle: Notify,
-}
-
-impl InFlight {
-    pub(crate) fn enter(self: &Arc<Self>) -> InFlightGuard {
-        self.count.fetch_add(1, Ordering::SeqCst);
-        InFlightGuard(self.clone())
-    }
-
-    /// How many are in flight now.
-    pub(crate) fn count(&self) -> usize {
-        self.count.load(Ordering::SeqCst)
-    }
-
-    /// Waits until nothing is in flight.
-    pub(crate) async fn idle(&self) {
-        loop {
-            let notified = self.idle.notified();
-            if self.count.load(Ordering::SeqCst) == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-/// One delivery in flight; dropping it marks it settled.
-#[derive(Debug)]
-pub(crate) struct InFlightGuard(Arc<InFlight>);
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
-
-/// Delivery counts RabbitMQ does not keep, by message key. Bounded: when full it is cleared
-/// (counts restart, which only delays a dead-lettering).
-#[derive(Debug, Default)]
-pub(crate) struct Attempts(StdMutex<HashMap<u64, u32>>);
-
-const MAX_TRACKED: usize = 50_000;
-
-impl Attempts {
-    /// The attempt this delivery is. A first delivery is 1 and is not stored (the common
-    /// case costs no lock); only redeliveries are counted.
-    fn next(&self, key: u64, redelivered: bool) -> u32 {
-        if !redelivered {
-            return 1;
-        }
-        let mut map = self.0.lock().expect("attempts lock");
-        if map.len() >= MAX_TRACKED {
-            map.clear();
-        }
-        let n = map.entry(key).or_insert(1);
-        *n = (*n + 1).max(2);
-        *n
-    }
-
-    fn forget(&self, key: u64, attempt: u32) {
-        if attempt > 1 {
-            self.0.lock().expect("attempts lock").remove(&key);
-        }
-    }
-}
+use crate::shared::Shared;
 
 /// What an acker asks the link task to do.
 enum Disposition {

@@ -130,16 +130,21 @@
 //! | (none) | TLS is not built in; use a TLS-terminating proxy for `amqps` | |
 
 mod address;
+mod attempts;
+mod builder;
 mod claw;
 mod config;
 mod connection;
 mod consumer;
 mod declare;
 mod publisher;
+mod shared;
+mod supervisor;
 
 pub use address::AddressScheme;
+pub use builder::Amqp10ClawBuilder;
 pub use claw::Amqp10Claw;
-pub use config::{Amqp10ClawBuilder, Amqp10Options};
+pub use config::Amqp10Options;
 
 impl Amqp10Claw {
     /// A builder for an instance with JID `jid` on the broker at `url`
@@ -152,6 +157,6 @@ impl Amqp10Claw {
     /// `amqp10`), `prefetch` (link credit), `max_deliveries`, `subscriptions`, and the `[amqp10]`
     /// table ([`Amqp10Options`]).
     pub fn from_config(config: &claws_core::Config) -> claws_core::Result<Amqp10Claw> {
-        config::from_config(config)
+        builder::from_config(config)
     }
 }

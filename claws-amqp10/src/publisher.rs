@@ -15,7 +15,7 @@ use fe2o3_amqp::types::messaging::{Header, Message, Outcome, Properties};
 use fe2o3_amqp::types::primitives::Binary;
 use tokio::time::Instant;
 
-use crate::claw::Shared;
+use crate::shared::Shared;
 
 /// One message to send, as the claw builds it.
 #[derive(Debug, Clone)]
@@ -95,7 +95,10 @@ impl Shared {
         let started = Instant::now();
         let deadline = started + self.settings.send_timeout;
         loop {
-            let live = self.wait_live(started, deadline).await?;
+            let live = self
+                .current
+                .wait_live(started, self.settings.send_timeout)
+                .await?;
             let attempt = async {
                 let link = live.sender(&out.address, &self.name).await?;
                 let fut = {

@@ -84,7 +84,7 @@ async fn direct_and_bare_sends_with_via() {
 
     let e = a.publish(Packet::from("all")).await.unwrap_err();
     assert!(
-        matches!(e, Error::Refused { .. }) && e.to_string().contains("no broadcast"),
+        matches!(e, Error::Unsupported { .. }) && e.to_string().contains("no broadcast"),
         "{e}"
     );
     let caps = a.capabilities();
