@@ -13,7 +13,7 @@ use common::{unique, Inbox, URL};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqp091_and_amqp10_instances_talk_both_ways() {
     let s = unique("");
-    let old = AmqpClaw::builder(URL, &format!("old{s}@example.com/r1"))
+    let old = AmqpClaw::builder(URL, format!("old{s}@example.com/r1"))
         .send_timeout(Duration::from_secs(10))
         .build()
         .unwrap();

@@ -122,11 +122,18 @@ async fn apply(config: &Config) -> Result<(), Failure> {
         let claw = claws::amqp091::AmqpClaw::from_config(config)?;
         let conn = crate::rabbit::open(config).await?;
         let declared = async {
-            let channel = conn
+            let mut channel = conn
                 .create_channel()
                 .await
                 .map_err(|e| Failure::other(format!("cannot open a channel: {e}")))?;
-            claws::amqp091::topology::declare(&channel, claw.topology()).await?;
+            claws::amqp091::topology::declare(
+                claws::Claw::name(&claw),
+                &conn,
+                &mut channel,
+                claw.topology(),
+                claws::amqp091::topology::OnMismatch::Fail,
+            )
+            .await?;
             let _ = channel.close(200, "declared".into()).await;
             Ok::<_, Failure>(())
         }
