@@ -25,7 +25,7 @@ async fn main() -> claws::Result<()> {
         .map_or("amqp://guest:guest@127.0.0.1:5672/%2f", String::as_str);
     let component = ComponentClaw::builder(server, domain, secret).build()?;
     // The gateway's own instance on the bus: replies from workers come back to it.
-    let bus = AmqpClaw::builder(url, &format!("gateway@{domain}/gw1")).build()?;
+    let bus = AmqpClaw::builder(url, format!("gateway@{domain}/gw1")).build()?;
     eprintln!("gateway for {domain}: XMPP server {server} <-> {url}");
     gateway::run(component, Arc::new(bus), async {
         let _ = tokio::signal::ctrl_c().await;
