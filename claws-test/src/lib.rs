@@ -83,7 +83,11 @@
 //!
 //! A claw connects one instance (a JID) to a bus. `examples/src/loopbus/` in the repository is
 //! a complete one in a few hundred lines (a tiny broker on loopback TCP and its claw) that passes
-//! every case here; read it alongside these steps.
+//! every case here; read it alongside these steps. What every claw needs around its protocol
+//! calls is in [`claws_core::runtime`], and loopbus uses it: the run state and its errors
+//! (`Lifecycle`), the connection that serves sends (`Current`), reconnecting with a jittered
+//! backoff (`Reconnect`), the stop signal (`CancellationToken`) and what `close` waits for
+//! (`InFlight`, `drain`).
 //!
 //! 1. **Names.** Take exchange and queue names from [`claws_core::topology`]
 //!    (`topology::queues(&jid, subscriptions)` gives the four queues of TOPOLOGY.md, checked
@@ -136,7 +140,8 @@
 //!
 //! ## Feature flags
 //!
-//! None: the crate needs only `claws-core`, `tokio`, `futures-util` and `serde_json`.
+//! None: the crate needs only `claws-core`, `async-trait`, `tokio`, `tracing`, `futures-util`,
+//! `serde_json` and `thiserror`.
 
 pub mod conformance;
 pub mod fault;

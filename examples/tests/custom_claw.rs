@@ -112,3 +112,33 @@ async fn scenarios_run_over_the_loopbus_claw_too() {
     report.assert_passed();
     assert_eq!(report.passed(), 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misuse_gets_the_runtime_s_typed_errors() {
+    use claws_core::{Error, Events};
+    let broker = LoopBroker::start().await.expect("a loopback port");
+    let claw = LoopClaw::builder(broker.addr(), "svc@example.com/w1")
+        .unwrap()
+        .build()
+        .unwrap();
+    let to = claws_core::jid::parse("svc@example.com").unwrap();
+    let err = claw
+        .send(&to, None, Packet::from("<message/>"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotStarted { .. }), "{err}");
+    let (events, _rx) = Events::channel(16);
+    claw.start(events).await.unwrap();
+    let (events, _rx2) = Events::channel(16);
+    let err = claw.start(events).await.unwrap_err();
+    assert!(matches!(err, Error::AlreadyStarted { .. }), "{err}");
+    claw.close().await.unwrap();
+    let (events, _rx3) = Events::channel(16);
+    let err = claw.start(events).await.unwrap_err();
+    assert!(matches!(err, Error::Closed { .. }), "{err}");
+    let err = claw
+        .send(&to, None, Packet::from("<message/>"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Closed { .. }), "{err}");
+}

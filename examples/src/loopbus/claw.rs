@@ -1,20 +1,32 @@
 //! [`LoopClaw`]: a claw on a [`LoopBroker`](super::LoopBroker), with recovery.
+//!
+//! What is the same for every claw comes from [`claws_core::runtime`]: the run state
+//! ([`Lifecycle`]), the connection that serves sends ([`Current`], whose
+//! [`wait_live`](Current::wait_live) waits through an outage), a connection's death ([`Fuse`]),
+//! reconnecting with a jittered backoff ([`Reconnect`]), the stop signal
+//! ([`CancellationToken`]) and what `close` waits for ([`InFlight`], [`drain`]). What is left
+//! here is loopbus's own: its frames, connecting, declaring, consuming, publishing, settling.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use claws_core::jid::{self, Jid};
+use claws_core::runtime::{
+    drain, Alive, Backoff, CancellationToken, Current, Endpoints, Fuse, InFlight, InFlightGuard,
+    Lifecycle, Reconnect,
+};
 use claws_core::topology::{self, QueueSpec, Subscriptions, DIRECT_EXCHANGE, FANOUT_EXCHANGE};
 use claws_core::{Acker, Capabilities, Claw, Delivery, Error, Events, Packet, Result, Via};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use super::wire::{Frame, NO_ROUTE, OK};
 
@@ -77,12 +89,12 @@ impl LoopClawBuilder {
                 send_timeout: self.send_timeout,
                 close_timeout: self.close_timeout,
             }),
+            current: Arc::new(Current::new(name.clone())),
+            deliveries: InFlight::new(),
+            sends: InFlight::new(),
+            life: Lifecycle::new(name.clone()),
             name,
             jid: self.jid,
-            link: watch::channel(None).0,
-            in_flight: Arc::new(watch::channel(0).0),
-            stop: watch::channel(false).0,
-            phase: Mutex::new(Phase::New),
         })
     }
 }
@@ -98,10 +110,12 @@ struct Cfg {
     close_timeout: Duration,
 }
 
-enum Phase {
-    New,
-    Running(Vec<JoinHandle<()>>),
-    Closed,
+/// What a running claw owns: the token that stops its tasks, the supervisor (which hands back
+/// its last connection when it stops) and the forwarder of deliveries.
+struct Running {
+    stop: CancellationToken,
+    supervisor: JoinHandle<Option<Arc<Link>>>,
+    forwarder: JoinHandle<()>,
 }
 
 /// A claw over a loopbus connection: TOPOLOGY.md's queues, acks after the handler, bounded
@@ -112,10 +126,14 @@ pub struct LoopClaw {
     name: Arc<str>,
     jid: Jid,
     cfg: Arc<Cfg>,
-    link: watch::Sender<Option<Arc<Link>>>,
-    in_flight: Arc<watch::Sender<usize>>,
-    stop: watch::Sender<bool>,
-    phase: Mutex<Phase>,
+    /// The connection that serves sends; the supervisor sets it up and down.
+    current: Arc<Current<Arc<Link>>>,
+    /// Deliveries handed to the router and not settled yet.
+    deliveries: Arc<InFlight>,
+    /// Sends not confirmed yet.
+    sends: Arc<InFlight>,
+    /// New → Starting → Running → Closed.
+    life: Lifecycle<Running>,
 }
 
 impl fmt::Debug for LoopClaw {
@@ -143,12 +161,6 @@ impl LoopClaw {
         })
     }
 
-    fn closed(&self) -> Error {
-        Error::Closed {
-            claw: self.name.to_string(),
-        }
-    }
-
     /// Publishes, waiting (bounded) for a connection, and again on a new one if the connection
     /// drops before the broker confirmed.
     async fn publish_frame(
@@ -159,24 +171,16 @@ impl LoopClaw {
         mandatory: bool,
         packet: Packet,
     ) -> Result<()> {
-        if matches!(*self.phase.lock().expect("phase lock"), Phase::Closed) {
-            return Err(self.closed());
-        }
+        let _sending = self.sends.enter();
         let started = Instant::now();
         let deadline = started + self.cfg.send_timeout;
-        let mut links = self.link.subscribe();
         let payload = packet.as_bytes().to_vec();
         loop {
-            let link = tokio::time::timeout_at(deadline.into(), links.wait_for(Option::is_some))
-                .await
-                .ok()
-                .and_then(|l| l.ok().and_then(|l| l.clone()));
-            let Some(link) = link else {
-                return Err(Error::Disconnected {
-                    claw: self.name.to_string(),
-                    waited: started.elapsed(),
-                });
-            };
+            // NotStarted before `start`, Closed after `close`, Disconnected past the deadline.
+            let link = self
+                .current
+                .wait_live(started, self.cfg.send_timeout)
+                .await?;
             let frame = |req| Frame::Publish {
                 req,
                 exchange: exchange.to_owned(),
@@ -205,13 +209,15 @@ impl LoopClaw {
                     })
                 }
                 Err(Lost) => {
-                    // The connection died before the confirm: wait for the next one and resend
-                    // (at least once).
-                    let _ = tokio::time::timeout_at(
-                        deadline.into(),
-                        links.wait_for(|l| !l.as_ref().is_some_and(|l2| Arc::ptr_eq(l2, &link))),
-                    )
-                    .await;
+                    // No confirm: the connection died (then resend on the next one, at least
+                    // once) or the deadline passed.
+                    let _ = tokio::time::timeout_at(deadline, link.dead.tripped()).await;
+                    if Instant::now() >= deadline {
+                        return Err(Error::Disconnected {
+                            claw: self.name.to_string(),
+                            waited: started.elapsed(),
+                        });
+                    }
                 }
             }
         }
@@ -233,47 +239,52 @@ impl Claw for LoopClaw {
     }
 
     async fn start(&self, events: Events) -> Result<()> {
-        match *self.phase.lock().expect("phase lock") {
-            Phase::New => {}
-            Phase::Running(_) => {
-                return Err(Error::Config(format!(
-                    "claw `{}` is already started",
-                    self.name
-                )))
-            }
-            Phase::Closed => return Err(self.closed()),
-        }
+        let reconnect = Reconnect::new(
+            self.name.to_string(),
+            Endpoints::in_order(vec![self.cfg.addr])?,
+            Backoff::new(Duration::from_millis(50), Duration::from_secs(1)),
+        );
+        self.life.begin_start()?;
         let (deliveries, rx) = mpsc::unbounded_channel();
-        let forwarder = tokio::spawn(forward(rx, events.clone()));
         let ctx = LinkCtx {
             cfg: self.cfg.clone(),
             deliveries,
-            in_flight: self.in_flight.clone(),
+            in_flight: self.deliveries.clone(),
         };
         let link = match Link::open(&ctx).await {
             Ok(link) => link,
             Err(e) => {
-                forwarder.abort();
+                self.life.start_failed();
                 return Err(e);
             }
         };
-        self.link.send_replace(Some(link.clone()));
+        let forwarder = tokio::spawn(forward(rx, events.clone()));
+        self.current.up(link.clone());
         events.connected(&self.name).await;
+        let stop = CancellationToken::new();
         let supervisor = tokio::spawn(supervise(
             ctx,
             link,
-            self.link.clone(),
-            self.stop.subscribe(),
+            reconnect,
+            self.current.clone(),
+            stop.clone(),
             events,
         ));
-        let mut phase = self.phase.lock().expect("phase lock");
-        if matches!(*phase, Phase::Closed) {
-            // closed while starting
-            supervisor.abort();
-            forwarder.abort();
-            return Err(self.closed());
+        if let Err(running) = self.life.started(Running {
+            stop,
+            supervisor,
+            forwarder,
+        }) {
+            // Closed while starting: stop what was started.
+            running.stop.cancel();
+            running.forwarder.abort();
+            if let Ok(Some(link)) = running.supervisor.await {
+                link.kill();
+            }
+            return Err(Error::Closed {
+                claw: self.name.to_string(),
+            });
         }
-        *phase = Phase::Running(vec![supervisor, forwarder]);
         Ok(())
     }
 
@@ -289,13 +300,27 @@ impl Claw for LoopClaw {
     }
 
     async fn close(&self) -> Result<()> {
-        let tasks =
-            match std::mem::replace(&mut *self.phase.lock().expect("phase lock"), Phase::Closed) {
-                Phase::Running(tasks) => tasks,
-                Phase::New | Phase::Closed => return Ok(()),
-            };
-        self.stop.send_replace(true);
-        let link = self.link.borrow().clone();
+        let running = self.life.close();
+        // Sends waiting for a connection fail with Error::Closed from now on.
+        self.current.close();
+        let Some(Running {
+            stop,
+            mut supervisor,
+            forwarder,
+        }) = running
+        else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + self.cfg.close_timeout;
+        stop.cancel();
+        // The supervisor's last connection: acks of the deliveries still in flight go over it.
+        let link = match tokio::time::timeout_at(deadline, &mut supervisor).await {
+            Ok(link) => link.ok().flatten(),
+            Err(_) => {
+                supervisor.abort();
+                None
+            }
+        };
         if let Some(link) = &link {
             for consumer in 0..self.cfg.queues.len() as u64 {
                 let _ = link
@@ -306,25 +331,12 @@ impl Claw for LoopClaw {
                     .await;
             }
         }
-        let mut in_flight = self.in_flight.subscribe();
-        let drained =
-            tokio::time::timeout(self.cfg.close_timeout, in_flight.wait_for(|n| *n == 0)).await;
-        for t in tasks {
-            t.abort();
-        }
-        if let Some(link) = self.link.send_replace(None) {
+        let drained = drain(&self.name, deadline, &self.deliveries, &self.sends).await;
+        forwarder.abort();
+        if let Some(link) = link {
             link.kill();
         }
-        match drained {
-            Ok(_) => Ok(()),
-            Err(_) => Err(Error::Timeout {
-                what: format!(
-                    "claw `{}` waiting for in-flight stanzas on close",
-                    self.name
-                ),
-                after: self.cfg.close_timeout,
-            }),
-        }
+        drained
     }
 }
 
@@ -333,7 +345,7 @@ impl Claw for LoopClaw {
 struct LinkCtx {
     cfg: Arc<Cfg>,
     deliveries: mpsc::UnboundedSender<Delivery>,
-    in_flight: Arc<watch::Sender<usize>>,
+    in_flight: Arc<InFlight>,
 }
 
 /// The connection died before the reply.
@@ -344,8 +356,33 @@ struct Link {
     out: mpsc::UnboundedSender<Frame>,
     pending: Mutex<HashMap<u64, oneshot::Sender<(u8, String)>>>,
     next_req: AtomicU64,
-    dead: watch::Sender<Option<String>>,
+    /// Trips once the connection is dead, with why.
+    dead: Fuse,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Alive for Link {
+    fn is_alive(&self) -> bool {
+        !self.dead.is_tripped()
+    }
+}
+
+/// Kills a connection that is being opened unless [`defuse`](Self::defuse)d: a failed or
+/// abandoned open leaves no task or socket behind.
+struct KillOnDrop(Option<Arc<Link>>);
+
+impl KillOnDrop {
+    fn defuse(mut self) -> Arc<Link> {
+        self.0.take().expect("defused once")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(link) = self.0.take() {
+            link.kill();
+        }
+    }
 }
 
 impl Link {
@@ -368,7 +405,7 @@ impl Link {
             out,
             pending: Mutex::new(HashMap::new()),
             next_req: AtomicU64::new(1),
-            dead: watch::channel(None).0,
+            dead: Fuse::new(),
             tasks: Mutex::new(Vec::new()),
         });
         let writer = tokio::spawn(async move {
@@ -409,7 +446,7 @@ impl Link {
                             let Some(spec) = ctx.cfg.queues.get(consumer as usize) else {
                                 continue;
                             };
-                            ctx.in_flight.send_modify(|n| *n += 1);
+                            let in_flight = ctx.in_flight.enter();
                             let via = Via::new(ctx.cfg.name.clone(), spec.kind.clone(), key)
                                 .with_exchange(exchange)
                                 .with_id(id)
@@ -423,7 +460,7 @@ impl Link {
                                     tag,
                                     dead_letter: count >= ctx.cfg.max_deliveries,
                                     settled: false,
-                                    in_flight: ctx.in_flight.clone(),
+                                    _in_flight: in_flight,
                                 }),
                             };
                             let _ = ctx.deliveries.send(delivery);
@@ -436,13 +473,14 @@ impl Link {
                     }
                 };
                 link.pending.lock().expect("pending lock").clear();
-                link.dead.send_replace(Some(reason));
+                link.dead.trip(reason);
             })
         };
         link.tasks
             .lock()
             .expect("tasks lock")
             .extend([writer, reader]);
+        let guard = KillOnDrop(Some(link.clone()));
         let setup = async {
             let check = |what: String, r: std::result::Result<(u8, String), Lost>| match r {
                 Ok((OK, _)) => Ok(()),
@@ -482,13 +520,10 @@ impl Link {
                     link.request(consume, t).await,
                 )?;
             }
-            Ok(())
+            Ok::<(), Error>(())
         };
-        if let Err(e) = setup.await {
-            link.kill();
-            return Err(e);
-        }
-        Ok(link)
+        setup.await?;
+        Ok(guard.defuse())
     }
 
     /// Sends a request and waits (bounded) for the broker's reply.
@@ -500,7 +535,7 @@ impl Link {
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending.lock().expect("pending lock").insert(req, tx);
-        if self.dead.borrow().is_some() || self.out.send(frame(req)).is_err() {
+        if self.dead.is_tripped() || self.out.send(frame(req)).is_err() {
             self.pending.lock().expect("pending lock").remove(&req);
             return Err(Lost);
         }
@@ -518,13 +553,7 @@ impl Link {
         for t in self.tasks.lock().expect("tasks lock").drain(..) {
             t.abort();
         }
-        self.dead.send_if_modified(|d| {
-            let was = d.is_none();
-            if was {
-                *d = Some("closed".into());
-            }
-            was
-        });
+        self.dead.trip("closed");
     }
 }
 
@@ -538,46 +567,40 @@ async fn forward(mut rx: mpsc::UnboundedReceiver<Delivery>, events: Events) {
     }
 }
 
-/// Watches the connection; when it dies, reports Disconnected and reconnects (backing off from
-/// 50 ms to 1 s) until it is back (Connected) or the claw closes.
+/// Watches the connection; when it dies, reports Disconnected and reconnects (backing off,
+/// jittered, from 50 ms to 1 s) until it is back (Connected) or `stop` is cancelled. Returns the
+/// connection it ended with, if alive, for `close` to drain and end.
 async fn supervise(
     ctx: LinkCtx,
     mut link: Arc<Link>,
-    current: watch::Sender<Option<Arc<Link>>>,
-    mut stop: watch::Receiver<bool>,
+    mut reconnect: Reconnect<SocketAddr>,
+    current: Arc<Current<Arc<Link>>>,
+    stop: CancellationToken,
     events: Events,
-) {
+) -> Option<Arc<Link>> {
     loop {
-        let mut dead = link.dead.subscribe();
         let reason = tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            r = dead.wait_for(Option::is_some) => match r {
-                Ok(r) => r.clone().unwrap_or_default(),
-                Err(_) => return,
-            },
+            _ = stop.cancelled() => return Some(link),
+            r = link.dead.tripped() => r,
         };
         link.kill();
-        current.send_replace(None);
-        events.disconnected(&ctx.cfg.name, reason).await;
-        let mut backoff = Duration::from_millis(50);
-        link = loop {
-            if *stop.borrow() {
-                return;
-            }
-            match Link::open(&ctx).await {
-                Ok(l) => break l,
-                Err(e) => {
-                    tracing::debug!(claw = &*ctx.cfg.name, %e, "loopbus: reconnect failed");
-                    tokio::select! {
-                        _ = stop.wait_for(|s| *s) => return,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-            }
-        };
-        current.send_replace(Some(link.clone()));
-        events.connected(&ctx.cfg.name).await;
+        current.down_if(|l| Arc::ptr_eq(l, &link));
+        // Reporting waits for room in the router's queue; a close does not wait for it.
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            () = events.disconnected(&ctx.cfg.name, reason) => {}
+        }
+        let ctx_ref = &ctx;
+        link = reconnect.until(&stop, |_addr| Link::open(ctx_ref)).await?;
+        reconnect.reset();
+        if stop.is_cancelled() {
+            return Some(link);
+        }
+        current.up(link.clone());
+        tokio::select! {
+            _ = stop.cancelled() => return Some(link),
+            () = events.connected(&ctx.cfg.name) => {}
+        }
     }
 }
 
@@ -587,7 +610,8 @@ struct LoopAcker {
     tag: u64,
     dead_letter: bool,
     settled: bool,
-    in_flight: Arc<watch::Sender<usize>>,
+    /// Counts the delivery as in flight until the acker is gone.
+    _in_flight: InFlightGuard,
 }
 
 impl LoopAcker {
@@ -632,6 +656,5 @@ impl Drop for LoopAcker {
                 dead_letter: false,
             });
         }
-        self.in_flight.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
