@@ -13,7 +13,7 @@ use crate::session::Shared;
 use crate::tls;
 
 /// Builds an [`AmqpClaw`]; start from [`AmqpClaw::builder`]. Nothing connects before
-/// [`Claw::start`].
+/// [`Claw::start`](claws_core::Claw::start).
 #[must_use]
 #[derive(Debug, Clone)]
 pub struct AmqpClawBuilder {
@@ -192,7 +192,7 @@ impl AmqpClaw {
     /// The builder a config describes: the common keys (`url`, `jid`, `name`, `prefetch`,
     /// `max_deliveries`, `subscriptions`) and the `[amqp091]` table. Without `url`, the URL is
     /// built from `[amqp091]`'s `host`, `username`, `password` (the seed's parameters), or is
-    /// [`DEFAULT_URL`].
+    /// [`DEFAULT_URL`](crate::DEFAULT_URL).
     pub fn builder_from_config(config: &Config) -> Result<AmqpClawBuilder> {
         let o: Amqp091Options = config.section("amqp091")?;
         let url = match (&config.url, &o.host) {

@@ -42,10 +42,10 @@
 //! | per-instance queues | `x-expires` = the idle time (default 30 min), so instances gone for good leave nothing |
 //! | group queues | classic, or quorum with `quorum_groups(true)` |
 //! | every queue | `x-dead-letter-exchange = xmpp_dead_letter`; queue `xmpp_dead_letter` is bound to it |
-//! | send | `xmpp_direct`, routing key = destination JID, `correlation_id` = id, `mandatory = true`: a send no queue takes is returned and fails with [`Error::NoRoute`] |
+//! | send | `xmpp_direct`, routing key = destination JID, `correlation_id` = id, `mandatory = true`: a send no queue takes is returned and fails with [`Error::NoRoute`](claws_core::Error::NoRoute) |
 //! | publish | `xmpp_fanout`, routing key = the sender's JID |
 //! | sender | the sender's full JID in `reply_to`; it becomes [`Via::from`](claws_core::Via::from) |
-//! | confirms | publisher confirms on; a send returns after the broker's ack; a nack is [`Error::Refused`] |
+//! | confirms | publisher confirms on; a send returns after the broker's ack; a nack is [`Error::Refused`](claws_core::Error::Refused) |
 //! | Via | `jid` = routing key, `exchange` = exchange, `claw` = claw name, `id` = `correlation_id`, `queue` = which of the four |
 //! | ack | after the handler returned `Ok`, on the channel that delivered it |
 //! | failed handler | attempts left: a copy goes straight back to the same queue (default exchange) with headers `x-claws-deliveries` = attempts so far, `x-claws-exchange` and `x-claws-routing-key` (so that `Via` stays the original), and once the copy is confirmed the original is acked; last attempt (`max_deliveries`, default 5): `basic.reject(requeue = false)`, dead-lettered by RabbitMQ |
@@ -63,11 +63,11 @@
 //! consumer fails, the claw reports `Disconnected`, closes what is left, and reconnects with
 //! capped exponential backoff (`reconnect_min_ms` doubling to `reconnect_max_ms`), declaring the
 //! topology again and consuming again before reporting `Connected`. Sends made meanwhile wait up
-//! to `send_timeout`, then fail with [`Error::Disconnected`]; a
+//! to `send_timeout`, then fail with [`Error::Disconnected`](claws_core::Error::Disconnected); a
 //! send whose confirm was lost with the connection is published again (at least once).
 //! Deliveries of a dead connection are never acked on the new one: the broker has requeued them.
 //! An unreachable broker at [`start`](claws_core::Claw::start) is an
-//! [`Error::Connect`] after at most `connect_timeout`; URLs in errors and
+//! [`Error::Connect`](claws_core::Error::Connect) after at most `connect_timeout`; URLs in errors and
 //! logs never show the password.
 //!
 //! ## Flow

@@ -70,6 +70,7 @@ async fn every_stanza_arrives_while_connections_are_cut() {
             }
             Event::Disconnected { .. } => disconnects += 1,
             Event::Connected { .. } => connects += 1,
+            _ => {}
         }
         if !cut_receiver && seen.len() >= N / 5 {
             cut_receiver = true;

@@ -129,21 +129,18 @@ impl Claw for Amqp10Claw {
                 c.unroutable_errors = false;
                 c
             }
-            AddressScheme::Queue => Capabilities {
-                load_balancing: true,
-                fanout: false,
-                persistence: false,
-                ordering: true,
-                redelivery: true,
-                dead_letter: true,
+            AddressScheme::Queue => {
+                let mut c = Capabilities::none();
+                c.load_balancing = true;
+                c.ordering = true;
+                c.redelivery = true;
+                c.dead_letter = true;
                 // The claw reconnects, but a broker that settles deliveries when it sends them
                 // (the Proton example broker) loses what was on the wire at the cut: at most
-                // the credit window of each link.
-                reconnect: true,
-                lossless_cut: false,
-                survives_broker_restart: false,
-                unroutable_errors: false,
-            },
+                // the credit window of each link (`lossless_cut` stays false).
+                c.reconnect = true;
+                c
+            }
         }
     }
 

@@ -272,10 +272,9 @@ impl Claw for ComponentClaw {
     fn capabilities(&self) -> Capabilities {
         // One TCP stream keeps order; nothing else: no queue, no acks, no redelivery, and a
         // stanza in flight when the stream breaks is lost.
-        Capabilities {
-            ordering: true,
-            ..Capabilities::none()
-        }
+        let mut c = Capabilities::none();
+        c.ordering = true;
+        c
     }
 
     async fn start(&self, events: Events) -> Result<()> {

@@ -100,6 +100,7 @@ impl<C: Claw + ?Sized> Claw for Box<C> {
 
 /// What a claw guarantees. The conformance suite reads it to decide which cases apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct Capabilities {
     /// A stanza sent to a bare JID reaches exactly one instance of the group.
     pub load_balancing: bool,
@@ -163,6 +164,7 @@ impl Capabilities {
 
 /// What a claw reports to its router.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Event {
     /// The claw is connected and every consumer is active.
     Connected {

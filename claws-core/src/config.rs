@@ -31,6 +31,7 @@ use crate::{Error, Result};
 /// Which claw a config asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Transport {
     /// The in-memory claw (no broker).
     #[default]

@@ -8,6 +8,7 @@ use crate::topology::QueueKind;
 /// How a packet arrived. It carries everything snatch's `#via{jid, exchange, claws, id}` did, plus
 /// the subscription (`queue`) and the sender (`from`).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Via {
     /// The address the packet was delivered under: on AMQP the delivery's routing key (for a direct
     /// send, the destination JID; for a broadcast, the sender's JID); on the component claw the

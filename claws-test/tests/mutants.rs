@@ -76,6 +76,7 @@ impl Claw for Mutant {
                             return;
                         }
                     }
+                    _ => {}
                 }
             }
         });

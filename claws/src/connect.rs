@@ -3,7 +3,7 @@
 use std::sync::{Arc, OnceLock};
 
 use claws_core::mem::MemBroker;
-use claws_core::{Claw, Config, Result, Transport};
+use claws_core::{Claw, Config, Error, Result, Transport};
 
 /// The process-wide broker that [`connect`] builds `mem` claws on.
 ///
@@ -34,6 +34,10 @@ pub fn connect(config: &Config) -> Result<Arc<dyn Claw>> {
         Transport::Mem => connect_mem(config, default_broker()),
         Transport::Amqp091 => amqp091(config),
         Transport::Amqp10 => amqp10(config),
+        other => Err(Error::Config(format!(
+            "transport `{}` is not built into this version of claws",
+            other.as_str()
+        ))),
     }
 }
 

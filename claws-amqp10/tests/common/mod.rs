@@ -60,7 +60,7 @@ impl Inbox {
         match &e {
             Event::Connected { .. } => self.connected += 1,
             Event::Disconnected { .. } => self.disconnected += 1,
-            Event::Received(_) => {}
+            _ => {}
         }
         e
     }
@@ -87,6 +87,7 @@ impl Inbox {
                 Event::Received(d) => {
                     let _ = d.acker.ack().await;
                 }
+                _ => {}
             }
         }
     }
@@ -106,6 +107,7 @@ impl Inbox {
                 }
                 Ok(Some(Event::Connected { .. })) => self.connected += 1,
                 Ok(Some(Event::Disconnected { .. })) => self.disconnected += 1,
+                Ok(Some(_)) => {}
             }
         }
     }

@@ -28,6 +28,7 @@ pub const MAX_NAME_BYTES: usize = 255;
 
 /// Which subscription delivered a packet.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum QueueKind {
     /// `xmpp_direct:F`: stanzas sent to this instance's full JID.
     Direct,

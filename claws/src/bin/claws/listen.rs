@@ -82,6 +82,8 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<(), Failure> {
                 delivery.acker.ack().await?;
                 received += 1;
             }
+            // An event this version does not print.
+            Some(Some(_)) => {}
         }
     };
     // Deliveries not printed go back to their queue.
