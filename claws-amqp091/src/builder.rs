@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use claws_core::config::{Timing, TimingBuilder};
 use claws_core::jid::JidInput;
 use claws_core::topology::{self, Subscriptions, TopologyOptions};
 use claws_core::{Config, Error, Result};
@@ -13,7 +14,8 @@ use crate::session::Shared;
 use crate::tls;
 
 /// Builds an [`AmqpClaw`]; start from [`AmqpClaw::builder`]. Nothing connects before
-/// [`Claw::start`](claws_core::Claw::start).
+/// [`Claw::start`](claws_core::Claw::start). Time-outs, heartbeat and reconnection bounds are
+/// set through [`TimingBuilder`] (`send_timeout`, `connect_timeout`, ...).
 #[must_use]
 #[derive(Debug, Clone)]
 pub struct AmqpClawBuilder {
@@ -26,11 +28,7 @@ pub struct AmqpClawBuilder {
     durable: bool,
     queue_expiry: Option<Duration>,
     quorum_groups: bool,
-    send_timeout: Duration,
-    close_timeout: Duration,
-    connect_timeout: Duration,
-    heartbeat: u16,
-    reconnect: (Duration, Duration),
+    timing: Timing,
     tls: tls::TlsFiles,
 }
 
@@ -78,36 +76,6 @@ impl AmqpClawBuilder {
         self
     }
 
-    /// How long a send waits for a connection during an outage (default 30 s).
-    pub fn send_timeout(mut self, timeout: Duration) -> Self {
-        self.send_timeout = timeout;
-        self
-    }
-
-    /// How long `close` waits for in-flight deliveries and confirms (default 30 s).
-    pub fn close_timeout(mut self, timeout: Duration) -> Self {
-        self.close_timeout = timeout;
-        self
-    }
-
-    /// How long one connection attempt may take (default 5 s).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// AMQP heartbeat interval in seconds (default 10), unless the URL sets `heartbeat`.
-    pub fn heartbeat(mut self, secs: u16) -> Self {
-        self.heartbeat = secs;
-        self
-    }
-
-    /// Reconnection backoff: the first delay, doubling up to `max` (default 100 ms to 5 s).
-    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.reconnect = (min, max.max(min));
-        self
-    }
-
     /// For `amqps://`: trust the CA(s) in this PEM file as well as the system's roots (needed
     /// when the broker's certificate is signed by a private CA). Read when the claw is built.
     pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
@@ -126,6 +94,7 @@ impl AmqpClawBuilder {
     /// connecting.
     pub fn build(self) -> Result<AmqpClaw> {
         let jid = self.jid.resolve()?;
+        self.timing.validate()?;
         let endpoint = Endpoint::parse(&self.url)?;
         let tls = tls::config(&endpoint.shown, endpoint.is_amqps(), &self.tls)?;
         if self.name.is_empty() {
@@ -145,11 +114,7 @@ impl AmqpClawBuilder {
             prefetch: self.prefetch,
             max_deliveries: self.max_deliveries,
             durable: self.durable,
-            send_timeout: self.send_timeout,
-            close_timeout: self.close_timeout,
-            connect_timeout: self.connect_timeout,
-            heartbeat: self.heartbeat,
-            reconnect: self.reconnect,
+            timing: self.timing,
             tls,
         };
         let shared = Shared::new(
@@ -160,6 +125,12 @@ impl AmqpClawBuilder {
             topology,
         )?;
         Ok(AmqpClaw::new(shared))
+    }
+}
+
+impl TimingBuilder for AmqpClawBuilder {
+    fn timing_mut(&mut self) -> &mut Timing {
+        &mut self.timing
     }
 }
 
@@ -175,22 +146,15 @@ impl AmqpClaw {
             max_deliveries: 5,
             subscriptions: Subscriptions::all(),
             durable: defaults.durable,
-            queue_expiry: Some(Duration::from_secs(defaults.queue_expiry_secs)),
+            queue_expiry: Some(defaults.queue_expiry),
             quorum_groups: defaults.quorum_groups,
-            send_timeout: Duration::from_millis(defaults.send_timeout_ms),
-            close_timeout: Duration::from_millis(defaults.close_timeout_ms),
-            connect_timeout: Duration::from_millis(defaults.connect_timeout_ms),
-            heartbeat: defaults.heartbeat_secs,
-            reconnect: (
-                Duration::from_millis(defaults.reconnect_min_ms),
-                Duration::from_millis(defaults.reconnect_max_ms),
-            ),
+            timing: Timing::default(),
             tls: tls::TlsFiles::default(),
         }
     }
 
     /// The builder a config describes: the common keys (`url`, `jid`, `name`, `prefetch`,
-    /// `max_deliveries`, `subscriptions`) and the `[amqp091]` table. Without `url`, the URL is
+    /// `max_deliveries`, `subscriptions`, the [`Timing`] keys) and the `[amqp091]` table. Without `url`, the URL is
     /// built from `[amqp091]`'s `host`, `username`, `password` (the seed's parameters), or is
     /// [`DEFAULT_URL`](crate::DEFAULT_URL).
     pub fn builder_from_config(config: &Config) -> Result<AmqpClawBuilder> {
@@ -222,16 +186,9 @@ impl AmqpClaw {
             .max_deliveries(config.max_deliveries)
             .subscriptions(config.subscriptions)
             .durable(o.durable)
-            .queue_expiry(Duration::from_secs(o.queue_expiry_secs))
+            .queue_expiry(o.queue_expiry)
             .quorum_groups(o.quorum_groups)
-            .send_timeout(Duration::from_millis(o.send_timeout_ms))
-            .close_timeout(Duration::from_millis(o.close_timeout_ms))
-            .connect_timeout(Duration::from_millis(o.connect_timeout_ms))
-            .heartbeat(o.heartbeat_secs)
-            .reconnect_backoff(
-                Duration::from_millis(o.reconnect_min_ms),
-                Duration::from_millis(o.reconnect_max_ms),
-            ))
+            .timing(config.timing))
     }
 
     /// A claw from a config (see [`builder_from_config`](Self::builder_from_config)).

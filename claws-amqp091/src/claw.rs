@@ -145,7 +145,7 @@ impl Claw for AmqpClaw {
             return Ok(());
         };
         let shared = &self.shared;
-        let deadline = tokio::time::Instant::now() + shared.settings.close_timeout;
+        let deadline = tokio::time::Instant::now() + shared.settings.timing.close_timeout;
         let session = shared.current.get();
         // 1. Stop consuming: our tasks stop taking deliveries (what they hold goes back to its
         // queue), the broker stops sending. A consumer cancelled from here on is not a fault.

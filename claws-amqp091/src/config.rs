@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use claws_core::config::Timing;
 use claws_core::runtime::redact_url;
 use claws_core::{Error, Result};
 use lapin::uri::AMQPUri;
@@ -20,7 +21,7 @@ pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// username = "svc"
 /// password = "secret"
 /// durable = true
-/// queue_expiry_secs = 1800
+/// queue_expiry = "30m"
 /// quorum_groups = false
 /// # TLS, with an amqps:// URL and the `tls` feature:
 /// tls_ca_file = "/etc/claws/ca.pem"        # the CA that signed the broker's certificate
@@ -31,6 +32,8 @@ pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// ```
 ///
 /// The common `url` key (top level) wins over `host`/`username`/`password`/`port`/`vhost`.
+/// Time-outs, heartbeat and reconnection bounds are top-level keys too, the same for every
+/// claw ([`Timing`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Amqp091Options {
@@ -48,22 +51,11 @@ pub struct Amqp091Options {
     /// seed's transient queues and messages.
     pub durable: bool,
     /// Idle time after which a per-instance (full-JID) queue is deleted by the broker
-    /// (`x-expires`), in seconds (default 1800). 0 disables expiry.
-    pub queue_expiry_secs: u64,
+    /// (`x-expires`; default `"30m"`; `"0s"` disables expiry).
+    #[serde(with = "humantime_serde")]
+    pub queue_expiry: Duration,
     /// Declare the group (bare-JID) queues as quorum queues, for clustered RabbitMQ (default false).
     pub quorum_groups: bool,
-    /// How long a send waits for a connection during an outage, in milliseconds (default 30 000).
-    pub send_timeout_ms: u64,
-    /// How long `close` waits for in-flight deliveries and confirms, in milliseconds (default 30 000).
-    pub close_timeout_ms: u64,
-    /// How long one connection attempt may take, in milliseconds (default 5 000).
-    pub connect_timeout_ms: u64,
-    /// AMQP heartbeat interval in seconds (default 10; 0 disables, which is not recommended).
-    pub heartbeat_secs: u16,
-    /// First reconnection delay in milliseconds (default 100); doubles up to `reconnect_max_ms`.
-    pub reconnect_min_ms: u64,
-    /// Longest reconnection delay in milliseconds (default 5 000).
-    pub reconnect_max_ms: u64,
     /// PEM file of the CA(s) that signed the broker's certificate, trusted beside the system's
     /// roots (`amqps://` only).
     pub tls_ca_file: Option<PathBuf>,
@@ -83,14 +75,8 @@ impl Default for Amqp091Options {
             username: "guest".into(),
             password: "guest".into(),
             durable: true,
-            queue_expiry_secs: 1800,
+            queue_expiry: Duration::from_secs(30 * 60),
             quorum_groups: false,
-            send_timeout_ms: 30_000,
-            close_timeout_ms: 30_000,
-            connect_timeout_ms: 5_000,
-            heartbeat_secs: 10,
-            reconnect_min_ms: 100,
-            reconnect_max_ms: 5_000,
             tls_ca_file: None,
             tls_cert_file: None,
             tls_key_file: None,
@@ -170,16 +156,8 @@ pub(crate) struct Settings {
     pub(crate) max_deliveries: u32,
     /// Durable queues and persistent messages.
     pub(crate) durable: bool,
-    /// Bound on waiting for a connection in `send`.
-    pub(crate) send_timeout: Duration,
-    /// Bound on `close`.
-    pub(crate) close_timeout: Duration,
-    /// Bound on one connection attempt.
-    pub(crate) connect_timeout: Duration,
-    /// Heartbeat interval (seconds).
-    pub(crate) heartbeat: u16,
-    /// Reconnection backoff: first and longest delay.
-    pub(crate) reconnect: (Duration, Duration),
+    /// Time-outs, heartbeat and reconnection bounds.
+    pub(crate) timing: Timing,
     /// What TLS trusts and presents (empty for amqp://). Holds a private key: never printed.
     pub(crate) tls: lapin::tcp::OwnedTLSConfig,
 }
@@ -191,11 +169,7 @@ impl std::fmt::Debug for Settings {
             .field("prefetch", &self.prefetch)
             .field("max_deliveries", &self.max_deliveries)
             .field("durable", &self.durable)
-            .field("send_timeout", &self.send_timeout)
-            .field("close_timeout", &self.close_timeout)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("heartbeat", &self.heartbeat)
-            .field("reconnect", &self.reconnect)
+            .field("timing", &self.timing)
             .field("tls_ca", &self.tls.cert_chain.is_some())
             .field("tls_client_cert", &self.tls.identity.is_some())
             .finish()

@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use claws_core::runtime::{Backoff, Endpoints, Reconnect};
+use claws_core::runtime::{Endpoints, Reconnect};
 use claws_core::{Error, Events, Result};
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
@@ -23,11 +23,10 @@ use crate::topology::{self, short, OnMismatch};
 
 /// The retry schedule over the claw's endpoints.
 pub(crate) fn reconnect(shared: &Shared) -> Result<Reconnect<Endpoint>> {
-    let (min, max) = shared.settings.reconnect;
     Ok(Reconnect::new(
         shared.name.to_string(),
         Endpoints::shuffled(shared.settings.endpoints.clone())?,
-        Backoff::new(min, max),
+        shared.settings.timing.backoff(),
     ))
 }
 
@@ -36,7 +35,8 @@ async fn connect(shared: &Shared, endpoint: &Endpoint) -> Result<Connection> {
     let settings = &shared.settings;
     let mut uri = endpoint.uri.clone();
     if uri.query.heartbeat.is_none() {
-        uri.query.heartbeat = Some(settings.heartbeat);
+        let secs = settings.timing.heartbeat.as_secs();
+        uri.query.heartbeat = Some(u16::try_from(secs).unwrap_or(u16::MAX));
     }
     let connection_name = format!("claws-amqp091 {} {}", shared.name, shared.jid);
     let properties =
@@ -48,7 +48,7 @@ async fn connect(shared: &Shared, endpoint: &Endpoint) -> Result<Connection> {
     };
     let runtime = lapin::runtime::default_runtime().map_err(|e| fail(e.to_string()))?;
     match tokio::time::timeout(
-        settings.connect_timeout,
+        settings.timing.connect_timeout,
         Connection::connect_uri_with_config(uri, properties, settings.tls.clone(), runtime),
     )
     .await
@@ -63,7 +63,7 @@ async fn connect(shared: &Shared, endpoint: &Endpoint) -> Result<Connection> {
         }
         Err(_) => Err(fail(format!(
             "no answer within {:?} (raise `connect_timeout` if the broker is slow)",
-            settings.connect_timeout
+            settings.timing.connect_timeout
         ))),
     }
 }
@@ -129,7 +129,7 @@ pub(crate) async fn establish(
         Ok::<_, Error>((publish, consume, tags, consumers))
     };
     // Every step has a bound: a connection that dies mid-setup must not hang recovery.
-    let bound = shared.settings.connect_timeout * 3;
+    let bound = shared.settings.timing.connect_timeout * 3;
     let setup = async {
         tokio::time::timeout(bound, setup)
             .await

@@ -61,7 +61,7 @@
 //! The claw owns its state machine rather than using lapin's `enable_auto_recover()` (lapin
 //! #450, and acks on the old channel, in its tracker): when the connection, a channel or a
 //! consumer fails, the claw reports `Disconnected`, closes what is left, and reconnects with
-//! capped exponential backoff (`reconnect_min_ms` doubling to `reconnect_max_ms`), declaring the
+//! capped exponential backoff (`reconnect_min` doubling to `reconnect_max`, jittered), declaring the
 //! topology again and consuming again before reporting `Connected`. Sends made meanwhile wait up
 //! to `send_timeout`, then fail with [`Error::Disconnected`](claws_core::Error::Disconnected); a
 //! send whose confirm was lost with the connection is published again (at least once).

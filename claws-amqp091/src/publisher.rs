@@ -59,11 +59,11 @@ pub(crate) async fn publish(
         immediate: false,
     };
     let _guard = shared.sends.enter();
-    let deadline = started + shared.settings.send_timeout;
+    let deadline = started + shared.settings.timing.send_timeout;
     loop {
         let session = shared
             .current
-            .wait_live(started, shared.settings.send_timeout)
+            .wait_live(started, shared.settings.timing.send_timeout)
             .await?;
         let attempt = async {
             session
@@ -84,7 +84,7 @@ pub(crate) async fn publish(
                     "claw `{}` waiting for the broker to confirm the stanza sent to `{to}`",
                     shared.name
                 ),
-                after: shared.settings.send_timeout,
+                after: shared.settings.timing.send_timeout,
             });
         };
         match confirmation {

@@ -161,7 +161,9 @@ fn declare_error(claw: &str, what: &str, name: &str, err: &lapin::Error) -> Erro
         .unwrap_or("");
     let fix = match arg {
         "durable" => "set `amqp091.durable` (builder: `.durable(..)`) to match it",
-        "x-expires" => "set `amqp091.queue_expiry_secs` (builder: `.queue_expiry(..)`) to match it",
+        "x-expires" => {
+            "set `amqp091.queue_expiry` (e.g. \"30m\"; builder: `.queue_expiry(..)`) to match it"
+        }
         "x-queue-type" => "set `amqp091.quorum_groups` (builder: `.quorum_groups(..)`) to match it",
         "type" => "another application uses this exchange name with another type; rename it there",
         _ => "align the claw's options with it",

@@ -3,6 +3,7 @@
 
 mod common;
 
+use claws_core::TimingBuilder;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -451,21 +452,25 @@ async fn from_config_reads_the_amqp091_table() {
         name: Some("rabbit".into()),
         ..Default::default()
     };
-    let section = figment::value::Value::serialize(claws_amqp091::Amqp091Options {
-        host: Some("broker.invalid".into()),
-        password: "pw".into(),
-        durable: false,
-        ..Default::default()
-    })
-    .unwrap();
-    config.sections.insert("amqp091".into(), section);
+    config
+        .set_section(
+            "amqp091",
+            &claws_amqp091::Amqp091Options {
+                host: Some("broker.invalid".into()),
+                password: "pw".into(),
+                durable: false,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     let claw = claws_amqp091::AmqpClaw::from_config(&config).unwrap();
     assert_eq!(claw.name(), "rabbit");
     assert_eq!(claw.endpoint(), "amqp://guest@broker.invalid:5672/%2F");
     assert!(!claw.topology().queues[1].durable);
 
-    let bad = figment::value::Value::serialize(HashMap::from([("durabel", true)])).unwrap();
-    config.sections.insert("amqp091".into(), bad);
+    config
+        .set_section("amqp091", &HashMap::from([("durabel", true)]))
+        .unwrap();
     let err = claws_amqp091::AmqpClaw::from_config(&config).unwrap_err();
     assert!(err.to_string().contains("durabel"), "{err}");
 }

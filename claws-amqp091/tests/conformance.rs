@@ -3,6 +3,7 @@
 
 mod common;
 
+use claws_core::TimingBuilder;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -6,6 +6,7 @@
 
 mod common;
 
+use claws_core::TimingBuilder;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -22,7 +22,7 @@ use lapin::types::FieldTable;
 use tokio::sync::{Mutex, Semaphore};
 
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672";
-const CREDIT: u32 = 64;
+const CREDIT: u16 = 64;
 const WINDOW: usize = 64;
 const ROUNDS: usize = 5;
 
@@ -80,14 +80,14 @@ async fn claws_run(n: usize, size: usize) -> Run {
         direct: true,
         ..Subscriptions::none()
     };
-    let rx = Amqp10Claw::builder(URL, &format!("benchrx{s}@bench/r"), AddressScheme::RabbitMq)
+    let rx = Amqp10Claw::builder(URL, format!("benchrx{s}@bench/r"), AddressScheme::RabbitMq)
         .subscriptions(only_direct)
-        .credit(CREDIT)
+        .prefetch(CREDIT)
         .durable(false)
         .build()
         .unwrap();
     let tx = Arc::new(
-        Amqp10Claw::builder(URL, &format!("benchtx{s}@bench/r"), AddressScheme::RabbitMq)
+        Amqp10Claw::builder(URL, format!("benchtx{s}@bench/r"), AddressScheme::RabbitMq)
             .subscriptions(Subscriptions::none())
             .durable(false)
             .build()
@@ -197,7 +197,7 @@ async fn raw_run(n: usize, size: usize) -> Run {
         .unwrap();
     // The same credit policy as the claw: grant CREDIT again once it is used up (fe2o3's Auto
     // mode refills at half, which RabbitMQ 3.10 answers by over-sending).
-    receiver.set_credit(CREDIT).await.unwrap();
+    receiver.set_credit(u32::from(CREDIT)).await.unwrap();
     let mut tconn = raw_connection("raw-tx").await;
     let mut tsession = Session::begin(&mut tconn).await.unwrap();
     let sender = Arc::new(Mutex::new(
@@ -258,7 +258,7 @@ async fn raw_run(n: usize, size: usize) -> Run {
         };
         receiver.accept(&d).await.unwrap();
         if receiver.credit() == 0 {
-            receiver.set_credit(CREDIT).await.unwrap();
+            receiver.set_credit(u32::from(CREDIT)).await.unwrap();
         }
         latencies.push(sent_at.lock().unwrap()[i].unwrap().elapsed());
         window.add_permits(1);

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use claws_core::jid::{self, Jid};
+use claws_core::config::{Timing, TimingBuilder};
+use claws_core::jid::{Jid, JidInput};
 use claws_core::topology::Subscriptions;
 use claws_core::{Config, Error, Result, Transport};
 
@@ -13,37 +14,33 @@ use crate::connection::Endpoint;
 use crate::Amqp10Claw;
 
 /// Builds an [`Amqp10Claw`]; start from [`Amqp10Claw::builder`]. Nothing connects until
-/// [`Claw::start`](claws_core::Claw::start).
+/// [`Claw::start`](claws_core::Claw::start). Time-outs, heartbeat (the AMQP idle time-out) and
+/// reconnection bounds are set through [`TimingBuilder`] (`send_timeout`, ...).
 #[must_use]
 #[derive(Debug, Clone)]
 pub struct Amqp10ClawBuilder {
     url: String,
-    jid: String,
+    jid: JidInput,
     name: String,
     settings: Settings,
 }
 
 impl Amqp10ClawBuilder {
-    pub(crate) fn new(url: &str, jid: &str, scheme: AddressScheme) -> Self {
+    pub(crate) fn new(url: &str, jid: impl Into<JidInput>, scheme: AddressScheme) -> Self {
         let o = Amqp10Options::default();
         Self {
             url: url.to_owned(),
-            jid: jid.to_owned(),
+            jid: jid.into(),
             name: "amqp10".into(),
             settings: Settings {
                 scheme,
                 credit: 32,
                 max_deliveries: 5,
                 subscriptions: Subscriptions::all(),
-                send_timeout: Duration::from_millis(o.send_timeout_ms),
-                connect_timeout: Duration::from_millis(o.connect_timeout_ms),
-                close_timeout: Duration::from_millis(o.close_timeout_ms),
-                idle_timeout: Some(Duration::from_millis(o.idle_timeout_ms.into())),
-                reconnect_min: Duration::from_millis(100),
-                reconnect_max: Duration::from_millis(o.reconnect_max_ms),
+                timing: Timing::default(),
                 declare: o.declare,
                 durable: o.durable,
-                queue_expiry: Some(Duration::from_secs(o.queue_expiry_secs)),
+                queue_expiry: Some(o.queue_expiry),
             },
         }
     }
@@ -55,15 +52,10 @@ impl Amqp10ClawBuilder {
     }
 
     /// Link credit per subscription: how many deliveries may be unsettled at once on each
-    /// (default 32, at least 1).
-    pub fn credit(mut self, credit: u32) -> Self {
-        self.settings.credit = credit.max(1);
+    /// (default 32, at least 1; the same `prefetch` as every claw's).
+    pub fn prefetch(mut self, n: u16) -> Self {
+        self.settings.credit = u32::from(n.max(1));
         self
-    }
-
-    /// Same as [`credit`](Self::credit), under the name the other claws use.
-    pub fn prefetch(self, prefetch: u32) -> Self {
-        self.credit(prefetch)
     }
 
     /// After this many deliveries a failing stanza is dead-lettered (default 5, at least 1).
@@ -75,38 +67,6 @@ impl Amqp10ClawBuilder {
     /// Which subscriptions to consume (default all four; the queue scheme has no fanout ones).
     pub fn subscriptions(mut self, subscriptions: Subscriptions) -> Self {
         self.settings.subscriptions = subscriptions;
-        self
-    }
-
-    /// How long a send waits for a connection and the broker's outcome (default 10 s).
-    pub fn send_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.send_timeout = timeout;
-        self
-    }
-
-    /// Bound on one connection attempt (default 5 s).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.connect_timeout = timeout;
-        self
-    }
-
-    /// How long `close` waits for in-flight deliveries to be settled (default 30 s).
-    pub fn close_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.close_timeout = timeout;
-        self
-    }
-
-    /// AMQP idle time-out, so that a dead peer is noticed (default 10 s; `None` disables).
-    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.settings.idle_timeout = timeout.filter(|t| !t.is_zero());
-        self
-    }
-
-    /// Pauses between reconnection attempts: from `min`, doubling, capped at `max`
-    /// (default 100 ms to 5 s).
-    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.settings.reconnect_min = min.max(Duration::from_millis(1));
-        self.settings.reconnect_max = max.max(self.settings.reconnect_min);
         self
     }
 
@@ -132,7 +92,8 @@ impl Amqp10ClawBuilder {
 
     /// Validates everything (JID, URL, queue names) without connecting.
     pub fn build(self) -> Result<Amqp10Claw> {
-        let jid: Jid = jid::parse(&self.jid)?;
+        let jid: Jid = self.jid.resolve()?;
+        self.settings.timing.validate()?;
         if self.name.is_empty() {
             return Err(Error::Config("the claw's name must not be empty".into()));
         }
@@ -154,16 +115,14 @@ impl Amqp10ClawBuilder {
         self.settings.scheme = o.scheme;
         self.settings.declare = o.declare;
         self.settings.durable = o.durable;
-        self.settings.queue_expiry =
-            Some(Duration::from_secs(o.queue_expiry_secs)).filter(|d| !d.is_zero());
-        self.settings.send_timeout = Duration::from_millis(o.send_timeout_ms);
-        self.settings.connect_timeout = Duration::from_millis(o.connect_timeout_ms);
-        self.settings.close_timeout = Duration::from_millis(o.close_timeout_ms);
-        self.settings.idle_timeout =
-            Some(Duration::from_millis(o.idle_timeout_ms.into())).filter(|d| !d.is_zero());
-        self.settings.reconnect_max =
-            Duration::from_millis(o.reconnect_max_ms).max(self.settings.reconnect_min);
+        self.settings.queue_expiry = Some(o.queue_expiry).filter(|d| !d.is_zero());
         self
+    }
+}
+
+impl TimingBuilder for Amqp10ClawBuilder {
+    fn timing_mut(&mut self) -> &mut Timing {
+        &mut self.settings.timing
     }
 }
 
@@ -185,10 +144,11 @@ pub(crate) fn from_config(config: &Config) -> Result<Amqp10Claw> {
     })?;
     let options: Amqp10Options = config.section("amqp10")?;
     let name = config.name.clone().unwrap_or_else(|| "amqp10".into());
-    Amqp10ClawBuilder::new(url, &config.jid, options.scheme)
+    Amqp10ClawBuilder::new(url, config.jid.as_str(), options.scheme)
         .apply(&options)
         .name(name)
-        .credit(config.prefetch.into())
+        .prefetch(config.prefetch)
+        .timing(config.timing)
         .max_deliveries(config.max_deliveries)
         .subscriptions(config.subscriptions)
         .build()

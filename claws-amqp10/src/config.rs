@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use claws_core::config::Timing;
 use claws_core::topology::Subscriptions;
 
 use crate::address::AddressScheme;
@@ -13,9 +14,11 @@ use crate::address::AddressScheme;
 /// url = "amqp://guest:guest@127.0.0.1:5672"
 /// jid = "svc@example.com/w1"
 ///
+/// send_timeout = "10s"    # time-outs are top-level keys, the same for every claw
+///
 /// [amqp10]
 /// scheme = "rabbitmq"   # or "queue"
-/// send_timeout_ms = 10000
+/// queue_expiry = "30m"
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -27,20 +30,10 @@ pub struct Amqp10Options {
     pub declare: bool,
     /// RabbitMQ scheme: declare queues durable and send persistent messages (default `true`).
     pub durable: bool,
-    /// RabbitMQ scheme: per-instance queues expire after this idle time, in seconds (default
-    /// 1800, as the 0-9-1 claw; 0 disables expiry).
-    pub queue_expiry_secs: u64,
-    /// How long a send waits for a connection and the broker's outcome, in milliseconds
-    /// (default 10 000).
-    pub send_timeout_ms: u64,
-    /// Bound on one connection attempt, in milliseconds (default 5 000).
-    pub connect_timeout_ms: u64,
-    /// How long `close` waits for in-flight deliveries, in milliseconds (default 30 000).
-    pub close_timeout_ms: u64,
-    /// AMQP idle time-out (heartbeat), in milliseconds (default 10 000; 0 disables).
-    pub idle_timeout_ms: u32,
-    /// Longest pause between reconnection attempts, in milliseconds (default 5 000).
-    pub reconnect_max_ms: u64,
+    /// RabbitMQ scheme: per-instance queues expire after this idle time (default `"30m"`, as
+    /// the 0-9-1 claw; `"0s"` disables expiry).
+    #[serde(with = "humantime_serde")]
+    pub queue_expiry: Duration,
 }
 
 impl Default for Amqp10Options {
@@ -49,12 +42,7 @@ impl Default for Amqp10Options {
             scheme: AddressScheme::RabbitMq,
             declare: true,
             durable: true,
-            queue_expiry_secs: 1800,
-            send_timeout_ms: 10_000,
-            connect_timeout_ms: 5_000,
-            close_timeout_ms: 30_000,
-            idle_timeout_ms: 10_000,
-            reconnect_max_ms: 5_000,
+            queue_expiry: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -63,15 +51,11 @@ impl Default for Amqp10Options {
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     pub(crate) scheme: AddressScheme,
+    /// Link credit per subscription (the common `prefetch`).
     pub(crate) credit: u32,
     pub(crate) max_deliveries: u32,
     pub(crate) subscriptions: Subscriptions,
-    pub(crate) send_timeout: Duration,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) close_timeout: Duration,
-    pub(crate) idle_timeout: Option<Duration>,
-    pub(crate) reconnect_min: Duration,
-    pub(crate) reconnect_max: Duration,
+    pub(crate) timing: Timing,
     pub(crate) declare: bool,
     pub(crate) durable: bool,
     pub(crate) queue_expiry: Option<Duration>,

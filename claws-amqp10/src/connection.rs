@@ -289,10 +289,14 @@ impl Live {
             Sender::attach(&mut *session, name, address.to_owned())
                 .await
                 .map_err(|e| {
-                    let msg = format!("cannot attach a sending link to `{address}`: {e}");
+                    let what = format!("attaching a sending link to `{address}`");
                     // An attach error ends the session on RabbitMQ: start a new generation.
-                    self.fail(msg.clone());
-                    Error::Backend(msg.into())
+                    self.fail(format!("{what}: {e}"));
+                    Error::Broker {
+                        claw: claw.to_owned(),
+                        what,
+                        source: Box::new(e),
+                    }
                 })?
         };
         let sender = Arc::new(Mutex::new(sender));

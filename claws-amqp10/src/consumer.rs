@@ -77,15 +77,14 @@ pub(crate) async fn attach(
         .auto_accept(false)
         .attach(session)
         .await
-        .map_err(|e| {
-            Error::Backend(
-                format!(
-                    "claw `{claw}`: cannot consume `{}` ({e}); on RabbitMQ the queue must exist \
-                     (enable `declare`, or declare `{}` yourself)",
-                    source.address, source.spec.name
-                )
-                .into(),
-            )
+        .map_err(|e| Error::Broker {
+            claw: claw.to_owned(),
+            what: format!(
+                "consuming `{}` (on RabbitMQ the queue must exist: enable `declare`, or declare \
+                 `{}` yourself)",
+                source.address, source.spec.name
+            ),
+            source: Box::new(e),
         })
 }
 
@@ -392,14 +391,11 @@ impl Amqp10Acker {
         if settled {
             Ok(())
         } else {
-            Err(Error::Backend(
-                format!(
-                    "claw `{}`: the link that delivered this stanza is gone; the broker \
-                     redelivers it",
-                    self.shared.name
-                )
-                .into(),
-            ))
+            Err(Error::Broker {
+                claw: self.shared.name.to_string(),
+                what: "settling a stanza".into(),
+                source: "the link that delivered it is gone; the broker redelivers it".into(),
+            })
         }
     }
 

@@ -62,7 +62,7 @@ pub(crate) async fn declare(shared: &Shared) -> Result<()> {
         let _ = conn.close(200, "declared".into()).await;
         result
     };
-    let timeout = s.connect_timeout;
+    let timeout = s.timing.connect_timeout;
     match tokio::time::timeout(timeout, work).await {
         Ok(r) => r,
         Err(_) => Err(Error::Connect {

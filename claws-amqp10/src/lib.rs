@@ -14,7 +14,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> claws_core::Result<()> {
 //! let claw = Amqp10Claw::builder("amqp://guest:guest@127.0.0.1:5672", "svc@example.com/w1", AddressScheme::RabbitMq)
-//!     .credit(64)
+//!     .prefetch(64)
 //!     .max_deliveries(5)
 //!     .build()?;
 //! let router = Router::builder().claw(claw).build()?;
@@ -105,7 +105,7 @@
 //!   unsettled releases its delivery. `ack` returns once the link's task holds the accept (it
 //!   settles in order, and `close` waits for it); it fails only when that link is gone, in
 //!   which case the broker redelivers.
-//! - **Credit**: each receiving link has at most [`credit`](Amqp10ClawBuilder::credit)
+//! - **Credit**: each receiving link has at most [`prefetch`](Amqp10ClawBuilder::prefetch)
 //!   unsettled deliveries; credit is granted again once the granted credit is used up, in
 //!   batches of at least half the window (RabbitMQ 3.10 over-sends when credit is refilled while
 //!   transfers are in flight).
@@ -149,13 +149,17 @@ pub use config::Amqp10Options;
 impl Amqp10Claw {
     /// A builder for an instance with JID `jid` on the broker at `url`
     /// (`amqp://user:password@host:port[/vhost]`), addressing per `scheme`.
-    pub fn builder(url: &str, jid: &str, scheme: AddressScheme) -> Amqp10ClawBuilder {
+    pub fn builder(
+        url: &str,
+        jid: impl Into<claws_core::jid::JidInput>,
+        scheme: AddressScheme,
+    ) -> Amqp10ClawBuilder {
         Amqp10ClawBuilder::new(url, jid, scheme)
     }
 
     /// A claw from a claws [`Config`](claws_core::Config): `url`, `jid`, `name` (default
-    /// `amqp10`), `prefetch` (link credit), `max_deliveries`, `subscriptions`, and the `[amqp10]`
-    /// table ([`Amqp10Options`]).
+    /// `amqp10`), `prefetch` (link credit), `max_deliveries`, `subscriptions`, the
+    /// [`Timing`](claws_core::config::Timing) keys, and the `[amqp10]` table ([`Amqp10Options`]).
     pub fn from_config(config: &claws_core::Config) -> claws_core::Result<Amqp10Claw> {
         builder::from_config(config)
     }

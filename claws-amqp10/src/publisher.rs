@@ -93,11 +93,11 @@ impl Shared {
     /// `send_timeout`. `to` names the destination in errors.
     pub(crate) async fn send_outgoing(&self, out: &Outgoing, to: &str) -> Result<()> {
         let started = Instant::now();
-        let deadline = started + self.settings.send_timeout;
+        let deadline = started + self.settings.timing.send_timeout;
         loop {
             let live = self
                 .current
-                .wait_live(started, self.settings.send_timeout)
+                .wait_live(started, self.settings.timing.send_timeout)
                 .await?;
             let attempt = async {
                 let link = live.sender(&out.address, &self.name).await?;
@@ -116,7 +116,11 @@ impl Shared {
                 tokio::select! {
                     biased; // an outcome that has arrived wins over the failure that followed it
                     r = attempt => r,
-                    reason = live.failed() => Err(Error::Backend(reason.into())),
+                    reason = live.failed() => Err(Error::Broker {
+                        claw: self.name.to_string(),
+                        what: format!("sending to `{to}`"),
+                        source: reason.into(),
+                    }),
                 }
             };
             let result: Result<_> = match tokio::time::timeout_at(deadline, attempt).await {
@@ -127,7 +131,7 @@ impl Shared {
                             "claw `{}` waiting for the broker's outcome for a stanza to `{to}`",
                             self.name
                         ),
-                        after: self.settings.send_timeout,
+                        after: self.settings.timing.send_timeout,
                     })
                 }
             };
@@ -141,9 +145,11 @@ impl Shared {
                     })
                 }
                 Ok(Err(e)) if e.recovery().link_is_usable() => {
-                    return Err(Error::Backend(
-                        format!("claw `{}`: sending to `{to}`: {e}", self.name).into(),
-                    ))
+                    return Err(Error::Broker {
+                        claw: self.name.to_string(),
+                        what: format!("sending to `{to}`"),
+                        source: Box::new(e),
+                    })
                 }
                 Ok(Err(e)) => {
                     // The link or connection failed: a new generation retries the send.

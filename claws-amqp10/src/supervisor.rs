@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use claws_core::runtime::{drain, Backoff};
+use claws_core::runtime::drain;
 use claws_core::{Error, Events, Result};
 use fe2o3_amqp::connection::ConnectionHandle;
 use tokio::sync::{oneshot, watch};
@@ -38,8 +38,8 @@ async fn connect(
     let (mut conn, mut session) = connection::open(
         &shared.endpoint,
         &format!("{}-{generation}", shared.container_id),
-        s.idle_timeout,
-        s.connect_timeout,
+        s.timing.heartbeat_interval(),
+        s.timing.connect_timeout,
         &shared.name,
     )
     .await?;
@@ -47,11 +47,11 @@ async fn connect(
     for (i, source) in shared.sources.iter().enumerate() {
         let name = format!("{}-recv-{generation}-{i}", shared.name);
         let attach = consumer::attach(&mut session, source, name, &shared.name);
-        let r = match tokio::time::timeout(s.connect_timeout, attach).await {
+        let r = match tokio::time::timeout(s.timing.connect_timeout, attach).await {
             Ok(r) => r,
             Err(_) => Err(Error::Timeout {
                 what: format!("attaching a receiving link to `{}`", source.address),
-                after: s.connect_timeout,
+                after: s.timing.connect_timeout,
             }),
         };
         match r {
@@ -98,7 +98,7 @@ impl Generation {
 
     /// On close: stop consuming, let in-flight work finish, then close cleanly.
     async fn shutdown(mut self, shared: &Shared) -> Result<()> {
-        let timeout = shared.settings.close_timeout;
+        let timeout = shared.settings.timing.close_timeout;
         tracing::debug!(
             claw = &*shared.name,
             jid = %shared.jid,
@@ -143,7 +143,7 @@ pub(crate) async fn supervise(
 ) -> Result<()> {
     let s = &shared.settings;
     let mut first = Some(first);
-    let mut backoff = Backoff::new(s.reconnect_min, s.reconnect_max);
+    let mut backoff = s.timing.backoff();
     let mut generation = 0u64;
     let mut result = Ok(());
     loop {

@@ -4,6 +4,7 @@
 
 mod common;
 
+use claws_core::TimingBuilder;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +20,7 @@ fn build(url: &str, jid: &str, opts: &Options) -> Result<Arc<dyn Claw>> {
     let claw = Amqp10Claw::builder(url, jid, AddressScheme::Queue)
         .name(opts.name.as_deref().unwrap_or("amqp10"))
         .max_deliveries(opts.max_deliveries)
-        .credit(opts.prefetch.into())
+        .prefetch(opts.prefetch)
         .subscriptions(opts.subscriptions)
         .send_timeout(Duration::from_secs(30))
         .reconnect_backoff(Duration::from_millis(50), Duration::from_secs(1))

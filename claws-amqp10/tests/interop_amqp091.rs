@@ -2,6 +2,7 @@
 
 mod common;
 
+use claws_core::TimingBuilder;
 use std::time::Duration;
 
 use claws_amqp091::AmqpClaw;
@@ -19,7 +20,7 @@ async fn amqp091_and_amqp10_instances_talk_both_ways() {
         .unwrap();
     let new = Amqp10Claw::builder(
         URL,
-        &format!("new{s}@example.com/r1"),
+        format!("new{s}@example.com/r1"),
         AddressScheme::RabbitMq,
     )
     .build()

@@ -20,7 +20,7 @@ async fn a_python_proton_peer_sends_and_receives() {
     let s = unique("");
     let claw = Amqp10Claw::builder(
         URL,
-        &format!("claw{s}@example.com/r1"),
+        format!("claw{s}@example.com/r1"),
         AddressScheme::RabbitMq,
     )
     .build()

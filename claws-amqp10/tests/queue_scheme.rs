@@ -2,6 +2,7 @@
 
 mod common;
 
+use claws_core::TimingBuilder;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,6 +2,7 @@
 
 mod common;
 
+use claws_core::TimingBuilder;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -233,7 +234,7 @@ async fn credit_bounds_unsettled_deliveries() {
     };
     let (b, mut ib) = started_with(
         claw(&format!("cr{s}@example.com/r1"))
-            .credit(2)
+            .prefetch(2)
             .subscriptions(subs),
     )
     .await;
@@ -335,11 +336,11 @@ async fn recovers_after_a_connection_cut_losing_nothing() {
     let b = Arc::new(
         Amqp10Claw::builder(
             &via_proxy,
-            &format!("rc{s}@example.com/r1"),
+            format!("rc{s}@example.com/r1"),
             AddressScheme::RabbitMq,
         )
         .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(500))
-        .credit(50)
+        .prefetch(50)
         .build()
         .unwrap(),
     );
@@ -395,7 +396,7 @@ async fn sends_during_an_outage_are_bounded() {
     let url = format!("amqp://guest:guest@{}", proxy.addr());
     let b = Amqp10Claw::builder(
         &url,
-        &format!("out{s}@example.com/r1"),
+        format!("out{s}@example.com/r1"),
         AddressScheme::RabbitMq,
     )
     .send_timeout(Duration::from_millis(600))
@@ -441,7 +442,7 @@ async fn sends_caught_by_a_cut_complete_on_the_next_connection() {
     // A sender only: no receiving link notices the cut before the connection does.
     let b = Amqp10Claw::builder(
         &url,
-        &format!("caught{s}@example.com/s"),
+        format!("caught{s}@example.com/s"),
         AddressScheme::RabbitMq,
     )
     .subscriptions(claws_core::topology::Subscriptions::none())
@@ -525,7 +526,7 @@ async fn clear_errors_for_bad_urls_credentials_and_unreachable_brokers() {
     let s = unique("");
     let bad = Amqp10Claw::builder(
         "amqp://guest:s3cret-pw@127.0.0.1:5672",
-        &format!("sasl{s}@example.com/r"),
+        format!("sasl{s}@example.com/r"),
         AddressScheme::RabbitMq,
     )
     .declare(false)
@@ -544,7 +545,7 @@ async fn clear_errors_for_bad_urls_credentials_and_unreachable_brokers() {
         .port();
     let gone = Amqp10Claw::builder(
         &format!("amqp://guest:pw@127.0.0.1:{port}"),
-        &format!("gone{s}@example.com/r"),
+        format!("gone{s}@example.com/r"),
         AddressScheme::RabbitMq,
     )
     .connect_timeout(Duration::from_millis(800))
@@ -574,11 +575,12 @@ fn from_config_reads_common_keys_and_the_amqp10_table() {
         jid = "cfg@example.com/r1"
         name = "one"
         prefetch = 7
+        send_timeout = "1500ms"
         [subscriptions]
         fanout = false
         [amqp10]
         scheme = "queue"
-        send_timeout_ms = 1500
+        queue_expiry = "10m"
     "#;
     let figment = claws_core::Config::figment(None).merge(figment_toml(toml));
     let config = claws_core::Config::from_figment(&figment).unwrap();

@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use claws_core::config::{Timing, TimingBuilder};
 use claws_core::runtime::{CancellationToken, Lifecycle};
 use claws_core::{Capabilities, Claw, Config, Error, Events, Jid, Packet, Result};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -18,7 +19,9 @@ use crate::supervisor;
 /// How many stanzas may wait for the stream at once before `send` itself waits.
 const QUEUE: usize = 1024;
 
-/// Builds a [`ComponentClaw`]; see the crate docs for the options table.
+/// Builds a [`ComponentClaw`]; see the crate docs for the options table. Time-outs and
+/// reconnection bounds are set through [`TimingBuilder`] (`connect_timeout`, `send_timeout`,
+/// `reconnect_backoff`; the heartbeat is the component's own [`ping`](Self::ping)).
 #[must_use]
 #[derive(Debug)]
 pub struct ComponentClawBuilder {
@@ -57,34 +60,6 @@ impl ComponentClawBuilder {
         self
     }
 
-    /// The first wait before reconnecting (default 250 ms). Waits are jittered: each is drawn
-    /// from `[d/2, d]`, where `d` starts here and doubles after each failed attempt, up to
-    /// [`backoff_cap`](Self::backoff_cap).
-    pub fn backoff_initial(mut self, wait: Duration) -> Self {
-        self.settings.backoff_initial = wait;
-        self
-    }
-
-    /// The longest wait between reconnection attempts (default 30 s; below the initial wait it
-    /// counts as the initial wait).
-    pub fn backoff_cap(mut self, wait: Duration) -> Self {
-        self.settings.backoff_cap = wait;
-        self
-    }
-
-    /// The bound on TCP connect + stream header + handshake (default 10 s).
-    pub fn connect_timeout(mut self, wait: Duration) -> Self {
-        self.settings.connect_timeout = wait;
-        self
-    }
-
-    /// How long a send waits for the stream to be up before failing with
-    /// [`Error::Disconnected`] (default 10 s).
-    pub fn send_timeout(mut self, wait: Duration) -> Self {
-        self.settings.send_timeout = wait;
-        self
-    }
-
     /// Validates the settings and builds the claw (it connects in [`Claw::start`]).
     pub fn build(self) -> Result<ComponentClaw> {
         let s = self.settings;
@@ -115,11 +90,7 @@ impl ComponentClawBuilder {
                 "`max_stanza_bytes` must be at least 1".into(),
             ));
         }
-        if s.connect_timeout.is_zero() || s.send_timeout.is_zero() {
-            return Err(Error::Config(
-                "`connect_timeout` and `send_timeout` must be more than 0".into(),
-            ));
-        }
+        s.timing.validate()?;
         let name: Arc<str> = s.name.as_str().into();
         let (state, _) = watch::channel(State::Disconnected);
         let (cmds, rx) = mpsc::channel(QUEUE);
@@ -134,6 +105,12 @@ impl ComponentClawBuilder {
             cmds,
             pending: Mutex::new(Some(rx)),
         })
+    }
+}
+
+impl TimingBuilder for ComponentClawBuilder {
+    fn timing_mut(&mut self) -> &mut Timing {
+        &mut self.settings.timing
     }
 }
 
@@ -182,15 +159,13 @@ impl ComponentClaw {
                 adjust_attrs: true,
                 ping: Some(config::DEFAULT_PING),
                 max_stanza_bytes: config::DEFAULT_MAX_STANZA_BYTES,
-                backoff_initial: config::DEFAULT_BACKOFF_INITIAL,
-                backoff_cap: config::DEFAULT_BACKOFF_CAP,
-                connect_timeout: config::DEFAULT_CONNECT_TIMEOUT,
-                send_timeout: config::DEFAULT_SEND_TIMEOUT,
+                timing: Timing::default(),
             },
         }
     }
 
-    /// A builder from the `[component]` table of a claws config (see [`config`]).
+    /// A builder from the `[component]` table of a claws config (see [`config`]) and its
+    /// top-level [`Timing`] keys.
     pub fn builder_from_config(config: &Config) -> Result<ComponentClawBuilder> {
         let section: ComponentSection = config.section("component")?;
         let (server, domain, secret) = section.required()?;
@@ -205,21 +180,12 @@ impl ComponentClaw {
             b = b.adjust_attrs(on);
         }
         if let Some(ping) = section.ping {
-            b = b.ping(Some(config::seconds("ping", ping)?));
+            b = b.ping(Some(ping));
         }
         if let Some(bytes) = section.max_stanza_bytes {
             b = b.max_stanza_bytes(bytes);
         }
-        if let Some(cap) = section.backoff_cap {
-            b = b.backoff_cap(config::seconds("backoff_cap", cap)?);
-        }
-        if let Some(t) = section.connect_timeout {
-            b = b.connect_timeout(config::seconds("connect_timeout", t)?);
-        }
-        if let Some(t) = section.send_timeout {
-            b = b.send_timeout(config::seconds("send_timeout", t)?);
-        }
-        Ok(b)
+        Ok(b.timing(config.timing))
     }
 
     /// The claw described by the `[component]` table of a claws config.
@@ -318,7 +284,7 @@ impl Claw for ComponentClaw {
     async fn send(&self, to: &Jid, id: Option<&str>, packet: Packet) -> Result<()> {
         self.life.check_running()?;
         let bytes = outbound::prepare(&self.shared.settings, to, id, &packet)?;
-        let waited = self.shared.settings.send_timeout;
+        let waited = self.shared.settings.timing.send_timeout;
         let (done, written) = oneshot::channel();
         let submit = async {
             self.cmds
@@ -356,7 +322,7 @@ impl Claw for ComponentClaw {
     async fn close(&self) -> Result<()> {
         if let Some(Running { stop, mut task }) = self.life.close() {
             stop.cancel();
-            let bound = self.shared.settings.connect_timeout + Duration::from_secs(5);
+            let bound = self.shared.settings.timing.connect_timeout + Duration::from_secs(5);
             if tokio::time::timeout(bound, &mut task).await.is_err() {
                 task.abort();
                 self.shared.set(State::Closed);

@@ -9,22 +9,23 @@
 //! # name = "component"             # the claw's name in Via
 //! # trimmed = false                # drop whitespace-only text nodes from received stanzas
 //! # adjust_attrs = true            # set to/from/id on sent stanzas from the send call
-//! # ping = 60                      # seconds of write silence before a whitespace keepalive; 0: off
+//! # ping = "60s"                   # write silence before a whitespace keepalive; "0s": off
 //! # max_stanza_bytes = 1048576     # larger received stanzas end the stream
-//! # backoff_cap = 30               # longest wait between reconnection attempts, in seconds
-//! # connect_timeout = 10           # seconds for TCP connect + stream header + handshake
-//! # send_timeout = 10              # seconds a send waits for the stream to be up
 //! ```
+//!
+//! `connect_timeout` (TCP connect + stream header + handshake), `send_timeout` (how long a send
+//! waits for the stream to be up) and the reconnection bounds are the top-level keys every claw
+//! shares ([`Timing`]).
 
 use std::fmt;
 use std::time::Duration;
 
-use claws_core::runtime::Backoff;
+use claws_core::config::Timing;
 use claws_core::{Error, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A shared secret. Its `Debug` shows `Secret(***)`, so it stays out of logs and errors.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(transparent)]
 pub struct Secret(String);
 
@@ -52,18 +53,9 @@ pub const DEFAULT_NAME: &str = "component";
 pub const DEFAULT_MAX_STANZA_BYTES: usize = 1 << 20;
 /// Default whitespace keepalive interval.
 pub const DEFAULT_PING: Duration = Duration::from_secs(60);
-/// Default first wait before reconnecting; the ceiling of the (jittered) wait doubles on each
-/// failed attempt.
-pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_millis(250);
-/// Default longest wait between reconnection attempts.
-pub const DEFAULT_BACKOFF_CAP: Duration = Duration::from_secs(30);
-/// Default bound on TCP connect + stream header + handshake.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default bound on how long a send waits for the stream to be up.
-pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The `[component]` table of a claws config, as written (see the [module docs](self)).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ComponentSection {
     /// The XMPP server's component port, `host:port`.
@@ -78,16 +70,11 @@ pub struct ComponentSection {
     pub trimmed: Option<bool>,
     /// Set `to`, `from` and `id` on sent stanzas from the send call.
     pub adjust_attrs: Option<bool>,
-    /// Seconds of write silence before a whitespace keepalive (0: off).
-    pub ping: Option<f64>,
+    /// Write silence before a whitespace keepalive (`"0s"`: off).
+    #[serde(with = "humantime_serde")]
+    pub ping: Option<Duration>,
     /// Largest stanza accepted from the server.
     pub max_stanza_bytes: Option<usize>,
-    /// Longest wait between reconnection attempts, in seconds.
-    pub backoff_cap: Option<f64>,
-    /// Seconds for TCP connect + stream header + handshake.
-    pub connect_timeout: Option<f64>,
-    /// Seconds a send waits for the stream to be up.
-    pub send_timeout: Option<f64>,
 }
 
 impl ComponentSection {
@@ -119,15 +106,6 @@ impl ComponentSection {
     }
 }
 
-/// Seconds from a config value, checked.
-pub(crate) fn seconds(key: &str, value: f64) -> Result<Duration> {
-    Duration::try_from_secs_f64(value).map_err(|_| {
-        Error::Config(format!(
-            "[component] `{key}` must be a number of seconds, 0 or more (got {value})"
-        ))
-    })
-}
-
 /// The settings a [`ComponentClaw`](crate::ComponentClaw) runs with, validated.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
@@ -139,19 +117,7 @@ pub(crate) struct Settings {
     pub(crate) adjust_attrs: bool,
     pub(crate) ping: Option<Duration>,
     pub(crate) max_stanza_bytes: usize,
-    pub(crate) backoff_initial: Duration,
-    pub(crate) backoff_cap: Duration,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) send_timeout: Duration,
-}
-
-impl Settings {
-    /// A fresh reconnection backoff: jittered waits whose ceiling doubles from
-    /// `backoff_initial` up to `backoff_cap` (a zero initial wait counts as 1 ms, a cap below
-    /// it as the initial wait), so never a tight loop.
-    pub(crate) fn backoff(&self) -> Backoff {
-        Backoff::new(self.backoff_initial, self.backoff_cap)
-    }
+    pub(crate) timing: Timing,
 }
 
 #[cfg(test)]
@@ -167,61 +133,5 @@ mod tests {
             ..Default::default()
         };
         assert!(!format!("{section:?}").contains("hunter2"));
-    }
-
-    #[test]
-    fn backoff_runs_from_the_initial_wait_to_the_cap() {
-        let settings = |initial, cap| Settings {
-            name: DEFAULT_NAME.into(),
-            server: "h:1".into(),
-            domain: "d".into(),
-            secret: Secret::new("x"),
-            trimmed: false,
-            adjust_attrs: true,
-            ping: None,
-            max_stanza_bytes: DEFAULT_MAX_STANZA_BYTES,
-            backoff_initial: initial,
-            backoff_cap: cap,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            send_timeout: DEFAULT_SEND_TIMEOUT,
-        };
-        let ms = Duration::from_millis;
-        let backoff = settings(ms(40), ms(160)).backoff();
-        assert_eq!(backoff.bounds(), (ms(40), ms(160)));
-        // A zero initial wait is never a tight loop; a cap below it counts as it.
-        assert_eq!(
-            settings(Duration::ZERO, Duration::ZERO).backoff().bounds(),
-            (ms(1), ms(1))
-        );
-        assert_eq!(
-            settings(ms(500), ms(100)).backoff().bounds(),
-            (ms(500), ms(500))
-        );
-    }
-
-    #[test]
-    fn missing_keys_are_named() {
-        let err = ComponentSection::default()
-            .required()
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("`server`") && err.contains("CLAWS_COMPONENT__SERVER"),
-            "{err}"
-        );
-        let err = ComponentSection {
-            server: Some("h:1".into()),
-            domain: Some("d".into()),
-            ..Default::default()
-        }
-        .required()
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("`secret`"), "{err}");
-        assert!(seconds("ping", -1.0)
-            .unwrap_err()
-            .to_string()
-            .contains("`ping`"));
-        assert_eq!(seconds("ping", 1.5).unwrap(), Duration::from_millis(1500));
     }
 }

@@ -54,12 +54,14 @@
 //! | `name` | the claw's name in `Via::claw` | `component` |
 //! | `trimmed` | drop whitespace-only text nodes from received stanzas | off |
 //! | `adjust_attrs` | on sent stanzas, set `to` from the send call, `id` from the call when given, `from` = the component's domain when missing | on |
-//! | `ping` | whitespace keepalive after this long without writing (`ping = 0`: off) | 60 s |
+//! | `ping` | whitespace keepalive after this long without writing (`ping = "0s"`: off) | 60 s |
 //! | `max_stanza_bytes` | a larger stanza from the server ends the stream (then reconnect) | 1 MiB |
-//! | `backoff_initial` (builder only) | first wait before reconnecting; doubles on each failure (jittered: each wait is drawn from its upper half) | 250 ms |
-//! | `backoff_cap` | longest wait between reconnection attempts | 30 s |
-//! | `connect_timeout` | bound on TCP connect + stream header + handshake | 10 s |
-//! | `send_timeout` | how long a send waits for the stream to be up | 10 s |
+//!
+//! Time-outs are the top-level keys every claw shares ([`Timing`](claws_core::config::Timing);
+//! builder setters through [`TimingBuilder`](claws_core::config::TimingBuilder)):
+//! `connect_timeout` bounds TCP connect + stream header + handshake (5 s), `send_timeout` how
+//! long a send waits for the stream to be up (30 s), `reconnect_min`/`reconnect_max` the
+//! jittered waits between reconnection attempts (100 ms to 5 s).
 //!
 //! What it does, in [`Claw`](claws_core::Claw) terms:
 //! - **start** connects, opens the `jabber:component:accept` stream and authenticates (the hex

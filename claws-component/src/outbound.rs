@@ -101,7 +101,6 @@ fn into_stream_ns(element: &Element, ns: &str) -> Element {
 mod tests {
     use super::*;
     use crate::config::{Secret, Settings};
-    use std::time::Duration;
 
     fn settings(adjust_attrs: bool) -> Settings {
         Settings {
@@ -113,10 +112,7 @@ mod tests {
             adjust_attrs,
             ping: None,
             max_stanza_bytes: 1 << 20,
-            backoff_initial: Duration::from_millis(1),
-            backoff_cap: Duration::from_millis(1),
-            connect_timeout: Duration::from_secs(1),
-            send_timeout: Duration::from_secs(1),
+            timing: claws_core::config::Timing::default(),
         }
     }
 

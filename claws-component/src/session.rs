@@ -100,7 +100,7 @@ async fn read_frame(reader: &mut OwnedReadHalf, framer: &mut Framer) -> Result<F
 /// Authenticate, all within the connect timeout.
 pub(crate) async fn establish(shared: &Shared) -> Result<Stream, Failure> {
     let settings = &shared.settings;
-    let bound = settings.connect_timeout;
+    let bound = settings.timing.connect_timeout;
     match timeout(bound, establish_unbounded(shared)).await {
         Ok(result) => result,
         Err(_) => Err(Failure::Timeout(

@@ -23,7 +23,7 @@ pub(crate) async fn supervise(
     stop: CancellationToken,
 ) {
     let settings = &shared.settings;
-    let mut backoff = settings.backoff();
+    let mut backoff = settings.timing.backoff();
     loop {
         shared.set(State::Ready);
         let failure = match serve(&shared, &mut stream, &mut cmds, &events, &stop).await {

@@ -9,6 +9,7 @@
 
 mod common;
 
+use claws_core::TimingBuilder;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,8 +82,7 @@ impl Setup {
         }
 
         let component = ComponentClaw::builder(&prosody.component_addr(), &domain, &prosody.secret)
-            .backoff_initial(Duration::from_millis(100))
-            .backoff_cap(Duration::from_millis(500))
+            .reconnect_backoff(Duration::from_millis(100), Duration::from_millis(500))
             .build()
             .unwrap();
         let bus = Arc::new(

@@ -1,6 +1,7 @@
 //! The component claw against a fake XEP-0114 server written here (tokio TCP): handshake, stanzas
 //! both ways, a refused handshake, backoff, stream errors and restarts, keepalives, limits.
 
+use claws_core::TimingBuilder;
 use std::time::{Duration, Instant};
 
 use claws_component::stream::Frame;
@@ -17,8 +18,7 @@ use fake::{listener, Session, DOMAIN, SECRET, WAIT};
 
 fn builder(addr: &str) -> claws_component::ComponentClawBuilder {
     ComponentClaw::builder(addr, DOMAIN, SECRET)
-        .backoff_initial(Duration::from_millis(40))
-        .backoff_cap(Duration::from_millis(160))
+        .reconnect_backoff(Duration::from_millis(40), Duration::from_millis(160))
         .connect_timeout(Duration::from_secs(5))
 }
 
@@ -469,7 +469,7 @@ fn builder_and_config_validation() {
     assert!(err.contains("bare domain"), "{err}");
 
     let figment = claws_core::Config::figment(None).merge(figment_toml(
-        "[component]\nserver = \"127.0.0.1:5347\"\ndomain = \"echo.example\"\nsecret = \"zz-secret\"\nping = 0\nbackoff_cap = 2.5\nname = \"xmpp\"",
+        "reconnect_max = \"2500ms\"\n[component]\nserver = \"127.0.0.1:5347\"\ndomain = \"echo.example\"\nsecret = \"zz-secret\"\nping = \"0s\"\nname = \"xmpp\"",
     ));
     let config = claws_core::Config::from_figment(&figment).unwrap();
     let claw = ComponentClaw::from_config(&config).unwrap();

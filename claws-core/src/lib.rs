@@ -68,7 +68,7 @@ mod via;
 
 pub use async_trait::async_trait;
 pub use claw::{Acker, Capabilities, Claw, Delivery, Event, Events};
-pub use config::{Config, Transport};
+pub use config::{Config, Timing, TimingBuilder, Transport};
 pub use echo::Echo;
 pub use error::{BoxError, Error, Result};
 pub use handler::{handler_fn, Context, Handler, HandlerFn, HandlerResult};

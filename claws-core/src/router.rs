@@ -206,7 +206,9 @@ impl Router {
     pub async fn start(&self, handler: impl Handler) -> Result<()> {
         let mut slot = self.inner.dispatcher.lock().await;
         if slot.is_some() {
-            return Err(Error::Config("this router is already started".into()));
+            return Err(Error::AlreadyStarted {
+                claw: self.claw_names().join(", "),
+            });
         }
         let (events, rx) = Events::channel(self.inner.concurrency * 4 + 16);
         let handler: Arc<dyn Handler> = Arc::new(handler);

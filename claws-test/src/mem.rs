@@ -44,7 +44,7 @@ impl ClawFactory for MemFactory {
             .claw_builder(jid)?
             .name(opts.name.as_deref().unwrap_or("mem"))
             .max_deliveries(opts.max_deliveries)
-            .prefetch(opts.prefetch.into())
+            .prefetch(opts.prefetch)
             .subscriptions(opts.subscriptions)
             .build()?;
         Ok(Arc::new(claw))

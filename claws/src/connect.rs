@@ -47,7 +47,7 @@ pub fn connect_mem(config: &Config, broker: &MemBroker) -> Result<Arc<dyn Claw>>
     let claw = broker
         .claw_builder(&config.jid)?
         .name(config.claw_name())
-        .prefetch(usize::from(config.prefetch))
+        .prefetch(config.prefetch)
         .max_deliveries(config.max_deliveries)
         .subscriptions(config.subscriptions)
         .build()?;

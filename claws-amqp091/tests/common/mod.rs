@@ -2,6 +2,7 @@
 //! channel, waiting for deliveries, cleanup through a plain lapin connection, rabbitmqctl.
 #![allow(dead_code, unreachable_pub)]
 
+use claws_core::TimingBuilder;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

@@ -34,9 +34,10 @@ impl MemClawBuilder {
         self
     }
 
-    /// How many deliveries may be unsettled at once (default 32).
-    pub fn prefetch(mut self, n: usize) -> Self {
-        self.prefetch = n.max(1);
+    /// How many deliveries may be unsettled at once, across its subscriptions (default 32, at
+    /// least 1; the same `prefetch` as every claw's).
+    pub fn prefetch(mut self, n: u16) -> Self {
+        self.prefetch = usize::from(n.max(1));
         self
     }
 

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
+use claws::component::config::{ComponentSection, Secret};
 use claws::component::ComponentClaw;
-use figment::value::{Dict, Value};
 
 use crate::exit::Failure;
 use crate::options::Global;
@@ -32,23 +32,11 @@ pub(crate) struct Args {
 
 pub(crate) async fn run(global: &Global, args: Args) -> Result<(), Failure> {
     let mut config = global.config()?;
-    let mut table = match config.sections.remove("component") {
-        Some(Value::Dict(_, dict)) => dict,
-        Some(_) => return Err(Failure::usage("[component] must be a table")),
-        None => Dict::new(),
-    };
-    for (key, value) in [
-        ("server", args.server),
-        ("domain", args.domain),
-        ("secret", args.secret),
-    ] {
-        if let Some(value) = value {
-            table.insert(key.to_owned(), Value::from(value));
-        }
-    }
-    config
-        .sections
-        .insert("component".to_owned(), Value::from(table));
+    let mut section: ComponentSection = config.section("component")?;
+    section.server = args.server.or(section.server);
+    section.domain = args.domain.or(section.domain);
+    section.secret = args.secret.map(Secret::new).or(section.secret);
+    config.set_section("component", &section)?;
     let component = ComponentClaw::from_config(&config)?;
     let bus: Arc<dyn claws::Claw> = claws::connect(&config)?;
     let router = tokio::time::timeout(

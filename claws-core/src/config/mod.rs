@@ -1,6 +1,7 @@
 //! Typed configuration from `claws.toml`, `CLAWS_*` environment variables and code (figment).
 //!
-//! Keys common to every claw live at the top level; each backend reads its own table
+//! Keys common to every claw live at the top level, with one name, unit and default each
+//! (durations are humantime strings: see [`Timing`]); each backend reads its own table
 //! (`[amqp091]`, `[amqp10]`, ...) from [`Config::section`]. Unknown keys are errors.
 //!
 //! ```toml
@@ -8,6 +9,7 @@
 //! url = "amqp://guest:guest@127.0.0.1:5672/%2f"
 //! jid = "news.example.com/worker-1"
 //! prefetch = 64
+//! send_timeout = "10s"
 //!
 //! [subscriptions]
 //! fanout = false
@@ -23,6 +25,10 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::value::Value;
 use figment::Figment;
 use serde::{Deserialize, Serialize};
+
+mod timing;
+
+pub use timing::{Timing, TimingBuilder};
 
 use crate::jid::{self, Jid};
 use crate::topology::Subscriptions;
@@ -65,7 +71,8 @@ pub struct Config {
     pub jid: String,
     /// The claw's name as it appears in `Via` (default: the transport's name).
     pub name: Option<String>,
-    /// Unsettled deliveries allowed at once (AMQP basic.qos / link credit).
+    /// Unsettled deliveries allowed at once per consumed queue (AMQP 0-9-1 `basic.qos`,
+    /// AMQP 1.0 link credit, the mem claw's window; default 32).
     pub prefetch: u16,
     /// Handler calls in flight at once.
     pub concurrency: usize,
@@ -73,10 +80,38 @@ pub struct Config {
     pub max_deliveries: u32,
     /// Which subscriptions to consume.
     pub subscriptions: Subscriptions,
-    /// Backend tables (`[amqp091]`, `[amqp10]`, ...), read by each backend with
-    /// [`Config::section`]. Any other key lands here too and [`Config::validate`] refuses it.
+    /// Time-outs and reconnection bounds (top-level keys `send_timeout`, `connect_timeout`,
+    /// ...).
     #[serde(flatten)]
-    pub sections: BTreeMap<String, Value>,
+    pub timing: Timing,
+    /// Backend tables (`[amqp091]`, `[amqp10]`, ...), read by each backend with
+    /// [`Config::section`] and set with [`Config::set_section`]. Any other key lands here too
+    /// and [`Config::validate`] refuses it.
+    #[serde(flatten)]
+    pub sections: Sections,
+}
+
+/// The backend tables of a [`Config`], kept as read until a backend asks for its own with
+/// [`Config::section`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Sections(BTreeMap<String, Value>);
+
+impl Sections {
+    /// The names of the tables present.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+
+    /// Whether a table of that name is present.
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
+
+    /// Removes a table, so that it reads as absent (its backend's defaults).
+    pub fn remove(&mut self, name: &str) -> bool {
+        self.0.remove(name).is_some()
+    }
 }
 
 impl Default for Config {
@@ -90,7 +125,8 @@ impl Default for Config {
             concurrency: 8,
             max_deliveries: 5,
             subscriptions: Subscriptions::all(),
-            sections: BTreeMap::new(),
+            timing: Timing::default(),
+            sections: Sections::default(),
         }
     }
 }
@@ -125,6 +161,8 @@ impl Config {
 
     /// Extracts and validates a config from any figment.
     pub fn from_figment(figment: &Figment) -> Result<Self> {
+        // Timing alone first: flattened into Config, a bad duration's error would lose its key.
+        figment.extract::<Timing>()?;
         let config: Config = figment.extract()?;
         config.validate()?;
         Ok(config)
@@ -133,17 +171,15 @@ impl Config {
     /// Checks the JID, numbers, and that every extra table is a known backend section.
     pub fn validate(&self) -> Result<()> {
         self.jid()?;
-        if let Some(key) = self
-            .sections
-            .keys()
-            .find(|k| !SECTIONS.contains(&k.as_str()))
-        {
+        if let Some(key) = self.sections.names().find(|k| !SECTIONS.contains(k)) {
             return Err(Error::Config(format!(
                 "unknown key `{key}`; known keys are transport, url, jid, name, prefetch, \
-                 concurrency, max_deliveries, subscriptions, and the tables {}",
+                 concurrency, max_deliveries, subscriptions, send_timeout, connect_timeout, \
+                 close_timeout, heartbeat, reconnect_min, reconnect_max, and the tables {}",
                 SECTIONS.join(", ")
             )));
         }
+        self.timing.validate()?;
         if self.prefetch == 0 {
             return Err(Error::Config("`prefetch` must be at least 1".into()));
         }
@@ -169,12 +205,21 @@ impl Config {
     /// A backend's table, deserialized into its own type (missing table: `T::default()`).
     /// Use `#[serde(deny_unknown_fields)]` on `T` so that typos are errors.
     pub fn section<T: serde::de::DeserializeOwned + Default>(&self, name: &str) -> Result<T> {
-        match self.sections.get(name) {
+        match self.sections.0.get(name) {
             None => Ok(T::default()),
             Some(value) => value
                 .deserialize()
                 .map_err(|e| Error::Config(format!("in [{name}]: {e}"))),
         }
+    }
+
+    /// Replaces a backend's table with `table` (any serializable value: the backend's options
+    /// type, or a map), as if the file had held it.
+    pub fn set_section<T: Serialize>(&mut self, name: &str, table: &T) -> Result<()> {
+        let value = Value::serialize(table)
+            .map_err(|e| Error::Config(format!("[{name}] cannot be represented: {e}")))?;
+        self.sections.0.insert(name.to_owned(), value);
+        Ok(())
     }
 }
 
@@ -183,7 +228,7 @@ impl Config {
 mod tests {
     use super::*;
 
-    #[derive(Debug, Default, Deserialize, PartialEq)]
+    #[derive(Debug, Default, Deserialize, Serialize, PartialEq)]
     #[serde(deny_unknown_fields, default)]
     struct Amqp {
         durable: bool,
@@ -256,5 +301,48 @@ mod tests {
             assert!(e.contains("does not exist"), "{e}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn durations_are_humantime_everywhere() {
+        use std::time::Duration;
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "t.toml",
+                "send_timeout = \"2s\"\nreconnect_min = \"250ms\"\n[amqp091]\ndurable = true",
+            )?;
+            jail.set_env("CLAWS_CONNECT_TIMEOUT", "1m 30s");
+            let c = Config::load(Some(Path::new("t.toml"))).unwrap();
+            assert_eq!(c.timing.send_timeout, Duration::from_secs(2));
+            assert_eq!(c.timing.reconnect_min, Duration::from_millis(250));
+            assert_eq!(c.timing.connect_timeout, Duration::from_secs(90));
+            assert_eq!(c.timing.close_timeout, Timing::CLOSE_TIMEOUT);
+            assert!(c.sections.contains("amqp091"));
+
+            jail.create_file("u.toml", "send_timeout = 30")?;
+            let e = Config::load(Some(Path::new("u.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("send_timeout"), "{e}");
+
+            jail.create_file("v.toml", "send_timeout = \"0s\"")?;
+            let e = Config::load(Some(Path::new("v.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("`send_timeout` must be more than 0"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn sections_round_trip_through_set_section() {
+        let mut c = Config::default();
+        c.set_section("amqp091", &Amqp { durable: true }).unwrap();
+        assert_eq!(
+            c.section::<Amqp>("amqp091").unwrap(),
+            Amqp { durable: true }
+        );
+        assert!(c.sections.remove("amqp091"));
+        assert_eq!(c.section::<Amqp>("amqp091").unwrap(), Amqp::default());
     }
 }
