@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use claws_core::config::{Timing, TimingBuilder};
 use claws_core::jid::{Jid, JidInput};
-use claws_core::topology::Subscriptions;
+use claws_core::topology::{LeaderLocator, Subscriptions, TopologyOptions};
 use claws_core::{Config, Error, Result, Transport};
 
 use crate::address::AddressScheme;
@@ -19,7 +19,8 @@ use crate::Amqp10Claw;
 #[must_use]
 #[derive(Debug, Clone)]
 pub struct Amqp10ClawBuilder {
-    url: String,
+    /// As given: each may hold several URLs separated by commas.
+    urls: Vec<String>,
     jid: JidInput,
     name: String,
     settings: Settings,
@@ -29,7 +30,7 @@ impl Amqp10ClawBuilder {
     pub(crate) fn new(url: &str, jid: impl Into<JidInput>, scheme: AddressScheme) -> Self {
         let o = Amqp10Options::default();
         Self {
-            url: url.to_owned(),
+            urls: vec![url.to_owned()],
             jid: jid.into(),
             name: "amqp10".into(),
             settings: Settings {
@@ -41,6 +42,7 @@ impl Amqp10ClawBuilder {
                 declare: o.declare,
                 durable: o.durable,
                 queue_expiry: Some(o.queue_expiry),
+                quorum: TopologyOptions::default(),
             },
         }
     }
@@ -90,6 +92,56 @@ impl Amqp10ClawBuilder {
         self
     }
 
+    /// RabbitMQ scheme: make the shared queues (group queues and `xmpp_dead_letter`) quorum
+    /// queues, so that no one node of a cluster holds them (default false). Queues that exist
+    /// already are adopted as they are.
+    pub fn quorum_groups(mut self, quorum: bool) -> Self {
+        self.settings.quorum.quorum_groups = quorum;
+        self
+    }
+
+    /// RabbitMQ scheme: make this instance's own (full-JID) queues quorum queues too, so that
+    /// stanzas to the full JID survive the loss of a node (default false: they live on one
+    /// node, and while it is down the claw goes on consuming its other queues; a quorum queue
+    /// per instance costs a Raft group of `quorum_size` members).
+    pub fn quorum_instances(mut self, quorum: bool) -> Self {
+        self.settings.quorum.quorum_instances = quorum;
+        self
+    }
+
+    /// Replicas of each quorum queue (`x-quorum-initial-group-size`; default: the broker's).
+    pub fn quorum_size(mut self, replicas: u16) -> Self {
+        self.settings.quorum.quorum_size = Some(replicas.max(1));
+        self
+    }
+
+    /// Deliveries after which a quorum queue dead-letters a message by itself
+    /// (`x-delivery-limit`; default: the broker's, none on 3.x and 20 on 4.x).
+    pub fn delivery_limit(mut self, limit: u32) -> Self {
+        self.settings.quorum.delivery_limit = Some(limit);
+        self
+    }
+
+    /// Where a new quorum queue's leader goes (`x-queue-leader-locator`; default: the
+    /// broker's).
+    pub fn leader_locator(mut self, locator: LeaderLocator) -> Self {
+        self.settings.quorum.leader_locator = Some(locator);
+        self
+    }
+
+    /// Several broker URLs (the nodes of a cluster), replacing the one given to
+    /// [`Amqp10Claw::builder`] (which may itself hold several, separated by commas): every
+    /// (re)connection tries them in turn from a shuffled start, with the backoff applied per
+    /// full round. The declaring 0-9-1 connection goes to the node being tried.
+    pub fn urls<I, S>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.urls = urls.into_iter().map(Into::into).collect();
+        self
+    }
+
     /// Validates everything (JID, URL, queue names) without connecting.
     pub fn build(self) -> Result<Amqp10Claw> {
         let jid: Jid = self.jid.resolve()?;
@@ -97,7 +149,20 @@ impl Amqp10ClawBuilder {
         if self.name.is_empty() {
             return Err(Error::Config("the claw's name must not be empty".into()));
         }
-        let endpoint = Endpoint::parse(&self.url, &self.name)?;
+        let endpoints = self
+            .urls
+            .iter()
+            .flat_map(|u| u.split(','))
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| Endpoint::parse(u, &self.name))
+            .collect::<Result<Vec<_>>>()?;
+        if endpoints.is_empty() {
+            return Err(Error::Config(format!(
+                "claw `{}`: no broker URL; give one such as `amqp://guest:guest@127.0.0.1:5672`",
+                self.name
+            )));
+        }
         let sources = self
             .settings
             .scheme
@@ -105,7 +170,7 @@ impl Amqp10ClawBuilder {
         Ok(Amqp10Claw::new(
             Arc::from(self.name.as_str()),
             jid,
-            endpoint,
+            endpoints,
             sources,
             self.settings,
         ))
@@ -116,6 +181,14 @@ impl Amqp10ClawBuilder {
         self.settings.declare = o.declare;
         self.settings.durable = o.durable;
         self.settings.queue_expiry = Some(o.queue_expiry).filter(|d| !d.is_zero());
+        self.settings.quorum = TopologyOptions {
+            quorum_groups: o.quorum_groups,
+            quorum_instances: o.quorum_instances,
+            quorum_size: o.quorum_size.map(|n| n.max(1)),
+            delivery_limit: o.delivery_limit,
+            leader_locator: o.leader_locator,
+            ..TopologyOptions::default()
+        };
         self
     }
 }
@@ -135,16 +208,18 @@ pub(crate) fn from_config(config: &Config) -> Result<Amqp10Claw> {
             "building an amqp10 claw anyway"
         );
     }
-    let url = config.url.as_deref().ok_or_else(|| {
-        Error::Config(
+    let urls = config.urls();
+    let Some(first) = urls.first() else {
+        return Err(Error::Config(
             "`url` is missing; the amqp10 claw needs a broker URL such as \
-             `amqp://guest:guest@127.0.0.1:5672`"
+             `amqp://guest:guest@127.0.0.1:5672` (or `urls`, one per node of a cluster)"
                 .into(),
-        )
-    })?;
+        ));
+    };
     let options: Amqp10Options = config.section("amqp10")?;
     let name = config.name.clone().unwrap_or_else(|| "amqp10".into());
-    Amqp10ClawBuilder::new(url, config.jid.as_str(), options.scheme)
+    Amqp10ClawBuilder::new(first, config.jid.as_str(), options.scheme)
+        .urls(urls.iter().cloned())
         .apply(&options)
         .name(name)
         .prefetch(config.prefetch)

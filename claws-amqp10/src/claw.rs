@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use claws_core::jid::Jid;
-use claws_core::runtime::{Current, InFlight, Lifecycle};
+use claws_core::runtime::{CancellationToken, Current, Endpoints, InFlight, Lifecycle, Reconnect};
 use claws_core::{Capabilities, Claw, Error, Events, Packet, Result};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::address::{AddressScheme, Source};
@@ -21,7 +21,7 @@ use crate::supervisor;
 /// What a running claw owns.
 #[derive(Debug)]
 struct Running {
-    closing: watch::Sender<bool>,
+    stop: CancellationToken,
     supervisor: JoinHandle<Result<()>>,
 }
 
@@ -37,7 +37,7 @@ impl Amqp10Claw {
     pub(crate) fn new(
         name: Arc<str>,
         jid: Jid,
-        endpoint: Endpoint,
+        endpoints: Vec<Endpoint>,
         sources: Vec<Source>,
         settings: Settings,
     ) -> Self {
@@ -47,7 +47,7 @@ impl Amqp10Claw {
             shared: Arc::new(Shared {
                 name,
                 jid,
-                endpoint,
+                endpoints,
                 sources,
                 settings,
                 current: Current::new(run_name.clone()),
@@ -76,15 +76,22 @@ impl Amqp10Claw {
     }
 
     /// RabbitMQ scheme: deletes this instance's queues over AMQP 0-9-1 (for tests and tools;
-    /// the claw should be closed). Group queues shared with running instances go too.
+    /// the claw should be closed). Group queues shared with running instances go too. With
+    /// several URLs, the first node that answers does it.
     pub async fn delete_queues(&self) -> Result<()> {
-        let names: Vec<String> = self
-            .shared
-            .sources
-            .iter()
-            .map(|s| s.spec.name.clone())
-            .collect();
-        declare::delete_queues(&self.shared.endpoint, &self.shared.name, &names).await
+        let s = &self.shared;
+        let names: Vec<String> = s.sources.iter().map(|s| s.spec.name.clone()).collect();
+        let mut nodes = Reconnect::new(
+            s.name.to_string(),
+            Endpoints::in_order(s.endpoints.clone())?,
+            s.settings.timing.backoff(),
+        );
+        nodes
+            .round(|endpoint| {
+                let names = &names;
+                async move { declare::delete_queues(&endpoint, &s.name, names).await }
+            })
+            .await
     }
 
     fn outgoing(
@@ -147,22 +154,19 @@ impl Claw for Amqp10Claw {
     async fn start(&self, events: Events) -> Result<()> {
         self.run.begin_start()?;
         let (first_tx, first_rx) = oneshot::channel();
-        let (closing, closing_rx) = watch::channel(false);
+        let stop = CancellationToken::new();
         self.shared.current.down();
         let supervisor = tokio::spawn(supervisor::supervise(
             self.shared.clone(),
             events,
-            closing_rx,
+            stop.clone(),
             first_tx,
         ));
         match first_rx.await {
             Ok(Ok(())) => {
-                if let Err(running) = self.run.started(Running {
-                    closing,
-                    supervisor,
-                }) {
+                if let Err(running) = self.run.started(Running { stop, supervisor }) {
                     // Closed while starting.
-                    let _ = running.closing.send(true);
+                    running.stop.cancel();
                 }
                 Ok(())
             }
@@ -204,15 +208,11 @@ impl Claw for Amqp10Claw {
     }
 
     async fn close(&self) -> Result<()> {
-        let Some(Running {
-            closing,
-            supervisor,
-        }) = self.run.close()
-        else {
+        let Some(Running { stop, supervisor }) = self.run.close() else {
             self.shared.current.close();
             return Ok(());
         };
-        let _ = closing.send(true);
+        stop.cancel();
         match supervisor.await {
             Ok(r) => r,
             Err(e) => Err(Error::Broker {

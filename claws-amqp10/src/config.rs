@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use claws_core::config::Timing;
-use claws_core::topology::Subscriptions;
+use claws_core::topology::{LeaderLocator, Subscriptions, TopologyOptions};
 
 use crate::address::AddressScheme;
 
@@ -12,6 +12,8 @@ use crate::address::AddressScheme;
 /// ```toml
 /// transport = "amqp10"
 /// url = "amqp://guest:guest@127.0.0.1:5672"
+/// # or, on a cluster, every node (tried from a shuffled start at each (re)connection):
+/// # urls = ["amqp://guest:guest@node1:5672", "amqp://guest:guest@node2:5672"]
 /// jid = "svc@example.com/w1"
 ///
 /// send_timeout = "10s"    # time-outs are top-level keys, the same for every claw
@@ -19,6 +21,12 @@ use crate::address::AddressScheme;
 /// [amqp10]
 /// scheme = "rabbitmq"   # or "queue"
 /// queue_expiry = "30m"
+/// # On a cluster (RabbitMQ scheme; the same keys as the 0-9-1 claw's):
+/// quorum_groups = true          # group queues and xmpp_dead_letter are quorum queues
+/// quorum_instances = false      # the instance's own queues too (a Raft group each)
+/// # quorum_size = 3             # x-quorum-initial-group-size
+/// # delivery_limit = 20         # x-delivery-limit
+/// # leader_locator = "balanced" # or "client-local"
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -34,6 +42,19 @@ pub struct Amqp10Options {
     /// the 0-9-1 claw; `"0s"` disables expiry).
     #[serde(with = "humantime_serde")]
     pub queue_expiry: Duration,
+    /// RabbitMQ scheme: declare the shared queues (group queues and `xmpp_dead_letter`) as
+    /// quorum queues, for a RabbitMQ cluster (default false).
+    pub quorum_groups: bool,
+    /// RabbitMQ scheme: declare the instance's own (full-JID) queues as quorum queues too
+    /// (default false).
+    pub quorum_instances: bool,
+    /// Replicas per quorum queue (`x-quorum-initial-group-size`; default: the broker's).
+    pub quorum_size: Option<u16>,
+    /// `x-delivery-limit` on quorum queues (default: the broker's).
+    pub delivery_limit: Option<u32>,
+    /// `x-queue-leader-locator` on quorum queues: `client-local` or `balanced` (default: the
+    /// broker's).
+    pub leader_locator: Option<LeaderLocator>,
 }
 
 impl Default for Amqp10Options {
@@ -43,6 +64,11 @@ impl Default for Amqp10Options {
             declare: true,
             durable: true,
             queue_expiry: Duration::from_secs(30 * 60),
+            quorum_groups: false,
+            quorum_instances: false,
+            quorum_size: None,
+            delivery_limit: None,
+            leader_locator: None,
         }
     }
 }
@@ -59,4 +85,17 @@ pub(crate) struct Settings {
     pub(crate) declare: bool,
     pub(crate) durable: bool,
     pub(crate) queue_expiry: Option<Duration>,
+    /// Quorum queues and their arguments (`durable` and `queue_expiry` are the fields above).
+    pub(crate) quorum: TopologyOptions,
+}
+
+impl Settings {
+    /// How the RabbitMQ scheme declares its queues (the plan's options).
+    pub(crate) fn topology(&self) -> TopologyOptions {
+        TopologyOptions {
+            durable: self.durable,
+            queue_expiry: self.queue_expiry,
+            ..self.quorum
+        }
+    }
 }

@@ -4,10 +4,12 @@
 //! attached so far ([`Live`]). The supervisor task owns the generations:
 //!
 //! ```text
-//!   connect (bounded) -> declare (RabbitMQ scheme) -> begin session -> attach receivers
-//!     -> publish Up, report Connected
+//!   for the next endpoint (a shuffled walk over the URLs; backoff after each full round):
+//!     declare over 0-9-1 (RabbitMQ scheme, same node) -> connect (bounded) -> begin the
+//!     sending session -> attach each receiver on a session of its own
+//!     -> publish Up, report Connected (queues whose node is down: ConsumerLost, retried)
 //!     -> wait: connection closed | a link failed | close()
-//!     -> publish Down, report Disconnected -> back off (capped, doubling) -> connect ...
+//!     -> publish Down, report Disconnected -> next endpoint ...
 //! ```
 //!
 //! Sends wait (bounded by `send_timeout`) for a generation that is up; a send whose link fails

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use claws_core::jid::LastJid;
-use claws_core::runtime::InFlightGuard;
+use claws_core::runtime::{CancellationToken, InFlightGuard};
 use claws_core::topology::DEAD_LETTER_QUEUE;
 use claws_core::{Acker, Delivery, Error, Events, Packet, Result, Via};
 use fe2o3_amqp::link::delivery::DeliveryInfo;
@@ -33,7 +33,7 @@ use fe2o3_amqp::link::{CreditMode, Receiver};
 use fe2o3_amqp::session::SessionHandle;
 use fe2o3_amqp::types::messaging::{AmqpValue, Body, Message, MessageId};
 use fe2o3_amqp::types::primitives::Value;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::address::{parse_reply_to, AddressScheme, Source};
 use crate::connection::Live;
@@ -95,7 +95,7 @@ pub(crate) async fn run_link(
     index: usize,
     mut receiver: Receiver,
     events: Events,
-    mut closing: watch::Receiver<bool>,
+    closing: CancellationToken,
 ) {
     let credit = shared.settings.credit;
     let (settle_tx, mut settle_rx) = mpsc::unbounded_channel::<SettleRequest>();
@@ -104,7 +104,7 @@ pub(crate) async fn run_link(
     // link task hands a delivery straight to the router when there is room (one task hop less);
     // otherwise it queues behind them, which keeps their order.
     let queued = Arc::new(AtomicUsize::new(0));
-    let mut fwd_closing = closing.clone();
+    let fwd_closing = closing.clone();
     let fwd_events = events.clone();
     let fwd_queued = queued.clone();
     let forwarder = tokio::spawn(async move {
@@ -112,7 +112,7 @@ pub(crate) async fn run_link(
         loop {
             let d = tokio::select! {
                 biased;
-                _ = fwd_closing.wait_for(|c| *c) => break,
+                _ = fwd_closing.cancelled() => break,
                 d = fwd_rx.recv() => match d {
                     Some(d) => d,
                     None => break,
@@ -120,7 +120,7 @@ pub(crate) async fn run_link(
             };
             tokio::select! {
                 biased;
-                _ = fwd_closing.wait_for(|c| *c) => break,
+                _ = fwd_closing.cancelled() => break,
                 // A router that is gone gives the delivery back; dropping it releases it.
                 _ = fwd_events.received(d) => {}
             }
@@ -134,7 +134,7 @@ pub(crate) async fn run_link(
     let _forwarder = AbortOnDrop(forwarder);
     let mut jids = JidCache::default();
     let mut unsettled: u32 = 0;
-    let mut stopping = *closing.borrow();
+    let mut stopping = closing.is_cancelled();
     if !stopping {
         if let Err(e) = receiver.set_credit(credit).await {
             live.fail(format!("granting credit: {e}"));
@@ -162,14 +162,12 @@ pub(crate) async fn run_link(
                     }
                 }
             }
-            changed = closing.changed(), if !stopping => {
+            _ = closing.cancelled(), if !stopping => {
                 // No more credit is granted; what the broker still sends within the credit it
                 // has is handed back (released, or sent back to its queue). Lowering the credit
                 // to 0 instead races transfers already on the wire, which fe2o3 then refuses
                 // (transfer limit exceeded) by closing the link.
-                if changed.is_err() || *closing.borrow() {
-                    stopping = true;
-                }
+                stopping = true;
             }
             r = receiver.recv::<Body<Value>>() => match r {
                 Ok(delivery) => {

@@ -15,7 +15,8 @@ use crate::connection::{Endpoint, Live};
 pub(crate) struct Shared {
     pub(crate) name: Arc<str>,
     pub(crate) jid: Jid,
-    pub(crate) endpoint: Endpoint,
+    /// Every broker endpoint (the nodes of a cluster), in the order given.
+    pub(crate) endpoints: Vec<Endpoint>,
     pub(crate) sources: Vec<Source>,
     pub(crate) settings: Settings,
     /// The generation that serves sends now.

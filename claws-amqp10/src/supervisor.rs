@@ -1,90 +1,286 @@
-//! Recovery: one *generation* ([`Generation`]) is a connection, a session on it, and its links;
-//! [`supervise`] owns the generations (see [`connection`](crate::connection) for the diagram):
-//! connect, serve until the connection or a link fails or the claw closes, then report
-//! `Disconnected` and connect again after claws-core's [`Backoff`] (jittered).
+//! Recovery: one *generation* ([`Generation`]) is a connection, a session for sending on it,
+//! and the receiving links, each on a session of its own; [`supervise`] owns the generations
+//! (see [`connection`](crate::connection) for the diagram): connect, serve until the
+//! connection or a link fails or the claw closes, then report `Disconnected` and connect again.
+//!
+//! Every (re)connection walks the claw's endpoints (the nodes of a cluster) from a shuffled
+//! start with claws-core's [`Reconnect`]: each endpoint once per round, a jittered [`Backoff`]
+//! between rounds. The declaring 0-9-1 connection goes to the endpoint being tried, so that
+//! both connections of an attempt reach the same node. `start` fails after one round in which
+//! no endpoint answered.
+//!
+//! A queue whose node is down (RabbitMQ 3.10 refuses to declare it or to attach to it: its
+//! home node `is down or inaccessible`) does not fail the connection: the claw consumes its
+//! other queues, reports [`ConsumerLost`](claws_core::Event::ConsumerLost) for that one and
+//! attaches it again, with backoff, on a new session (the refusal ends the session it was tried
+//! on, which is why each receiving link has its own), then reports `ConsumerRestored`.
+//!
+//! [`Backoff`]: claws_core::runtime::Backoff
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use claws_core::runtime::drain;
+use claws_core::runtime::{drain, CancellationToken, Endpoints, Reconnect};
 use claws_core::{Error, Events, Result};
 use fe2o3_amqp::connection::ConnectionHandle;
-use tokio::sync::{oneshot, watch};
+use fe2o3_amqp::link::Receiver;
+use fe2o3_amqp::session::SessionHandle;
+use fe2o3_amqp::Session;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::address::AddressScheme;
-use crate::connection::{self, Live};
+use crate::connection::{self, Endpoint, Live};
 use crate::consumer;
 use crate::declare;
 use crate::shared::Shared;
 
-/// One connection's worth of state.
-struct Generation {
-    connection: ConnectionHandle<()>,
-    live: Arc<Live>,
-    tasks: Vec<JoinHandle<()>>,
+/// A subscription as a connection attempt left it.
+enum Link {
+    /// Attached, on a session of its own (which must live as long as the link).
+    Attached(SessionHandle<()>, Box<Receiver>),
+    /// Its queue cannot be consumed now (its node is down), for this reason.
+    Unavailable(String),
 }
 
-async fn connect(
-    shared: &Arc<Shared>,
-    generation: u64,
-    events: &Events,
-    closing: &watch::Receiver<bool>,
-) -> Result<Generation> {
-    let s = &shared.settings;
-    if s.scheme == AddressScheme::RabbitMq && s.declare {
-        declare::declare(shared).await?;
+/// A receiving link's request for a new session (only the supervisor holds the connection).
+type SessionRequest = oneshot::Sender<Result<SessionHandle<()>>>;
+
+/// One connection's worth of state.
+struct Generation {
+    number: u64,
+    endpoint: Endpoint,
+    connection: ConnectionHandle<()>,
+    live: Arc<Live>,
+    /// The subscriptions, until [`serve`](Generation::serve) hands them to their tasks.
+    links: Vec<Link>,
+    tasks: Vec<JoinHandle<()>>,
+    sessions: mpsc::Receiver<SessionRequest>,
+    sessions_tx: mpsc::Sender<SessionRequest>,
+}
+
+/// The retry schedule over the claw's endpoints.
+fn reconnect(shared: &Shared) -> Result<Reconnect<Endpoint>> {
+    Ok(Reconnect::new(
+        shared.name.to_string(),
+        Endpoints::shuffled(shared.endpoints.clone())?,
+        shared.settings.timing.backoff(),
+    ))
+}
+
+/// Whether `err` says that a queue's node is down (RabbitMQ 3.x: `NOT_FOUND - home node '…' of
+/// durable queue '…' is down or inaccessible`), rather than that the queue is missing.
+fn is_unavailable(err: &Error) -> bool {
+    err.to_string().contains("is down or inaccessible")
+}
+
+/// Bounds `work` by the connect time-out.
+async fn bounded<T>(
+    shared: &Shared,
+    what: impl FnOnce() -> String,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let after = shared.settings.timing.connect_timeout;
+    match tokio::time::timeout(after, work).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Timeout {
+            what: what(),
+            after,
+        }),
     }
-    let (mut conn, mut session) = connection::open(
-        &shared.endpoint,
-        &format!("{}-{generation}", shared.container_id),
+}
+
+/// Begins a session on `connection`, bounded by the connect time-out.
+async fn begin(
+    shared: &Shared,
+    connection: &mut ConnectionHandle<()>,
+) -> Result<SessionHandle<()>> {
+    let name = &shared.name;
+    bounded(shared, || "beginning a session".into(), async {
+        Session::begin(connection).await.map_err(|e| Error::Broker {
+            claw: name.to_string(),
+            what: "beginning a session".into(),
+            source: Box::new(e),
+        })
+    })
+    .await
+}
+
+/// Attaches subscription `index` on `session`, bounded by the connect time-out.
+async fn attach(
+    shared: &Shared,
+    session: &mut SessionHandle<()>,
+    index: usize,
+    name: String,
+) -> Result<Receiver> {
+    let source = &shared.sources[index];
+    bounded(
+        shared,
+        || format!("attaching a receiving link to `{}`", source.address),
+        consumer::attach(session, source, name, &shared.name),
+    )
+    .await
+}
+
+/// One connection attempt to `endpoint`: declare (RabbitMQ scheme, over 0-9-1 to the same
+/// node), connect, begin the sending session, attach every subscription it can.
+async fn connect(shared: &Arc<Shared>, endpoint: Endpoint, number: u64) -> Result<Generation> {
+    let s = &shared.settings;
+    let unavailable = if s.scheme == AddressScheme::RabbitMq && s.declare {
+        declare::declare(shared, &endpoint).await?.unavailable
+    } else {
+        Vec::new()
+    };
+    let (mut conn, session) = connection::open(
+        &endpoint,
+        &format!("{}-{number}", shared.container_id),
         s.timing.heartbeat_interval(),
         s.timing.connect_timeout,
         &shared.name,
     )
     .await?;
-    let mut receivers = Vec::with_capacity(shared.sources.len());
+    let mut links = Vec::with_capacity(shared.sources.len());
     for (i, source) in shared.sources.iter().enumerate() {
-        let name = format!("{}-recv-{generation}-{i}", shared.name);
-        let attach = consumer::attach(&mut session, source, name, &shared.name);
-        let r = match tokio::time::timeout(s.timing.connect_timeout, attach).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::Timeout {
-                what: format!("attaching a receiving link to `{}`", source.address),
-                after: s.timing.connect_timeout,
-            }),
-        };
-        match r {
-            Ok(r) => receivers.push(r),
+        if unavailable.contains(&source.spec.name) {
+            links.push(Link::Unavailable(format!(
+                "the queue `{}` is unavailable: its node is down",
+                source.spec.name
+            )));
+            continue;
+        }
+        let attached = async {
+            let mut session = begin(shared, &mut conn).await?;
+            let name = format!("{}-recv-{number}-{i}", shared.name);
+            let receiver = attach(shared, &mut session, i, name).await?;
+            Ok::<_, Error>(Link::Attached(session, Box::new(receiver)))
+        }
+        .await;
+        match attached {
+            Ok(link) => links.push(link),
+            Err(e) if is_unavailable(&e) => links.push(Link::Unavailable(e.to_string())),
             Err(e) => {
+                drop(links);
                 let _ = tokio::time::timeout(Duration::from_secs(2), conn.close()).await;
                 return Err(e);
             }
         }
     }
-    let live = Arc::new(Live::new(generation, session));
-    let tasks = receivers
-        .into_iter()
-        .enumerate()
-        .map(|(i, r)| {
-            tokio::spawn(consumer::run_link(
-                shared.clone(),
-                live.clone(),
-                i,
-                r,
-                events.clone(),
-                closing.clone(),
-            ))
-        })
-        .collect();
+    let (sessions_tx, sessions) = mpsc::channel(shared.sources.len().max(1));
     Ok(Generation {
+        number,
+        endpoint,
         connection: conn,
-        live,
-        tasks,
+        live: Arc::new(Live::new(number, session)),
+        links,
+        tasks: Vec::new(),
+        sessions,
+        sessions_tx,
     })
 }
 
+/// Runs subscription `index` for the life of its generation: attaches it first when it could
+/// not be attached at connect (reporting `ConsumerLost`, then `ConsumerRestored`), then
+/// receives on it until the link fails (which fails the generation) or the task is aborted.
+async fn subscription(
+    shared: Arc<Shared>,
+    live: Arc<Live>,
+    index: usize,
+    link: Link,
+    sessions: mpsc::Sender<SessionRequest>,
+    events: Events,
+    stop: CancellationToken,
+) {
+    let queue = &shared.sources[index].spec.name;
+    let (session, receiver) = match link {
+        Link::Attached(session, receiver) => (session, *receiver),
+        Link::Unavailable(reason) => {
+            tracing::warn!(claw = &*shared.name, %queue, %reason, "queue unavailable; consuming the others, attaching it again");
+            events
+                .consumer_lost(&shared.name, queue.as_str(), reason)
+                .await;
+            let mut backoff = shared.settings.timing.backoff();
+            let mut tries = 0u64;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = live.failed() => return,
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                }
+                tries += 1;
+                let attempt = async {
+                    let (tx, rx) = oneshot::channel();
+                    // The generation is over: its task is about to be aborted.
+                    let stopped = || Error::Closed {
+                        claw: shared.name.to_string(),
+                    };
+                    sessions.send(tx).await.map_err(|_| stopped())?;
+                    let mut session = rx.await.map_err(|_| stopped())??;
+                    let name = format!("{}-recv-{}-{index}-{tries}", shared.name, live.generation);
+                    let receiver = attach(&shared, &mut session, index, name).await?;
+                    Ok::<_, Error>((session, receiver))
+                };
+                match attempt.await {
+                    Ok(attached) => {
+                        tracing::info!(claw = &*shared.name, %queue, "consumer restored");
+                        events.consumer_restored(&shared.name, queue.as_str()).await;
+                        break attached;
+                    }
+                    Err(e) => {
+                        tracing::debug!(claw = &*shared.name, %queue, error = %e, "attaching again failed; retrying");
+                    }
+                }
+            }
+        }
+    };
+    consumer::run_link(shared.clone(), live, index, receiver, events, stop).await;
+    drop(session);
+}
+
 impl Generation {
+    /// Hands each subscription to its task (after `Connected` was reported, so that a
+    /// `ConsumerLost` comes after it).
+    fn serve(&mut self, shared: &Arc<Shared>, events: &Events, stop: &CancellationToken) {
+        for (index, link) in std::mem::take(&mut self.links).into_iter().enumerate() {
+            self.tasks.push(tokio::spawn(subscription(
+                shared.clone(),
+                self.live.clone(),
+                index,
+                link,
+                self.sessions_tx.clone(),
+                events.clone(),
+                stop.clone(),
+            )));
+        }
+    }
+
+    /// Waits until the connection or a link fails (`Some(reason)`) or the claw closes
+    /// (`None`), opening the sessions that subscriptions ask for meanwhile.
+    async fn wait(&mut self, shared: &Shared, stop: &CancellationToken) -> Option<String> {
+        enum Wake {
+            Lost(String),
+            Closing,
+            Session(SessionRequest),
+        }
+        loop {
+            let wake = tokio::select! {
+                r = self.connection.on_close() => Wake::Lost(match r {
+                    Ok(()) => "the broker closed the connection".to_owned(),
+                    Err(e) => format!("connection lost: {e}"),
+                }),
+                reason = self.live.failed() => Wake::Lost(reason),
+                _ = stop.cancelled() => Wake::Closing,
+                Some(request) = self.sessions.recv() => Wake::Session(request),
+            };
+            match wake {
+                Wake::Lost(reason) => return Some(reason),
+                Wake::Closing => return None,
+                Wake::Session(request) => {
+                    let _ = request.send(begin(shared, &mut self.connection).await);
+                }
+            }
+        }
+    }
+
     /// After a failure: drop everything; the broker requeues what was unsettled. Marking the
     /// generation failed wakes the sends still awaiting an outcome on it, which then send
     /// again on the next generation.
@@ -134,67 +330,66 @@ impl Generation {
     }
 }
 
-/// The recovery state machine (see [`connection`](crate::connection)).
+/// The recovery state machine (see [`connection`](crate::connection)). The first round's
+/// outcome goes to `first` (what `start` returns); after that it reconnects until `stop`.
 pub(crate) async fn supervise(
     shared: Arc<Shared>,
     events: Events,
-    mut closing: watch::Receiver<bool>,
+    stop: CancellationToken,
     first: oneshot::Sender<Result<()>>,
 ) -> Result<()> {
-    let s = &shared.settings;
+    let mut number = 0u64;
+    let mut retry = match reconnect(&shared) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = first.send(Err(e));
+            return Ok(());
+        }
+    };
+    let attempt = |number: &mut u64, endpoint: Endpoint| {
+        *number += 1;
+        connect(&shared, endpoint, *number)
+    };
+    let mut gen = match retry.round(|endpoint| attempt(&mut number, endpoint)).await {
+        Ok(gen) => gen,
+        Err(e) => {
+            let _ = first.send(Err(e));
+            return Ok(());
+        }
+    };
     let mut first = Some(first);
-    let mut backoff = s.timing.backoff();
-    let mut generation = 0u64;
-    let mut result = Ok(());
-    loop {
-        if *closing.borrow() {
-            break;
+    let result = loop {
+        if stop.is_cancelled() {
+            break gen.shutdown(&shared).await;
         }
-        generation += 1;
-        match connect(&shared, generation, &events, &closing).await {
-            Ok(mut gen) => {
-                tracing::debug!(claw = &*shared.name, jid = %shared.jid, generation, "connected");
-                backoff.reset();
-                shared.current.up(gen.live.clone());
-                events.connected(&shared.name).await;
-                if let Some(f) = first.take() {
-                    let _ = f.send(Ok(()));
-                }
-                let lost = tokio::select! {
-                    r = gen.connection.on_close() => Some(match r {
-                        Ok(()) => "the broker closed the connection".to_owned(),
-                        Err(e) => format!("connection lost: {e}"),
-                    }),
-                    reason = gen.live.failed() => Some(reason),
-                    _ = closing.wait_for(|c| *c) => None,
-                };
-                match lost {
-                    None => {
-                        result = gen.shutdown(&shared).await;
-                        break;
-                    }
-                    Some(reason) => {
-                        tracing::warn!(claw = &*shared.name, jid = %shared.jid, %reason, "disconnected; reconnecting");
-                        shared.current.down();
-                        gen.teardown(&reason).await;
-                        events.disconnected(&shared.name, reason).await;
-                    }
-                }
-            }
-            Err(e) => {
-                if let Some(f) = first.take() {
-                    let _ = f.send(Err(e));
-                    return Ok(());
-                }
-                tracing::warn!(claw = &*shared.name, jid = %shared.jid, error = %e, "reconnect failed");
+        tracing::info!(claw = &*shared.name, jid = %shared.jid, endpoint = %gen.endpoint, generation = gen.number, "connected");
+        retry.reset();
+        shared.current.up(gen.live.clone());
+        events
+            .connected_to(&shared.name, gen.endpoint.to_string())
+            .await;
+        if let Some(f) = first.take() {
+            let _ = f.send(Ok(()));
+        }
+        gen.serve(&shared, &events, &stop);
+        let Some(reason) = gen.wait(&shared, &stop).await else {
+            break gen.shutdown(&shared).await;
+        };
+        tracing::warn!(claw = &*shared.name, jid = %shared.jid, endpoint = %gen.endpoint, %reason, "disconnected; reconnecting");
+        shared.current.down();
+        gen.teardown(&reason).await;
+        events.disconnected(&shared.name, reason).await;
+        match retry
+            .until(&stop, |endpoint| attempt(&mut number, endpoint))
+            .await
+        {
+            Some(next) => gen = next,
+            None => {
+                shared.current.close();
+                return Ok(());
             }
         }
-        let delay = backoff.next_delay();
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = closing.wait_for(|c| *c) => break,
-        }
-    }
+    };
     shared.current.close();
     result
 }
