@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use claws_core::config::{Timing, TimingBuilder};
 use claws_core::jid::JidInput;
-use claws_core::topology::{self, Subscriptions, TopologyOptions};
+use claws_core::topology::{self, LeaderLocator, Subscriptions, TopologyOptions};
 use claws_core::{Config, Error, Result};
 
 use crate::claw::AmqpClaw;
@@ -19,15 +19,13 @@ use crate::tls;
 #[must_use]
 #[derive(Debug, Clone)]
 pub struct AmqpClawBuilder {
-    url: String,
+    urls: Vec<String>,
     jid: JidInput,
     name: String,
     prefetch: u16,
     max_deliveries: u32,
     subscriptions: Subscriptions,
-    durable: bool,
-    queue_expiry: Option<Duration>,
-    quorum_groups: bool,
+    topology: TopologyOptions,
     timing: Timing,
     tls: tls::TlsFiles,
 }
@@ -59,20 +57,62 @@ impl AmqpClawBuilder {
 
     /// Durable queues and persistent messages (default true); false is the seed's transient mode.
     pub fn durable(mut self, durable: bool) -> Self {
-        self.durable = durable;
+        self.topology.durable = durable;
         self
     }
 
     /// Idle time after which the broker deletes this instance's own (full-JID) queues
     /// (`x-expires`, default 30 minutes). `Duration::ZERO` disables expiry.
     pub fn queue_expiry(mut self, idle: Duration) -> Self {
-        self.queue_expiry = (!idle.is_zero()).then_some(idle);
+        self.topology.queue_expiry = (!idle.is_zero()).then_some(idle);
         self
     }
 
-    /// Make the group (bare-JID) queues quorum queues, for clustered RabbitMQ (default false).
+    /// Make the shared queues (group queues and `xmpp_dead_letter`) quorum queues, so that no
+    /// one node of a cluster holds them (default false).
     pub fn quorum_groups(mut self, quorum: bool) -> Self {
-        self.quorum_groups = quorum;
+        self.topology.quorum_groups = quorum;
+        self
+    }
+
+    /// Make this instance's own (full-JID) queues quorum queues too, so that stanzas to the
+    /// full JID survive the loss of a node (default false: they live on one node, and while it
+    /// is down the instance goes on consuming its other queues; a quorum queue per instance
+    /// costs a Raft group of `quorum_size` members).
+    pub fn quorum_instances(mut self, quorum: bool) -> Self {
+        self.topology.quorum_instances = quorum;
+        self
+    }
+
+    /// Replicas of each quorum queue (`x-quorum-initial-group-size`; default: the broker's).
+    pub fn quorum_size(mut self, replicas: u16) -> Self {
+        self.topology.quorum_size = Some(replicas.max(1));
+        self
+    }
+
+    /// Deliveries after which a quorum queue dead-letters a message by itself
+    /// (`x-delivery-limit`; default: the broker's, none on 3.x and 20 on 4.x).
+    pub fn delivery_limit(mut self, limit: u32) -> Self {
+        self.topology.delivery_limit = Some(limit);
+        self
+    }
+
+    /// Where a new quorum queue's leader goes (`x-queue-leader-locator`; default: the
+    /// broker's).
+    pub fn leader_locator(mut self, locator: LeaderLocator) -> Self {
+        self.topology.leader_locator = Some(locator);
+        self
+    }
+
+    /// Several broker URLs (the nodes of a cluster), replacing the one given to
+    /// [`AmqpClaw::builder`]: every (re)connection tries them in turn from a shuffled start,
+    /// with the backoff applied per full round.
+    pub fn urls<I, S>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.urls = urls.into_iter().map(Into::into).collect();
         self
     }
 
@@ -95,25 +135,34 @@ impl AmqpClawBuilder {
     pub fn build(self) -> Result<AmqpClaw> {
         let jid = self.jid.resolve()?;
         self.timing.validate()?;
-        let endpoint = Endpoint::parse(&self.url)?;
-        let tls = tls::config(&endpoint.shown, endpoint.is_amqps(), &self.tls)?;
+        let endpoints = self
+            .urls
+            .iter()
+            .flat_map(|u| u.split(','))
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(Endpoint::parse)
+            .collect::<Result<Vec<_>>>()?;
+        let Some(first) = endpoints.first() else {
+            return Err(Error::Config(
+                "no broker URL; give one such as amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            ));
+        };
+        let tls = tls::config(&first.shown, first.is_amqps(), &self.tls)?;
+        if endpoints.iter().any(|e| e.is_amqps() != first.is_amqps()) {
+            return Err(Error::Config(
+                "the broker URLs mix amqp:// and amqps://; use one scheme for every node".into(),
+            ));
+        }
         if self.name.is_empty() {
             return Err(Error::Config("the claw name must not be empty".into()));
         }
-        let topology = topology::plan(
-            &jid,
-            self.subscriptions,
-            &TopologyOptions {
-                durable: self.durable,
-                queue_expiry: self.queue_expiry,
-                quorum_groups: self.quorum_groups,
-            },
-        )?;
+        let topology = topology::plan(&jid, self.subscriptions, &self.topology)?;
         let settings = Settings {
-            endpoints: vec![endpoint],
+            endpoints,
             prefetch: self.prefetch,
             max_deliveries: self.max_deliveries,
-            durable: self.durable,
+            durable: self.topology.durable,
             timing: self.timing,
             tls,
         };
@@ -139,15 +188,13 @@ impl AmqpClaw {
     pub fn builder(url: &str, jid: impl Into<JidInput>) -> AmqpClawBuilder {
         let defaults = Amqp091Options::default();
         AmqpClawBuilder {
-            url: url.to_owned(),
+            urls: vec![url.to_owned()],
             jid: jid.into(),
             name: "amqp091".into(),
             prefetch: 32,
             max_deliveries: 5,
             subscriptions: Subscriptions::all(),
-            durable: defaults.durable,
-            queue_expiry: Some(defaults.queue_expiry),
-            quorum_groups: defaults.quorum_groups,
+            topology: defaults.topology(),
             timing: Timing::default(),
             tls: tls::TlsFiles::default(),
         }

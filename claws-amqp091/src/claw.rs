@@ -148,19 +148,9 @@ impl Claw for AmqpClaw {
         let deadline = tokio::time::Instant::now() + shared.settings.timing.close_timeout;
         let session = shared.current.get();
         // 1. Stop consuming: our tasks stop taking deliveries (what they hold goes back to its
-        // queue), the broker stops sending. A consumer cancelled from here on is not a fault.
+        // queue) and cancel their consumers, so the broker stops sending. A consumer cancelled
+        // from here on is not a fault.
         shared.closing.cancel();
-        if let Some(session) = &session {
-            for tag in &session.consumer_tags {
-                let _ = tokio::time::timeout_at(
-                    deadline,
-                    session
-                        .consume
-                        .basic_cancel(tag.clone(), lapin::options::BasicCancelOptions::default()),
-                )
-                .await;
-            }
-        }
         if let Some(session) = &session {
             let handles =
                 std::mem::take(&mut *session.consumers.lock().unwrap_or_else(|e| e.into_inner()));

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use claws_core::config::Timing;
 use claws_core::runtime::redact_url;
+use claws_core::topology::{LeaderLocator, TopologyOptions};
 use claws_core::{Error, Result};
 use lapin::uri::AMQPUri;
 use serde::{Deserialize, Serialize};
@@ -22,7 +23,12 @@ pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// password = "secret"
 /// durable = true
 /// queue_expiry = "30m"
-/// quorum_groups = false
+/// # On a cluster (see docs/CLUSTER.md):
+/// quorum_groups = true          # group queues and xmpp_dead_letter are quorum queues
+/// quorum_instances = false      # the instance's own queues too (a Raft group each)
+/// # quorum_size = 3             # x-quorum-initial-group-size
+/// # delivery_limit = 20         # x-delivery-limit
+/// # leader_locator = "balanced" # or "client-local"
 /// # TLS, with an amqps:// URL and the `tls` feature:
 /// tls_ca_file = "/etc/claws/ca.pem"        # the CA that signed the broker's certificate
 /// tls_cert_file = "/etc/claws/client.pem"  # mutual TLS: the claw's certificate…
@@ -54,8 +60,18 @@ pub struct Amqp091Options {
     /// (`x-expires`; default `"30m"`; `"0s"` disables expiry).
     #[serde(with = "humantime_serde")]
     pub queue_expiry: Duration,
-    /// Declare the group (bare-JID) queues as quorum queues, for clustered RabbitMQ (default false).
+    /// Declare the shared queues (group queues and `xmpp_dead_letter`) as quorum queues, for a
+    /// RabbitMQ cluster (default false).
     pub quorum_groups: bool,
+    /// Declare the instance's own (full-JID) queues as quorum queues too (default false).
+    pub quorum_instances: bool,
+    /// Replicas per quorum queue (`x-quorum-initial-group-size`; default: the broker's).
+    pub quorum_size: Option<u16>,
+    /// `x-delivery-limit` on quorum queues (default: the broker's).
+    pub delivery_limit: Option<u32>,
+    /// `x-queue-leader-locator` on quorum queues: `client-local` or `balanced` (default: the
+    /// broker's).
+    pub leader_locator: Option<LeaderLocator>,
     /// PEM file of the CA(s) that signed the broker's certificate, trusted beside the system's
     /// roots (`amqps://` only).
     pub tls_ca_file: Option<PathBuf>,
@@ -77,6 +93,10 @@ impl Default for Amqp091Options {
             durable: true,
             queue_expiry: Duration::from_secs(30 * 60),
             quorum_groups: false,
+            quorum_instances: false,
+            quorum_size: None,
+            delivery_limit: None,
+            leader_locator: None,
             tls_ca_file: None,
             tls_cert_file: None,
             tls_key_file: None,
@@ -85,6 +105,19 @@ impl Default for Amqp091Options {
 }
 
 impl Amqp091Options {
+    /// The queue settings these options describe.
+    pub fn topology(&self) -> TopologyOptions {
+        TopologyOptions {
+            durable: self.durable,
+            queue_expiry: (!self.queue_expiry.is_zero()).then_some(self.queue_expiry),
+            quorum_groups: self.quorum_groups,
+            quorum_instances: self.quorum_instances,
+            quorum_size: self.quorum_size,
+            delivery_limit: self.delivery_limit,
+            leader_locator: self.leader_locator,
+        }
+    }
+
     /// The URL the seed's parameters describe: `amqp://username:password@host:port/vhost`.
     pub fn url_from_parts(&self, host: &str) -> String {
         format!(

@@ -11,13 +11,14 @@ use std::time::Duration;
 use claws_core::runtime::{Endpoints, Reconnect};
 use claws_core::{Error, Events, Result};
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
-use lapin::types::{FieldTable, LongString, ShortString};
+use lapin::options::ConfirmSelectOptions;
+use lapin::types::{LongString, ShortString};
 use lapin::{Connection, ConnectionProperties};
 
 use crate::config::Endpoint;
-use crate::consumer::{self, QueueInfo};
+use crate::consumer::QueueInfo;
 use crate::session::{Session, Shared};
+use crate::subscription;
 use crate::tls;
 use crate::topology::{self, short, OnMismatch};
 
@@ -79,7 +80,21 @@ pub(crate) async fn establish(
     let generation = shared.next_generation();
     let mut conn_events = connection.events_listener();
     let setup = async {
-        let mut publish = connection
+        // Declarations on a channel of their own: a failed one closes its channel.
+        let mut declaring = connection
+            .create_channel()
+            .await
+            .map_err(|e| shared.lapin_err("opening a declaring channel", e))?;
+        let declared = topology::declare(
+            &shared.name,
+            &connection,
+            &mut declaring,
+            &shared.topology,
+            OnMismatch::Fail,
+        )
+        .await?;
+        let _ = declaring.close(200, ShortString::from("declared")).await;
+        let publish = connection
             .create_channel()
             .await
             .map_err(|e| shared.lapin_err("opening the publishing channel", e))?;
@@ -87,46 +102,27 @@ pub(crate) async fn establish(
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(|e| shared.lapin_err("enabling publisher confirms", e))?;
-        topology::declare(
-            &shared.name,
-            &connection,
-            &mut publish,
-            &shared.topology,
-            OnMismatch::Fail,
-        )
-        .await?;
-        let consume = connection
-            .create_channel()
-            .await
-            .map_err(|e| shared.lapin_err("opening the consuming channel", e))?;
-        consume
-            .basic_qos(shared.settings.prefetch, BasicQosOptions::default())
-            .await
-            .map_err(|e| shared.lapin_err("setting the prefetch (basic.qos)", e))?;
         let mut consumers = Vec::new();
-        let mut tags = Vec::new();
         for (queue, kind) in shared.topology.consumed() {
-            let name = short("queue", &queue.name)?;
-            let tag = format!("claws-{}-{}", kind.as_str(), generation);
-            let consumer = consume
-                .basic_consume(
-                    name.clone(),
-                    ShortString::from(tag),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(|e| shared.lapin_err(&format!("consuming `{}`", queue.name), e))?;
-            tags.push(consumer.tag());
-            consumers.push((
-                Arc::new(QueueInfo {
-                    name,
-                    kind: kind.clone(),
-                }),
-                consumer,
-            ));
+            let info = Arc::new(QueueInfo {
+                name: short("queue", &queue.name)?,
+                kind: kind.clone(),
+            });
+            let consuming = if declared.unavailable.contains(&queue.name) {
+                None
+            } else {
+                match subscription::consume(shared, &connection, &info, generation).await {
+                    Ok(c) => Some(c),
+                    // Gone between the declaration and now (its node died): consumed later.
+                    Err(e) if topology::is_unavailable(&e) => None,
+                    Err(e) => {
+                        return Err(shared.lapin_err(&format!("consuming `{}`", queue.name), e))
+                    }
+                }
+            };
+            consumers.push((info, consuming));
         }
-        Ok::<_, Error>((publish, consume, tags, consumers))
+        Ok::<_, Error>((publish, consumers))
     };
     // Every step has a bound: a connection that dies mid-setup must not hang recovery.
     let bound = shared.settings.timing.connect_timeout * 3;
@@ -143,7 +139,7 @@ pub(crate) async fn establish(
                 })
             })
     };
-    let (publish, consume, consumer_tags, consumers) = match setup.await {
+    let (publish, consumers) = match setup.await {
         Ok(parts) => parts,
         Err(err) => {
             let _ = tokio::time::timeout(
@@ -159,8 +155,6 @@ pub(crate) async fn establish(
         endpoint: endpoint.shown.clone(),
         connection,
         publish,
-        consume,
-        consumer_tags,
         consumers: Mutex::new(Vec::new()),
         dead: Default::default(),
     });
@@ -183,6 +177,12 @@ pub(crate) async fn establish(
                         }
                     }
                     event = conn_events.next() => match event {
+                        // A channel's error (a declaration refused, a queue's node down)
+                        // comes here too: only a connection that is no longer up ends the
+                        // session; channels recover on their own (`subscription`).
+                        Some(lapin::Event::Error(err)) if session.connection.status().connected() => {
+                            tracing::debug!(claw = &*shared.name, error = %shared.settings.scrub(&err.to_string()), "channel error");
+                        }
                         Some(lapin::Event::Error(err)) => {
                             let reason = shared.settings.scrub(&err.to_string());
                             shared.mark_dead(&session, format!("connection lost: {reason}"));
@@ -197,14 +197,16 @@ pub(crate) async fn establish(
     }
     shared.current.up(session.clone());
     tracing::info!(claw = &*shared.name, endpoint = %endpoint, generation, "connected");
-    events.connected(&shared.name).await;
+    events
+        .connected_to(&shared.name, endpoint.shown.clone())
+        .await;
     let mut handles = Vec::with_capacity(consumers.len());
-    for (queue, consumer) in consumers {
-        handles.push(tokio::spawn(consumer::run(
+    for (queue, consuming) in consumers {
+        handles.push(tokio::spawn(subscription::run(
             shared.clone(),
             session.clone(),
             queue,
-            consumer,
+            consuming,
             events.clone(),
         )));
     }

@@ -21,7 +21,7 @@ use claws_core::{Acker, Delivery, Error, Events, Packet, Result, Via};
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions, BasicRejectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Confirmation};
+use lapin::{BasicProperties, Channel, Confirmation};
 
 use claws_core::runtime::InFlightGuard;
 
@@ -35,14 +35,27 @@ pub(crate) struct QueueInfo {
     pub(crate) kind: QueueKind,
 }
 
-/// Hands every delivery of `consumer` to `events` until the session dies or the claw closes.
+/// Why [`run`] returned.
+pub(crate) enum Ended {
+    /// The claw is closing.
+    Stopped,
+    /// The session died.
+    SessionDead,
+    /// The consumer ended while the session lives: the broker cancelled it, or its channel
+    /// failed.
+    Lost(String),
+}
+
+/// Hands every delivery of `consumer` to `events` until the consumer ends, the session dies or
+/// the claw closes.
 pub(crate) async fn run(
-    shared: Arc<Shared>,
-    session: Arc<Session>,
-    queue: Arc<QueueInfo>,
+    shared: &Arc<Shared>,
+    session: &Arc<Session>,
+    queue: &Arc<QueueInfo>,
+    channel: &Arc<Channel>,
     mut consumer: lapin::Consumer,
-    events: Events,
-) {
+    events: &Events,
+) -> Ended {
     let stop = shared.closing.clone();
     // The last sender, parsed: most deliveries come from a sender seen just before, and parsing
     // (normalising) a JID costs more than comparing a string.
@@ -50,38 +63,29 @@ pub(crate) async fn run(
     loop {
         let next = tokio::select! {
             biased;
-            _ = stop.cancelled() => return,
-            _ = session.died() => return,
+            _ = stop.cancelled() => return Ended::Stopped,
+            _ = session.died() => return Ended::SessionDead,
             next = consumer.next() => next,
         };
         match next {
             Some(Ok(d)) => {
-                let delivery = to_delivery(&shared, &session, &queue, d, &mut last_from);
+                let delivery = to_delivery(shared, session, queue, channel, d, &mut last_from);
                 tokio::select! {
                     biased;
                     // A delivery not handed over is dropped: its acker requeues it.
-                    _ = stop.cancelled() => return,
-                    r = events.received(delivery) => if r.is_err() { return },
+                    _ = stop.cancelled() => return Ended::Stopped,
+                    r = events.received(delivery) => if r.is_err() { return Ended::Stopped },
                 }
             }
             Some(Err(err)) => {
-                shared.mark_dead(
-                    &session,
-                    format!("consumer on `{}` failed: {err}", queue.name),
-                );
-                return;
+                return Ended::Lost(format!("consumer on `{}` failed: {err}", queue.name));
             }
+            None if shared.is_closing() => return Ended::Stopped,
             None => {
-                if !shared.is_closing() {
-                    shared.mark_dead(
-                        &session,
-                        format!(
-                            "the broker cancelled the consumer on `{}` (queue deleted?)",
-                            queue.name
-                        ),
-                    );
-                }
-                return;
+                return Ended::Lost(format!(
+                "the broker cancelled the consumer on `{}` (its node is down, or it was deleted)",
+                queue.name
+            ))
             }
         }
     }
@@ -115,6 +119,7 @@ fn to_delivery(
     shared: &Arc<Shared>,
     session: &Arc<Session>,
     queue: &Arc<QueueInfo>,
+    channel: &Arc<Channel>,
     d: lapin::message::Delivery,
     last_from: &mut LastJid,
 ) -> Delivery {
@@ -171,6 +176,7 @@ fn to_delivery(
         attempt,
         acker: Box::new(AmqpAcker {
             acker: Some(acker),
+            _channel: channel.clone(),
             session: session.clone(),
             queue: queue.clone(),
             original: Original {
@@ -197,6 +203,9 @@ struct Original {
 /// Settles one delivery on the channel that delivered it.
 struct AmqpAcker {
     acker: Option<lapin::Acker>,
+    /// Keeps the delivering channel open until this delivery is settled (lapin closes a
+    /// channel when its last handle goes).
+    _channel: Arc<Channel>,
     session: Arc<Session>,
     queue: Arc<QueueInfo>,
     original: Original,

@@ -96,6 +96,7 @@ mod connection;
 mod consumer;
 mod publisher;
 mod session;
+mod subscription;
 mod tls;
 pub mod topology;
 

@@ -60,6 +60,7 @@ pub(crate) async fn publish(
     };
     let _guard = shared.sends.enter();
     let deadline = started + shared.settings.timing.send_timeout;
+    let mut nack_backoff = shared.settings.timing.backoff();
     loop {
         let session = shared
             .current
@@ -100,13 +101,23 @@ pub(crate) async fn publish(
                 });
             }
             Ok(Confirmation::Nack(_)) => {
-                return Err(Error::Refused {
-                    to: to.to_owned(),
-                    claw: shared.name.to_string(),
-                    reason:
-                        "negative publisher confirm (basic.nack): the broker could not store it"
-                            .into(),
-                })
+                // The broker could not store it now: on a cluster, a quorum queue is electing
+                // a new leader after a node died. Sent again after a pause, within the send
+                // time-out; only then is it refused.
+                let pause = nack_backoff.next_delay();
+                if tokio::time::Instant::now() + pause >= deadline {
+                    return Err(Error::Refused {
+                        to: to.to_owned(),
+                        claw: shared.name.to_string(),
+                        reason: format!(
+                            "negative publisher confirm (basic.nack) on every attempt for {:?}: \
+                             the broker could not store it",
+                            shared.settings.timing.send_timeout
+                        ),
+                    });
+                }
+                tracing::debug!(claw = &*shared.name, %to, ?pause, "send nacked; sending again");
+                tokio::time::sleep(pause).await;
             }
             Err(err) => {
                 // The channel or connection failed under the send: retry on the next session.

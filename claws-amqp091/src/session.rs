@@ -108,9 +108,7 @@ pub(crate) struct Session {
     pub(crate) connection: Connection,
     /// Publishes (with confirms) and declarations.
     pub(crate) publish: Channel,
-    /// Consumes (with basic.qos); deliveries are settled here.
-    pub(crate) consume: Channel,
-    pub(crate) consumer_tags: Vec<ShortString>,
+    /// One task per consumed queue, each with its own channel (see `subscription`).
     pub(crate) consumers: Mutex<Vec<JoinHandle<()>>>,
     pub(crate) dead: Fuse,
 }

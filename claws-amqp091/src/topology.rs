@@ -56,20 +56,31 @@ pub enum OnMismatch {
     Adopt,
 }
 
-/// Declares `topology`: exchanges, queues, bindings. Idempotent.
+/// What [`declare`] could not declare because the node holding it is down.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Declared {
+    /// Queues that exist on a node that is down or unreachable (RabbitMQ's `NOT_FOUND - home
+    /// node ... is down`): not declared, not bound. A claw consumes them once the node is back.
+    pub unavailable: Vec<String>,
+}
+
+/// Declares `topology`: exchanges, then each queue with its bindings. Idempotent.
 ///
 /// `claw` names the claw in errors; `channel` is a channel of `connection`. A queue or exchange that already exists with other
 /// settings (PRECONDITION_FAILED, which closes the channel) gives an [`Error::Config`] naming
 /// it, the broker's reply (which names the differing argument), and the option to change; with
 /// [`OnMismatch::Adopt`] a queue is checked passively on a new channel instead and used as it
-/// is (`channel` is then replaced).
+/// is. A queue whose node is down is listed in [`Declared::unavailable`] instead of failing
+/// the whole declaration: on a cluster, one dead node must not keep an instance from its
+/// other queues. Whenever a failure closed `channel`, it is replaced by a new one.
 pub async fn declare(
     claw: &str,
     connection: &Connection,
     channel: &mut Channel,
     topology: &Topology,
     on_mismatch: OnMismatch,
-) -> Result<()> {
+) -> Result<Declared> {
     for e in &topology.exchanges {
         let kind = match e.kind {
             ExchangeType::Direct => ExchangeKind::Direct,
@@ -89,26 +100,47 @@ pub async fn declare(
             .await
             .map_err(|err| declare_error(claw, "exchange", e.name, &err))?;
     }
+    let mut declared = Declared::default();
     for q in &topology.queues {
-        let options = QueueDeclareOptions {
-            durable: q.durable,
-            ..QueueDeclareOptions::default()
-        };
-        let name = short("queue", &q.name)?;
-        let Err(err) = channel
-            .queue_declare(name.clone(), options, table(&q.arguments))
-            .await
-        else {
-            continue;
-        };
-        if on_mismatch == OnMismatch::Fail || !err.to_string().contains("PRECONDITION_FAILED") {
+        if !declare_queue(claw, connection, channel, topology, q, on_mismatch).await? {
+            declared.unavailable.push(q.name.clone());
+        }
+    }
+    Ok(declared)
+}
+
+/// Declares one queue of `topology` and its bindings (see [`declare`]). `Ok(false)`: its node
+/// is down, nothing was declared, and `channel` was replaced.
+pub async fn declare_queue(
+    claw: &str,
+    connection: &Connection,
+    channel: &mut Channel,
+    topology: &Topology,
+    q: &QueueDecl,
+    on_mismatch: OnMismatch,
+) -> Result<bool> {
+    let options = QueueDeclareOptions {
+        durable: q.durable,
+        ..QueueDeclareOptions::default()
+    };
+    let name = short("queue", &q.name)?;
+    if let Err(err) = channel
+        .queue_declare(name.clone(), options, table(&q.arguments))
+        .await
+    {
+        if is_unavailable(&err) {
+            reopen(claw, connection, channel, &q.name).await?;
+            tracing::warn!(claw, queue = %q.name, error = %err, "queue unavailable: its node is down");
+            return Ok(false);
+        }
+        // The dead-letter queue is one per vhost, shared by every instance and peer: the first
+        // declaration (or `claws topology --apply`) decides its type, later ones adopt it.
+        let adopt = on_mismatch == OnMismatch::Adopt || q.kind.is_none();
+        if !adopt || !err.to_string().contains("PRECONDITION_FAILED") {
             return Err(declare_error(claw, "queue", &q.name, &err));
         }
         // The failed declare closed the channel; look at the queue that is there.
-        *channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| declare_error(claw, "queue", &q.name, &e))?;
+        reopen(claw, connection, channel, &q.name).await?;
         let passive = QueueDeclareOptions {
             passive: true,
             ..QueueDeclareOptions::default()
@@ -117,10 +149,10 @@ pub async fn declare(
             .queue_declare(name, passive, FieldTable::default())
             .await
             .map_err(|e| declare_error(claw, "queue", &q.name, &e))?;
-        tracing::debug!(queue = %q.name, error = %err, "adopting an existing queue declared with other arguments");
+        tracing::info!(claw, queue = %q.name, error = %err, "adopting an existing queue declared with other arguments");
     }
-    for b in &topology.bindings {
-        channel
+    for b in topology.bindings.iter().filter(|b| b.queue == q.name) {
+        let bound = channel
             .queue_bind(
                 short("queue", &b.queue)?,
                 short("exchange", b.exchange)?,
@@ -128,9 +160,35 @@ pub async fn declare(
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
-            .await
-            .map_err(|err| declare_error(claw, "binding of queue", &b.queue, &err))?;
+            .await;
+        match bound {
+            Ok(()) => {}
+            Err(err) if is_unavailable(&err) => {
+                reopen(claw, connection, channel, &q.name).await?;
+                return Ok(false);
+            }
+            Err(err) => return Err(declare_error(claw, "binding of queue", &b.queue, &err)),
+        }
     }
+    Ok(true)
+}
+
+/// Whether `err` says the queue's node is down (or the queue is gone): `NOT_FOUND`, which a
+/// non-passive declare and a bind only give for that.
+pub fn is_unavailable(err: &lapin::Error) -> bool {
+    err.to_string().contains("NOT_FOUND")
+}
+
+async fn reopen(
+    claw: &str,
+    connection: &Connection,
+    channel: &mut Channel,
+    queue: &str,
+) -> Result<()> {
+    *channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| declare_error(claw, "queue", queue, &e))?;
     Ok(())
 }
 
@@ -164,7 +222,13 @@ fn declare_error(claw: &str, what: &str, name: &str, err: &lapin::Error) -> Erro
         "x-expires" => {
             "set `amqp091.queue_expiry` (e.g. \"30m\"; builder: `.queue_expiry(..)`) to match it"
         }
-        "x-queue-type" => "set `amqp091.quorum_groups` (builder: `.quorum_groups(..)`) to match it",
+        "x-queue-type" => {
+            "set `amqp091.quorum_groups` / `quorum_instances` (builder: `.quorum_groups(..)`, \
+             `.quorum_instances(..)`) to match it"
+        }
+        "x-quorum-initial-group-size" | "x-delivery-limit" | "x-queue-leader-locator" => {
+            "set `amqp091.quorum_size`, `delivery_limit` and `leader_locator` to match it"
+        }
         "type" => "another application uses this exchange name with another type; rename it there",
         _ => "align the claw's options with it",
     };

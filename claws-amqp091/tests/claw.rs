@@ -526,3 +526,72 @@ async fn declarations_follow_the_options() {
     client.claw.close().await.unwrap();
     cleanup(&[&s.claw, &client.claw]).await;
 }
+
+#[tokio::test]
+async fn a_cancelled_consumer_is_subscribed_again_while_the_others_consume() {
+    let u = uid();
+    let me = format!("cancel-{u}@test/a");
+    let mut s = start(builder(&me)).await;
+    let client =
+        start(builder(&format!("client-{u}@test/c")).subscriptions(Subscriptions::none())).await;
+    // The broker cancels the consumer of the instance's fanout queue (deleted under it).
+    let fanout = format!("xmpp_fanout:{me}");
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "delete_queue", &fanout])
+        .output()
+        .expect("rabbitmqctl (scripts/provision)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Reported, and the connection stays: the direct queue keeps consuming meanwhile.
+    let (mut lost, mut restored) = (false, false);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !(lost && restored) {
+        match tokio::time::timeout_at(deadline, s.rx.recv()).await {
+            Ok(Some(claws_core::Event::ConsumerLost { queue, .. })) => {
+                assert_eq!(queue, fanout);
+                lost = true;
+            }
+            Ok(Some(claws_core::Event::ConsumerRestored { queue, .. })) => {
+                assert_eq!(queue, fanout);
+                assert!(lost, "restored before lost");
+                restored = true;
+            }
+            Ok(Some(claws_core::Event::Disconnected { reason, .. })) => {
+                panic!("one cancelled consumer took the connection down: {reason}")
+            }
+            Ok(Some(_)) => {}
+            other => panic!("no ConsumerLost/ConsumerRestored for {fanout}: {other:?}"),
+        }
+    }
+    client
+        .claw
+        .send(
+            &jid::parse(&me).unwrap(),
+            None,
+            Packet::from(format!("d {u}")),
+        )
+        .await
+        .unwrap();
+    let d = next(&mut s.rx, &format!("d {u}")).await;
+    assert_eq!(d.via.queue, QueueKind::Direct);
+    d.acker.ack().await.unwrap();
+    // The queue was declared again and bound: broadcasts reach it.
+    client
+        .claw
+        .publish(Packet::from(format!("b {u}")))
+        .await
+        .unwrap();
+    let mut kinds = HashSet::new();
+    while kinds.len() < 2 {
+        let d = next(&mut s.rx, &format!("b {u}")).await;
+        kinds.insert(d.via.queue.clone());
+        d.acker.ack().await.unwrap();
+    }
+    assert!(kinds.contains(&QueueKind::Fanout), "{kinds:?}");
+    s.claw.close().await.unwrap();
+    client.claw.close().await.unwrap();
+    cleanup(&[&s.claw, &client.claw]).await;
+}

@@ -9,8 +9,8 @@
 //! defaults: durable, `x-dead-letter-exchange = xmpp_dead_letter`, and `x-expires` on
 //! per-instance queues.
 
-use claws_amqp091::topology::{self as declarer, OnMismatch};
-use claws_core::topology::{plan, TopologyOptions};
+use claws_amqp091::topology::{self as declarer, Declared, OnMismatch};
+use claws_core::topology::plan;
 use claws_core::{Error, Result};
 use lapin::{Connection, ConnectionProperties};
 
@@ -28,20 +28,14 @@ async fn open(endpoint: &Endpoint, claw: &str) -> Result<Connection> {
         })
 }
 
-/// Declares the exchanges, the dead-letter queue, and each subscription's queue and binding.
-pub(crate) async fn declare(shared: &Shared) -> Result<()> {
+/// Declares the exchanges, the dead-letter queue, and each subscription's queue and binding,
+/// through `endpoint` (the node the 1.0 connection is being opened to). Queues whose node is
+/// down are listed in [`Declared::unavailable`] instead of failing.
+pub(crate) async fn declare(shared: &Shared, endpoint: &Endpoint) -> Result<Declared> {
     let s = &shared.settings;
-    let topology = plan(
-        &shared.jid,
-        s.subscriptions,
-        &TopologyOptions {
-            durable: s.durable,
-            queue_expiry: s.queue_expiry,
-            quorum_groups: false,
-        },
-    )?;
+    let topology = plan(&shared.jid, s.subscriptions, &s.topology())?;
     let work = async {
-        let conn = open(&shared.endpoint, &shared.name).await?;
+        let conn = open(endpoint, &shared.name).await?;
         let broker = |what: &str, e: lapin::Error| Error::Broker {
             claw: shared.name.to_string(),
             what: what.to_owned(),
@@ -52,11 +46,13 @@ pub(crate) async fn declare(shared: &Shared) -> Result<()> {
                 .create_channel()
                 .await
                 .map_err(|e| broker("opening a declaring channel", e))?;
-            declarer::declare(&shared.name, &conn, &mut ch, &topology, OnMismatch::Adopt).await?;
+            let declared =
+                declarer::declare(&shared.name, &conn, &mut ch, &topology, OnMismatch::Adopt)
+                    .await?;
             // Closed before the connection: a channel dropped open races the connection's
             // close, and lapin logs that race as an error.
             let _ = ch.close(200, "declared".into()).await;
-            Ok(())
+            Ok(declared)
         }
         .await;
         let _ = conn.close(200, "declared".into()).await;
@@ -67,7 +63,7 @@ pub(crate) async fn declare(shared: &Shared) -> Result<()> {
         Ok(r) => r,
         Err(_) => Err(Error::Connect {
             claw: shared.name.to_string(),
-            endpoint: shared.endpoint.to_string(),
+            endpoint: endpoint.to_string(),
             reason: format!("declaring the topology over AMQP 0-9-1: no answer within {timeout:?}"),
         }),
     }

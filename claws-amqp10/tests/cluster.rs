@@ -157,6 +157,7 @@ const FAILOVER_BOUND: Duration = Duration::from_secs(10);
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_connected_node_loses_no_stanza() {
     let _alone = CLUSTER.lock().await;
+    let _held = cluster::exclusive().await.expect("the cluster lock");
     cluster::up()
         .await
         .expect("the cluster (scripts/cluster up)");
@@ -316,6 +317,7 @@ async fn killing_the_connected_node_loses_no_stanza() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_new_claw_connects_past_a_dead_node() {
     let _alone = CLUSTER.lock().await;
+    let _held = cluster::exclusive().await.expect("the cluster lock");
     cluster::up()
         .await
         .expect("the cluster (scripts/cluster up)");

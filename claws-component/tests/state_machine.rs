@@ -78,7 +78,7 @@ async fn stanzas_flow_both_ways_with_the_right_via() {
     assert_eq!(claw.state(), State::Disconnected);
     let (mut server, mut rx) = start(&claw, &l).await;
     assert_eq!(claw.state(), State::Ready);
-    assert!(matches!(next_event(&mut rx).await, Event::Connected { claw } if &*claw == "xmpp"));
+    assert!(matches!(next_event(&mut rx).await, Event::Connected { claw, .. } if &*claw == "xmpp"));
 
     // Several stanzas in one write, then one split across writes (mid-tag and mid-character).
     server

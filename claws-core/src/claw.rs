@@ -166,10 +166,15 @@ impl Capabilities {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Event {
-    /// The claw is connected and every consumer is active.
+    /// The claw is connected and its consumers are active (a queue that cannot be consumed
+    /// yet is reported as [`ConsumerLost`](Event::ConsumerLost) after this).
+    #[non_exhaustive]
     Connected {
         /// The claw's name.
         claw: Arc<str>,
+        /// Where it is connected (a URL without password, or a server address), when the
+        /// claw has one.
+        endpoint: Option<String>,
     },
     /// The claw lost its connection (it may be recovering).
     Disconnected {
@@ -180,6 +185,25 @@ pub enum Event {
     },
     /// A packet arrived.
     Received(Delivery),
+    /// One queue stopped being consumed while the connection stays up (the broker cancelled
+    /// the consumer: its queue's node went down, or it was deleted). The claw keeps consuming
+    /// its other queues and subscribes this one again, with backoff, until
+    /// [`ConsumerRestored`](Event::ConsumerRestored).
+    ConsumerLost {
+        /// The claw's name.
+        claw: Arc<str>,
+        /// The queue.
+        queue: String,
+        /// Why.
+        reason: String,
+    },
+    /// A queue reported lost is consumed again.
+    ConsumerRestored {
+        /// The claw's name.
+        claw: Arc<str>,
+        /// The queue.
+        queue: String,
+    },
 }
 
 /// The sending side of a router's event channel, handed to [`Claw::start`]. Cloning is cheap.
@@ -198,9 +222,50 @@ impl Events {
         (Events { tx }, rx)
     }
 
-    /// Reports `Connected`.
+    /// Reports `Connected`, with no endpoint to show.
     pub async fn connected(&self, claw: &Arc<str>) {
-        let _ = self.tx.send(Event::Connected { claw: claw.clone() }).await;
+        self.send(Event::Connected {
+            claw: claw.clone(),
+            endpoint: None,
+        })
+        .await;
+    }
+
+    /// Reports `Connected` to `endpoint` (no password in it).
+    pub async fn connected_to(&self, claw: &Arc<str>, endpoint: impl Into<String>) {
+        self.send(Event::Connected {
+            claw: claw.clone(),
+            endpoint: Some(endpoint.into()),
+        })
+        .await;
+    }
+
+    /// Reports `ConsumerLost`.
+    pub async fn consumer_lost(
+        &self,
+        claw: &Arc<str>,
+        queue: impl Into<String>,
+        reason: impl Into<String>,
+    ) {
+        self.send(Event::ConsumerLost {
+            claw: claw.clone(),
+            queue: queue.into(),
+            reason: reason.into(),
+        })
+        .await;
+    }
+
+    /// Reports `ConsumerRestored`.
+    pub async fn consumer_restored(&self, claw: &Arc<str>, queue: impl Into<String>) {
+        self.send(Event::ConsumerRestored {
+            claw: claw.clone(),
+            queue: queue.into(),
+        })
+        .await;
+    }
+
+    async fn send(&self, event: Event) {
+        let _ = self.tx.send(event).await;
     }
 
     /// Reports `Disconnected`.

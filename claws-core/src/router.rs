@@ -327,9 +327,23 @@ async fn dispatch(router: Router, handler: Arc<dyn Handler>, mut rx: mpsc::Recei
     let ctx = Context::new(router.clone(), 0);
     while let Some(event) = rx.recv().await {
         match event {
-            Event::Connected { claw } => {
-                tracing::info!(claw = &*claw, "connected");
+            Event::Connected { claw, endpoint, .. } => {
+                tracing::info!(
+                    claw = &*claw,
+                    endpoint = endpoint.as_deref().unwrap_or(""),
+                    "connected"
+                );
                 handler.connected(&claw, &ctx).await;
+            }
+            Event::ConsumerLost {
+                claw,
+                queue,
+                reason,
+            } => {
+                tracing::warn!(claw = &*claw, %queue, %reason, "consumer lost; subscribing again");
+            }
+            Event::ConsumerRestored { claw, queue } => {
+                tracing::info!(claw = &*claw, %queue, "consumer restored");
             }
             Event::Disconnected { claw, reason } => {
                 tracing::warn!(claw = &*claw, %reason, "disconnected");

@@ -143,6 +143,7 @@
 //! None: the crate needs only `claws-core`, `async-trait`, `tokio`, `tracing`, `futures-util`,
 //! `serde_json` and `thiserror`.
 
+pub mod cluster;
 pub mod conformance;
 pub mod fault;
 pub mod mem;

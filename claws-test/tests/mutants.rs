@@ -58,7 +58,7 @@ impl Claw for Mutant {
         tokio::spawn(async move {
             while let Some(event) = rx.recv().await {
                 match event {
-                    Event::Connected { claw } => events.connected(&claw).await,
+                    Event::Connected { claw, .. } => events.connected(&claw).await,
                     Event::Disconnected { claw, reason } => {
                         events.disconnected(&claw, reason).await
                     }

@@ -498,10 +498,7 @@ mod rabbitmq {
             ],
         );
         let listener = Running::spawn(&refs(&args));
-        assert_eq!(
-            listener.next(),
-            serde_json::json!({"event": "connected", "claw": "amqp091"})
-        );
+        assert_connected_via_rabbitmq(&listener.next());
 
         args = amqp(
             &sender_jid,
@@ -850,10 +847,7 @@ mod rabbitmq {
             "30",
         ];
         let listener = Running::spawn(&listen);
-        assert_eq!(
-            listener.next(),
-            serde_json::json!({"event": "connected", "claw": "amqp091"})
-        );
+        assert_connected_via_rabbitmq(&listener.next());
         let args = amqp(
             &sender_jid,
             &["send", "--to", &listener_jid, "<message>tls</message>"],
@@ -883,4 +877,15 @@ mod rabbitmq {
         let _ = std::fs::remove_file(config);
         delete_queues(&[&listener_jid, &sender_jid]);
     }
+}
+
+/// A `connected` line of the amqp091 claw names the node it is connected to, without password.
+fn assert_connected_via_rabbitmq(line: &serde_json::Value) {
+    assert_eq!(line["event"], "connected", "{line}");
+    assert_eq!(line["claw"], "amqp091", "{line}");
+    let endpoint = line["endpoint"].as_str().unwrap_or_default();
+    assert!(
+        endpoint.starts_with("amqp://guest@127.0.0.1:5672/"),
+        "{line}"
+    );
 }

@@ -65,8 +65,12 @@ impl Transport {
 pub struct Config {
     /// Which claw to build.
     pub transport: Transport,
-    /// The broker's URL (`amqp://user:pass@host:port/vhost`); unused by `mem`.
+    /// The broker's URL (`amqp://user:pass@host:port/vhost`); unused by `mem`. Several, for a
+    /// cluster, separated by commas (`CLAWS_URL=amqp://a,amqp://b`), or in `urls`.
     pub url: Option<String>,
+    /// More broker URLs (the nodes of a cluster), used together with `url`; see
+    /// [`Config::urls`].
+    pub urls: Vec<String>,
     /// The instance's JID (validated by [`Config::jid`]).
     pub jid: String,
     /// The claw's name as it appears in `Via` (default: the transport's name).
@@ -119,6 +123,7 @@ impl Default for Config {
         Self {
             transport: Transport::Mem,
             url: None,
+            urls: Vec::new(),
             jid: "claws@localhost/main".into(),
             name: None,
             prefetch: 32,
@@ -173,7 +178,7 @@ impl Config {
         self.jid()?;
         if let Some(key) = self.sections.names().find(|k| !SECTIONS.contains(k)) {
             return Err(Error::Config(format!(
-                "unknown key `{key}`; known keys are transport, url, jid, name, prefetch, \
+                "unknown key `{key}`; known keys are transport, url, urls, jid, name, prefetch, \
                  concurrency, max_deliveries, subscriptions, send_timeout, connect_timeout, \
                  close_timeout, heartbeat, reconnect_min, reconnect_max, and the tables {}",
                 SECTIONS.join(", ")
@@ -190,6 +195,19 @@ impl Config {
             return Err(Error::Config("`max_deliveries` must be at least 1".into()));
         }
         Ok(())
+    }
+
+    /// Every broker URL: `url` split at commas, then `urls`, blanks dropped (empty when none
+    /// is configured). A claw tries them from a shuffled start at every (re)connection.
+    pub fn urls(&self) -> Vec<String> {
+        self.url
+            .iter()
+            .flat_map(|u| u.split(','))
+            .chain(self.urls.iter().map(String::as_str))
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect()
     }
 
     /// The parsed JID.
@@ -332,6 +350,18 @@ mod tests {
             assert!(e.contains("`send_timeout` must be more than 0"), "{e}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn urls_come_from_url_commas_and_urls() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("w.toml", "urls = [\"amqp://c\"]")?;
+            jail.set_env("CLAWS_URL", "amqp://a, amqp://b");
+            let c = Config::load(Some(Path::new("w.toml"))).unwrap();
+            assert_eq!(c.urls(), ["amqp://a", "amqp://b", "amqp://c"]);
+            Ok(())
+        });
+        assert!(Config::default().urls().is_empty());
     }
 
     #[test]

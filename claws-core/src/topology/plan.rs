@@ -14,6 +14,12 @@ use crate::jid::Jid;
 use crate::Result;
 
 /// How the claw declares its queues.
+///
+/// On a RabbitMQ cluster, a classic queue lives on one node and is unusable while that node is
+/// down. `quorum_groups` makes every *shared* queue (the group queues and `xmpp_dead_letter`)
+/// a quorum queue, replicated over `quorum_size` nodes; `quorum_instances` does the same for
+/// the instance's own queues, at the price of one Raft group per queue (see
+/// docs/CLUSTER.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TopologyOptions {
     /// Durable queues (exchanges are always durable, so that instances with either setting
@@ -21,8 +27,19 @@ pub struct TopologyOptions {
     pub durable: bool,
     /// `x-expires` on per-instance (full-JID) queues.
     pub queue_expiry: Option<Duration>,
-    /// `x-queue-type = quorum` on group (bare-JID) queues.
+    /// `x-queue-type = quorum` on the shared queues: group (bare-JID) queues and the
+    /// dead-letter queue.
     pub quorum_groups: bool,
+    /// `x-queue-type = quorum` on the instance's own (full-JID) queues too.
+    pub quorum_instances: bool,
+    /// Quorum queues: `x-quorum-initial-group-size`, the number of replicas (broker default:
+    /// every node, up to its configured limit).
+    pub quorum_size: Option<u16>,
+    /// Quorum queues: `x-delivery-limit`, after which the broker dead-letters a message it
+    /// has delivered that often (broker default: none on 3.x, 20 on 4.x).
+    pub delivery_limit: Option<u32>,
+    /// Quorum queues: `x-queue-leader-locator`, the node that leads a new queue.
+    pub leader_locator: Option<LeaderLocator>,
 }
 
 impl Default for TopologyOptions {
@@ -31,6 +48,46 @@ impl Default for TopologyOptions {
             durable: true,
             queue_expiry: Some(Duration::from_secs(1800)),
             quorum_groups: false,
+            quorum_instances: false,
+            quorum_size: None,
+            delivery_limit: None,
+            leader_locator: None,
+        }
+    }
+}
+
+/// Where RabbitMQ places a new quorum queue's leader (`x-queue-leader-locator`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LeaderLocator {
+    /// On the node the declaring client is connected to.
+    ClientLocal,
+    /// On the node with the fewest leaders.
+    Balanced,
+}
+
+impl LeaderLocator {
+    /// `client-local` or `balanced`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaderLocator::ClientLocal => "client-local",
+            LeaderLocator::Balanced => "balanced",
+        }
+    }
+}
+
+impl TopologyOptions {
+    /// The `x-queue-type` and quorum arguments of a queue, when it is a quorum queue.
+    fn quorum_arguments(&self, arguments: &mut Vec<(&'static str, ArgValue)>) {
+        arguments.push(("x-queue-type", ArgValue::Str("quorum")));
+        if let Some(n) = self.quorum_size {
+            arguments.push(("x-quorum-initial-group-size", ArgValue::Int(i64::from(n))));
+        }
+        if let Some(n) = self.delivery_limit {
+            arguments.push(("x-delivery-limit", ArgValue::Int(i64::from(n))));
+        }
+        if let Some(l) = self.leader_locator {
+            arguments.push(("x-queue-leader-locator", ArgValue::Str(l.as_str())));
         }
     }
 }
@@ -197,11 +254,15 @@ pub fn plan(
             durable: true,
         },
     ];
+    let mut dead_letter_arguments = Vec::new();
+    if options.quorum_groups {
+        options.quorum_arguments(&mut dead_letter_arguments);
+    }
     let mut queues = vec![QueueDecl {
         name: DEAD_LETTER_QUEUE.to_owned(),
         kind: None,
         durable: true,
-        arguments: Vec::new(),
+        arguments: dead_letter_arguments,
     }];
     let mut bindings = vec![BindingDecl {
         queue: DEAD_LETTER_QUEUE.to_owned(),
@@ -214,8 +275,13 @@ pub fn plan(
             ArgValue::Str(DEAD_LETTER_EXCHANGE),
         )];
         let group = spec.kind.is_group();
-        if group && options.quorum_groups {
-            arguments.push(("x-queue-type", ArgValue::Str("quorum")));
+        let quorum = if group {
+            options.quorum_groups
+        } else {
+            options.quorum_instances
+        };
+        if quorum {
+            options.quorum_arguments(&mut arguments);
         }
         if !group {
             if let Some(expiry) = options.queue_expiry {
@@ -232,7 +298,7 @@ pub fn plan(
             name: spec.name,
             kind: Some(spec.kind),
             // Quorum queues are always durable.
-            durable: options.durable || (group && options.quorum_groups),
+            durable: options.durable || quorum,
             arguments,
         });
     }
@@ -279,6 +345,7 @@ mod tests {
             durable: false,
             queue_expiry: None,
             quorum_groups: true,
+            ..TopologyOptions::default()
         };
         let t = plan(&jid, Subscriptions::all(), &options).unwrap();
         let group = t
@@ -296,6 +363,39 @@ mod tests {
             .find(|q| q.name == "xmpp_direct:n@d/r")
             .unwrap();
         assert!(!own.durable);
+        // The dead-letter queue is shared: quorum too, so that no one node holds it.
+        assert!(t.queues[0]
+            .arguments
+            .contains(&("x-queue-type", ArgValue::Str("quorum"))));
+    }
+
+    #[test]
+    fn cluster_settings_reach_every_quorum_queue() {
+        let jid = crate::jid::parse("n@d/r").unwrap();
+        let options = TopologyOptions {
+            quorum_groups: true,
+            quorum_instances: true,
+            quorum_size: Some(3),
+            delivery_limit: Some(7),
+            leader_locator: Some(LeaderLocator::Balanced),
+            ..TopologyOptions::default()
+        };
+        let t = plan(&jid, Subscriptions::all(), &options).unwrap();
+        for q in &t.queues {
+            for arg in [
+                ("x-queue-type", ArgValue::Str("quorum")),
+                ("x-quorum-initial-group-size", ArgValue::Int(3)),
+                ("x-delivery-limit", ArgValue::Int(7)),
+                ("x-queue-leader-locator", ArgValue::Str("balanced")),
+            ] {
+                assert!(q.arguments.contains(&arg), "{} lacks {arg:?}", q.name);
+            }
+            assert!(q.durable);
+        }
+        // Quorum queues keep their idle expiry.
+        assert!(t.queues[1]
+            .arguments
+            .contains(&("x-expires", ArgValue::Int(1_800_000))));
     }
 
     #[test]

@@ -29,7 +29,7 @@ struct Printing {
 #[async_trait]
 impl Handler for Printing {
     async fn connected(&self, claw: &str, _ctx: &Context) {
-        self.printer.connected(claw);
+        self.printer.connected(claw, None);
     }
 
     async fn disconnected(&self, claw: &str, reason: &str, _ctx: &Context) {

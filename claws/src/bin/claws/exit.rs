@@ -63,10 +63,12 @@ impl From<Error> for Failure {
 }
 
 /// Prints `failure` on stderr as one line, with passwords removed, and returns its exit code.
-pub(crate) fn report(failure: &Failure, url: Option<&str>) -> ExitCode {
+pub(crate) fn report(failure: &Failure, urls: &[String]) -> ExitCode {
     let mut message = redact(&failure.message);
-    if let Some(password) = url.and_then(password_of).filter(|p| !p.is_empty()) {
-        message = message.replace(password, "***");
+    for url in urls.iter().flat_map(|u| u.split(',')) {
+        if let Some(password) = password_of(url).filter(|p| !p.is_empty()) {
+            message = message.replace(password, "***");
+        }
     }
     let message = message.replace('\n', " ");
     let message = message.trim_end_matches('.');

@@ -70,7 +70,17 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<(), Failure> {
                 )));
             }
             Some(None) => break Err(Failure::other("the claw stopped reporting events")),
-            Some(Some(Event::Connected { claw })) => printer.connected(&claw),
+            Some(Some(Event::Connected { claw, endpoint, .. })) => {
+                printer.connected(&claw, endpoint.as_deref())
+            }
+            Some(Some(Event::ConsumerLost {
+                claw,
+                queue,
+                reason,
+            })) => printer.consumer_lost(&claw, &queue, &reason),
+            Some(Some(Event::ConsumerRestored { claw, queue })) => {
+                printer.consumer_restored(&claw, &queue)
+            }
             Some(Some(Event::Disconnected { claw, reason })) => {
                 printer.disconnected(&claw, &reason)
             }

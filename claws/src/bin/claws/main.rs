@@ -77,7 +77,7 @@ fn main() -> ExitCode {
         Err(err) => {
             return exit::report(
                 &exit::Failure::other(format!("cannot start the async runtime: {err}")),
-                None,
+                &[],
             )
         }
     };
@@ -85,7 +85,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(run(&global, cli.command));
     let code = match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(failure) => exit::report(&failure, global.url.as_deref()),
+        Err(failure) => exit::report(&failure, &global.url),
     };
     // Do not wait for stray tasks (a blocked stdin reader, a lingering connection).
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));

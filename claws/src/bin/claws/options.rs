@@ -21,9 +21,10 @@ pub(crate) struct Global {
     )]
     pub(crate) transport: Option<TransportArg>,
 
-    /// The broker's URL, e.g. amqp://guest:guest@127.0.0.1:5672/%2f.
+    /// The broker's URL, e.g. amqp://guest:guest@127.0.0.1:5672/%2f. Repeat it (or separate
+    /// URLs with commas) for the nodes of a cluster: each (re)connection tries them in turn.
     #[arg(long, global = true, env = "CLAWS_URL", hide_env_values = true)]
-    pub(crate) url: Option<String>,
+    pub(crate) url: Vec<String>,
 
     /// This instance's JID, e.g. svc@example.com/worker-1.
     #[arg(long, global = true, env = "CLAWS_JID", hide_env_values = true)]
@@ -95,7 +96,7 @@ impl Global {
         };
         let flags = Flags {
             transport: self.transport.map(Transport::from),
-            url: self.url.clone(),
+            url: (!self.url.is_empty()).then(|| self.url.join(",")),
             jid: self.jid.clone(),
         };
         let figment = Config::figment(file).merge(Serialized::defaults(flags));

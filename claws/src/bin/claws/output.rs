@@ -39,11 +39,38 @@ impl Printer {
         out.flush()
     }
 
-    /// `{"event":"connected","claw":NAME}`.
-    pub(crate) fn connected(&self, claw: &str) {
+    /// `{"event":"connected","claw":NAME,"endpoint":URL}` (the endpoint when the claw has one,
+    /// never with a password).
+    pub(crate) fn connected(&self, claw: &str, endpoint: Option<&str>) {
         self.line(
-            || format!("connected: claw `{claw}` is consuming"),
-            || json!({"event": "connected", "claw": claw}),
+            || match endpoint {
+                Some(e) => format!("connected: claw `{claw}` is consuming, via {e}"),
+                None => format!("connected: claw `{claw}` is consuming"),
+            },
+            || match endpoint {
+                Some(e) => json!({"event": "connected", "claw": claw, "endpoint": e}),
+                None => json!({"event": "connected", "claw": claw}),
+            },
+        );
+    }
+
+    /// `{"event":"consumer_lost","claw":NAME,"queue":Q,"reason":..}`.
+    pub(crate) fn consumer_lost(&self, claw: &str, queue: &str, reason: &str) {
+        self.line(
+            || {
+                format!(
+                    "consumer lost: claw `{claw}`, queue `{queue}`: {reason}; subscribing again"
+                )
+            },
+            || json!({"event": "consumer_lost", "claw": claw, "queue": queue, "reason": reason}),
+        );
+    }
+
+    /// `{"event":"consumer_restored","claw":NAME,"queue":Q}`.
+    pub(crate) fn consumer_restored(&self, claw: &str, queue: &str) {
+        self.line(
+            || format!("consumer restored: claw `{claw}`, queue `{queue}`"),
+            || json!({"event": "consumer_restored", "claw": claw, "queue": queue}),
         );
     }
 

@@ -7,24 +7,27 @@ use lapin::{Connection, ConnectionProperties};
 use crate::exit::Failure;
 use crate::session;
 
-/// Connects to the config's broker (the local default when it names none).
+/// Connects to the config's broker (the local default when it names none), trying each of its
+/// URLs (the nodes of a cluster) in turn.
 pub(crate) async fn open(config: &Config) -> Result<Connection, Failure> {
-    let url = config
-        .url
-        .as_deref()
-        .unwrap_or("amqp://guest:guest@127.0.0.1:5672/%2f");
-    let connect = Connection::connect(url, ConnectionProperties::default());
-    match tokio::time::timeout(session::CONNECT_TIMEOUT, connect).await {
-        Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(e)) => Err(Failure::connect(format!(
-            "lapin cannot connect to {}: {e}",
-            session::endpoint(config)
-        ))),
-        Err(_) => Err(Failure::connect(format!(
-            "lapin cannot connect to {}: no answer",
-            session::endpoint(config)
-        ))),
+    let mut urls = config.urls();
+    if urls.is_empty() {
+        urls.push("amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
     }
+    let mut errors = Vec::new();
+    for url in &urls {
+        let connect = Connection::connect(url, ConnectionProperties::default());
+        match tokio::time::timeout(session::CONNECT_TIMEOUT, connect).await {
+            Ok(Ok(conn)) => return Ok(conn),
+            Ok(Err(e)) => errors.push(format!("{}: {e}", crate::exit::redact(url))),
+            Err(_) => errors.push(format!("{}: no answer", crate::exit::redact(url))),
+        }
+    }
+    Err(Failure::connect(format!(
+        "lapin cannot connect to {}: {}",
+        session::endpoint(config),
+        errors.join("; ")
+    )))
 }
 
 /// Deletes the queues of `jids` (every subscription) on the config's broker, best effort.

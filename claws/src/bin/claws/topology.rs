@@ -126,7 +126,7 @@ async fn apply(config: &Config) -> Result<(), Failure> {
                 .create_channel()
                 .await
                 .map_err(|e| Failure::other(format!("cannot open a channel: {e}")))?;
-            claws::amqp091::topology::declare(
+            let done = claws::amqp091::topology::declare(
                 claws::Claw::name(&claw),
                 &conn,
                 &mut channel,
@@ -135,6 +135,13 @@ async fn apply(config: &Config) -> Result<(), Failure> {
             )
             .await?;
             let _ = channel.close(200, "declared".into()).await;
+            if !done.unavailable.is_empty() {
+                return Err(Failure::connect(format!(
+                    "declared all but {}: the node holding them is down; run this again once \
+                     it is back (quorum queues, `quorum_groups = true`, do not depend on one node)",
+                    done.unavailable.join(", ")
+                )));
+            }
             Ok::<_, Failure>(())
         }
         .await;

@@ -1,0 +1,150 @@
+//! The local 3-node RabbitMQ cluster (`scripts/cluster`, provisioned by `scripts/provision`):
+//! its URLs, and the faults a cluster test needs (kill a node, stop its app, bring it back).
+//!
+//! Nodes `c1@localhost`, `c2@localhost`, `c3@localhost` listen on 127.0.0.1:5681, 5682 and 5683
+//! beside the default node (5672), which nothing here touches.
+//!
+//! ```no_run
+//! # async fn demo() -> claws_core::Result<()> {
+//! use claws_test::cluster;
+//! cluster::up().await?;                 // idempotent; fails loudly when it cannot
+//! let urls = cluster::urls();           // amqp://guest:guest@127.0.0.1:5681/%2f, ...
+//! cluster::kill(1).await?;              // kill -9 of c1's VM
+//! cluster::start(1).await?;             // back, rejoined
+//! # let _ = urls; Ok(()) }
+//! ```
+
+use std::path::PathBuf;
+
+use claws_core::{Error, Result};
+
+/// The AMQP port of node `n` (1, 2 or 3).
+pub fn port(n: u8) -> u16 {
+    5680 + u16::from(n)
+}
+
+/// The AMQP URL of node `n` (guest/guest, vhost `/`).
+pub fn url(n: u8) -> String {
+    format!("amqp://guest:guest@127.0.0.1:{}/%2f", port(n))
+}
+
+/// The URLs of all three nodes, node 1 first.
+pub fn urls() -> Vec<String> {
+    (1..=3).map(url).collect()
+}
+
+/// The script that runs the cluster.
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster")
+}
+
+/// Runs `scripts/cluster ARGS...`; its stdout, or an error with its stderr.
+pub async fn run(args: &[&str]) -> Result<String> {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(script())
+            .args(&args)
+            .output()
+            .map_err(|e| {
+                Error::backend(format!(
+                    "cannot run scripts/cluster (run scripts/provision first): {e}"
+                ))
+            })?;
+        if !out.status.success() {
+            return Err(Error::backend(format!(
+                "scripts/cluster {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    })
+    .await
+    .map_err(|e| Error::backend(format!("the scripts/cluster task failed: {e}")))?
+}
+
+/// Starts what is not running and waits until all three nodes run clustered.
+pub async fn up() -> Result<()> {
+    run(&["up"]).await.map(drop)
+}
+
+/// `kill -9` of node `n`'s Erlang VM.
+pub async fn kill(n: u8) -> Result<()> {
+    run(&["kill", &n.to_string()]).await.map(drop)
+}
+
+/// Starts node `n` again (after [`kill`] or [`stop_app`]) and waits until it has rejoined.
+pub async fn start(n: u8) -> Result<()> {
+    run(&["start", &n.to_string()]).await.map(drop)
+}
+
+/// `rabbitmqctl stop_app` on node `n`: a graceful stop, the VM stays up.
+pub async fn stop_app(n: u8) -> Result<()> {
+    run(&["stop_app", &n.to_string()]).await.map(drop)
+}
+
+/// `rabbitmqctl ARGS...` against node `n`; its stdout.
+pub async fn ctl(n: u8, args: &[&str]) -> Result<String> {
+    let mut all = vec!["ctl".to_owned(), n.to_string()];
+    all.extend(args.iter().map(|s| s.to_string()));
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    run(&all).await
+}
+
+/// Held while a test kills or stops nodes, so that two such tests (in any process) never take
+/// down two nodes at once. Released when dropped.
+#[derive(Debug)]
+pub struct Exclusive(PathBuf);
+
+impl Drop for Exclusive {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Waits (up to 10 minutes) until no other test holds the cluster, then holds it. A lock left
+/// by a process that died is taken over.
+pub async fn exclusive() -> Result<Exclusive> {
+    let dir = std::env::var_os("CLAWS_CLUSTER_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/claws-cluster"));
+    let path = dir.join("test.lock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut file) => {
+                use std::io::Write;
+                let _ = write!(file, "{}", std::process::id());
+                return Ok(Exclusive(path));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                let alive = holder
+                    .trim()
+                    .parse::<u32>()
+                    .is_ok_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+                if !alive && !holder.is_empty() {
+                    let _ = std::fs::remove_file(&path);
+                    continue;
+                }
+            }
+            Err(e) => {
+                return Err(Error::backend(format!(
+                    "cannot create {} (run scripts/provision): {e}",
+                    path.display()
+                )))
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(Error::backend(format!(
+                "another test has held the cluster for 10 minutes ({})",
+                path.display()
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
