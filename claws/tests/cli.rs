@@ -847,7 +847,7 @@ mod rabbitmq {
             "30",
         ];
         let listener = Running::spawn(&listen);
-        assert_connected_via_rabbitmq(&listener.next());
+        assert_connected_via(&listener.next(), "amqps://guest@127.0.0.1:5671/");
         let args = amqp(
             &sender_jid,
             &["send", "--to", &listener_jid, "<message>tls</message>"],
@@ -881,11 +881,13 @@ mod rabbitmq {
 
 /// A `connected` line of the amqp091 claw names the node it is connected to, without password.
 fn assert_connected_via_rabbitmq(line: &serde_json::Value) {
+    assert_connected_via(line, "amqp://guest@127.0.0.1:5672/");
+}
+
+/// A `connected` line of the amqp091 claw whose endpoint starts with `prefix`.
+fn assert_connected_via(line: &serde_json::Value, prefix: &str) {
     assert_eq!(line["event"], "connected", "{line}");
     assert_eq!(line["claw"], "amqp091", "{line}");
     let endpoint = line["endpoint"].as_str().unwrap_or_default();
-    assert!(
-        endpoint.starts_with("amqp://guest@127.0.0.1:5672/"),
-        "{line}"
-    );
+    assert!(endpoint.starts_with(prefix), "{line}");
 }
