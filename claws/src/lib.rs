@@ -55,18 +55,8 @@
 //!
 //! ## The `claws` tool
 //!
-//! ```text
-//! cargo run -p claws -- demo                      # the three kinds of delivery, no broker needed
-//! claws --transport amqp091 --url amqp://guest:guest@127.0.0.1:5672/%2f \
-//!       --jid svc@example.com/w1 --format json listen --count 10
-//! claws --transport amqp091 --url ... --jid me@example.com/c send --to svc@example.com '<message/>'
-//! claws --transport amqp091 --url ... bench --messages 10000 --baseline
-//! claws test scenarios/ping.xml                   # scripted scenarios (claws-test)
-//! ```
-//!
-//! Options come from flags, then `CLAWS_*` variables, then `claws.toml`. Exit codes: 0 success,
-//! 2 usage or configuration error, 3 cannot connect, 1 anything else. `--format json` prints
-//! one object per line (`{"event":"received","payload":..,"via":{..}}`).
+//! The command-line tool lives in its own crate, `claws-cli` (so this library pulls no clap):
+//! `cargo install --path claws-cli`, or `cargo run -p claws-cli -- demo` in the workspace.
 //!
 //! ## The mem transport in `connect`
 //!
@@ -83,7 +73,6 @@
 //! | `amqp091-tls` | `amqps://` for `amqp091` (rustls with *ring*; `[amqp091]` keys `tls_ca_file`, `tls_cert_file`, `tls_key_file`) | no |
 //! | `amqp10`  | AMQP 1.0 brokers (`claws-amqp10`, on fe2o3-amqp): `transport = "amqp10"` | no      |
 //! | `component` | The XEP-0114 component claw and the XMPP gateway (`claws-component`; `claws gateway`) | yes |
-//! | `cli`     | The `claws` command-line tool (clap, indicatif, the scenario runner)     | yes     |
 //!
 //! The mem claw needs no feature. Asking [`connect`] for a transport whose feature is off is an
 //! [`Error::Config`] naming the feature to enable.
