@@ -148,4 +148,5 @@ pub mod conformance;
 pub mod fault;
 pub mod mem;
 pub mod rabbitmq;
+pub mod rabbitmq4;
 pub mod scenario;

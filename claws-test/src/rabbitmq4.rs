@@ -1,0 +1,86 @@
+//! The local RabbitMQ 4 node (`scripts/rabbitmq4`, provisioned by `scripts/provision`): its URL,
+//! and restarting it the way an operator does.
+//!
+//! Node `rmq4@localhost` runs Debian 13's RabbitMQ 4.0 in a chroot, listening on 127.0.0.1:5690
+//! for AMQP 0-9-1 and AMQP 1.0 (native in 4.x), beside the default node (5672) and the cluster
+//! (5681-5683), which nothing here touches. It is configured with RabbitMQ 4.3's defaults:
+//! transient non-exclusive queues are refused (541 `Feature transient_nonexcl_queues is
+//! deprecated`), AMQP 1.0 v1 addresses (`/amq/queue/...`, `/exchange/...`) are refused at
+//! attach, `x-queue-master-locator` is refused, and a global `basic.qos` is applied per consumer.
+//!
+//! ```no_run
+//! # async fn demo() -> claws_core::Result<()> {
+//! use claws_test::rabbitmq4;
+//! rabbitmq4::up().await?;                        // idempotent; fails loudly when it cannot
+//! let url = rabbitmq4::url();                    // amqp://guest:guest@127.0.0.1:5690/%2f
+//! let queues = rabbitmq4::ctl(&["-q", "list_queues", "name"]).await?;
+//! rabbitmq4::restart_app().await?;               // durable queues and persistent messages stay
+//! # let _ = (url, queues); Ok(()) }
+//! ```
+
+use std::path::PathBuf;
+
+use claws_core::{Error, Result};
+
+/// The node's AMQP port (0-9-1 and 1.0).
+pub const PORT: u16 = 5690;
+
+/// The node's AMQP URL (guest/guest, vhost `/`).
+pub const URL: &str = "amqp://guest:guest@127.0.0.1:5690/%2f";
+
+/// The node's AMQP URL (guest/guest, vhost `/`), as an owned string: [`URL`].
+pub fn url() -> String {
+    URL.to_owned()
+}
+
+/// The script that runs the node.
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/rabbitmq4")
+}
+
+/// Runs `scripts/rabbitmq4 ARGS...`; its stdout, or an error with its stderr.
+pub async fn run(args: &[&str]) -> Result<String> {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(script())
+            .args(&args)
+            .output()
+            .map_err(|e| {
+                Error::backend(format!(
+                    "cannot run scripts/rabbitmq4 (run scripts/provision first): {e}"
+                ))
+            })?;
+        if !out.status.success() {
+            return Err(Error::backend(format!(
+                "scripts/rabbitmq4 {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    })
+    .await
+    .map_err(|e| Error::backend(format!("the scripts/rabbitmq4 task failed: {e}")))?
+}
+
+/// Creates the chroot if it is missing, starts the node if it is not running, and waits until
+/// it accepts connections. A few milliseconds when it is up already.
+pub async fn up() -> Result<()> {
+    run(&["up"]).await.map(drop)
+}
+
+/// `rabbitmqctl ARGS...` against the node; its stdout.
+pub async fn ctl(args: &[&str]) -> Result<String> {
+    let mut all = vec!["ctl"];
+    all.extend_from_slice(args);
+    run(&all).await
+}
+
+/// Restarts the node's application (`rabbitmqctl stop_app`, `start_app`, then `await_startup`)
+/// and returns once it accepts connections again. Every connection is closed; durable queues and
+/// persistent messages stay.
+///
+/// The whole node restarts: run it only where no other test uses this node at the same time.
+pub async fn restart_app() -> Result<()> {
+    run(&["restart_app"]).await.map(drop)
+}
