@@ -5,7 +5,7 @@
 //!
 //! claws owns recovery instead of using lapin's `enable_auto_recover()` (see the crate docs).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use claws_core::runtime::{Endpoints, Reconnect};
@@ -154,7 +154,7 @@ pub(crate) async fn establish(
         generation,
         endpoint: endpoint.shown.clone(),
         connection,
-        publish,
+        publish: RwLock::new(Arc::new(publish)),
         consumers: Mutex::new(Vec::new()),
         dead: Default::default(),
     });

@@ -257,7 +257,7 @@ impl AmqpAcker {
         let properties = self.original.properties.clone().with_headers(headers);
         let confirm = self
             .session
-            .publish
+            .publisher()
             .basic_publish(
                 ShortString::default(),
                 self.queue.name.clone(),

@@ -66,9 +66,9 @@ pub(crate) async fn publish(
             .current
             .wait_live(started, shared.settings.timing.send_timeout)
             .await?;
+        let channel = session.publisher();
         let attempt = async {
-            session
-                .publish
+            channel
                 .basic_publish(
                     ShortString::from(exchange),
                     routing_key.clone(),
@@ -116,7 +116,10 @@ pub(crate) async fn publish(
                         ),
                     });
                 }
-                tracing::debug!(claw = &*shared.name, %to, ?pause, "send nacked; sending again");
+                tracing::debug!(claw = &*shared.name, %to, ?pause, "send nacked; sending again on a new channel");
+                if let Err(err) = session.renew_publisher(&channel).await {
+                    shared.mark_dead(&session, format!("opening a publishing channel: {err}"));
+                }
                 tokio::time::sleep(pause).await;
             }
             Err(err) => {

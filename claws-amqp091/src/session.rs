@@ -6,7 +6,7 @@
 //! the session that delivered them, so an ack never reaches another connection.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use claws_core::jid::Jid;
@@ -106,8 +106,8 @@ pub(crate) struct Session {
     /// Where it is connected (no password).
     pub(crate) endpoint: String,
     pub(crate) connection: Connection,
-    /// Publishes (with confirms) and declarations.
-    pub(crate) publish: Channel,
+    /// Publishes (with confirms); replaced by [`Session::renew_publisher`].
+    pub(crate) publish: RwLock<Arc<Channel>>,
     /// One task per consumed queue, each with its own channel (see `subscription`).
     pub(crate) consumers: Mutex<Vec<JoinHandle<()>>>,
     pub(crate) dead: Fuse,
@@ -120,6 +120,33 @@ impl Alive for Session {
 }
 
 impl Session {
+    /// The channel sends go out on now.
+    pub(crate) fn publisher(&self) -> Arc<Channel> {
+        self.publish
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the publishing channel `stale` with a new one (once, however many sends saw
+    /// it fail). RabbitMQ 3.10 keeps nacking, on a channel that published to a quorum queue
+    /// while its leader's node died, long after a new leader took over; a new channel
+    /// publishes at once.
+    pub(crate) async fn renew_publisher(&self, stale: &Arc<Channel>) -> lapin::Result<()> {
+        if !Arc::ptr_eq(&self.publisher(), stale) {
+            return Ok(());
+        }
+        let fresh = self.connection.create_channel().await?;
+        fresh
+            .confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await?;
+        let mut current = self.publish.write().unwrap_or_else(|e| e.into_inner());
+        if Arc::ptr_eq(&current, stale) {
+            *current = Arc::new(fresh);
+        }
+        Ok(())
+    }
+
     pub(crate) fn is_dead(&self) -> bool {
         self.dead.is_tripped()
     }

@@ -55,9 +55,16 @@ struct Generation {
     /// The subscriptions, until [`serve`](Generation::serve) hands them to their tasks.
     links: Vec<Link>,
     tasks: Vec<JoinHandle<()>>,
+    /// The receiving links' sessions, kept here (not in their tasks) so that a close ends each
+    /// one cleanly: ending a session sends what it still holds (the last accepts) first,
+    /// where dropping it with an aborted task could lose them.
+    link_sessions: LinkSessions,
     sessions: mpsc::Receiver<SessionRequest>,
     sessions_tx: mpsc::Sender<SessionRequest>,
 }
+
+/// The sessions of a generation's receiving links.
+type LinkSessions = Arc<tokio::sync::Mutex<Vec<SessionHandle<()>>>>;
 
 /// The retry schedule over the claw's endpoints.
 fn reconnect(shared: &Shared) -> Result<Reconnect<Endpoint>> {
@@ -173,6 +180,7 @@ async fn connect(shared: &Arc<Shared>, endpoint: Endpoint, number: u64) -> Resul
         live: Arc::new(Live::new(number, session)),
         links,
         tasks: Vec::new(),
+        link_sessions: LinkSessions::default(),
         sessions,
         sessions_tx,
     })
@@ -181,12 +189,14 @@ async fn connect(shared: &Arc<Shared>, endpoint: Endpoint, number: u64) -> Resul
 /// Runs subscription `index` for the life of its generation: attaches it first when it could
 /// not be attached at connect (reporting `ConsumerLost`, then `ConsumerRestored`), then
 /// receives on it until the link fails (which fails the generation) or the task is aborted.
+#[allow(clippy::too_many_arguments)] // one task's whole world, each part used once
 async fn subscription(
     shared: Arc<Shared>,
     live: Arc<Live>,
     index: usize,
     link: Link,
     sessions: mpsc::Sender<SessionRequest>,
+    link_sessions: LinkSessions,
     events: Events,
     stop: CancellationToken,
 ) {
@@ -232,8 +242,8 @@ async fn subscription(
             }
         }
     };
+    link_sessions.lock().await.push(session);
     consumer::run_link(shared.clone(), live, index, receiver, events, stop).await;
-    drop(session);
 }
 
 impl Generation {
@@ -247,6 +257,7 @@ impl Generation {
                 index,
                 link,
                 self.sessions_tx.clone(),
+                self.link_sessions.clone(),
                 events.clone(),
                 stop.clone(),
             )));
@@ -323,6 +334,9 @@ impl Generation {
             .await;
         {
             let mut session = self.live.session.lock().await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), session.end()).await;
+        }
+        for mut session in std::mem::take(&mut *self.link_sessions.lock().await) {
             let _ = tokio::time::timeout(Duration::from_secs(2), session.end()).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.connection.close()).await;

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 
 use crate::handler::{Context, Handler, HandlerResult};
 use crate::stanza::{Condition, Element};
-use crate::{Packet, Via};
+use crate::{Error, Packet, Via};
 
 /// Answers each packet, replying through [`Context::reply`] (back the way it came):
 ///
@@ -16,6 +16,11 @@ use crate::{Packet, Via};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Echo;
 
+/// The namespace of the marker an echo carries.
+pub const ECHO_NS: &str = "urn:xmpp:claws:echo:0";
+/// The marker element's name: `<echoed xmlns='urn:xmpp:claws:echo:0'/>`.
+pub const ECHOED: &str = "echoed";
+
 impl Echo {
     /// The reply `Echo` gives to `stanza`, if any.
     pub fn answer(stanza: &Element) -> Option<Element> {
@@ -24,10 +29,15 @@ impl Echo {
             "iq" if stanza.is_iq_request() => {
                 Some(stanza.error_reply(Condition::ServiceUnavailable, None))
             }
-            "message" if stanza.attr("type") != Some("error") => {
+            // An echo is marked, and a marked message is not answered: two echo services (or an
+            // echo meeting its own echo) never ping-pong.
+            "message"
+                if stanza.attr("type") != Some("error")
+                    && stanza.get_child(ECHOED, ECHO_NS).is_none() =>
+            {
                 let mut echo = stanza.clone();
                 echo.swap_addresses();
-                Some(echo)
+                Some(echo.with_child(Element::new(ECHOED, Some(ECHO_NS))))
             }
             _ => None,
         }
@@ -45,7 +55,14 @@ impl Handler for Echo {
             }
         };
         if let Some(reply) = Echo::answer(&stanza) {
-            ctx.reply(&via, Packet::from(&reply)).await?;
+            match ctx.reply(&via, Packet::from(&reply)).await {
+                // Its own echo, or a stanza naming no sender: nothing to answer, and retrying
+                // would not help.
+                Err(err @ (Error::SelfSend { .. } | Error::NoSender { .. })) => {
+                    tracing::info!(claw = &*via.claw, %err, "echo: not answered");
+                }
+                other => other?,
+            }
         }
         Ok(())
     }
@@ -70,7 +87,14 @@ mod tests {
         );
         assert_eq!(
             answer(r#"<message from="u@d/r" to="e@d"><body>hi</body></message>"#).unwrap(),
-            r#"<message from="e@d" to="u@d/r"><body>hi</body></message>"#
+            r#"<message from="e@d" to="u@d/r"><body>hi</body><echoed xmlns="urn:xmpp:claws:echo:0"/></message>"#
+        );
+        // An echo is not echoed.
+        assert_eq!(
+            answer(
+                r#"<message from="e@d" to="u@d/r"><body>hi</body><echoed xmlns="urn:xmpp:claws:echo:0"/></message>"#
+            ),
+            None
         );
         let err =
             answer(r#"<iq type="set" id="2" from="u@d/r"><query xmlns="jabber:iq:version"/></iq>"#)

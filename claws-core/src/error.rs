@@ -50,6 +50,26 @@ pub enum Error {
         claw: String,
     },
 
+    /// Happens when a reply has nowhere to go: the delivery carried no sender (`reply_to`) and
+    /// its stanza no `from` attribute.
+    #[error("cannot reply on claw `{claw}`: the packet delivered under `{jid}` names no sender (no reply_to, no `from` attribute); set `from` in the stanza the peer sends")]
+    NoSender {
+        /// The claw that delivered it.
+        claw: String,
+        /// The address it was delivered under.
+        jid: String,
+    },
+
+    /// Happens when a send or reply is addressed to the sending instance's own full JID, which
+    /// is how reply loops start.
+    #[error("claw `{claw}` refuses to send to its own JID `{to}` (a reply loop?); if that is meant, build the router with `allow_self_sends(true)`")]
+    SelfSend {
+        /// The claw.
+        claw: String,
+        /// Its own JID.
+        to: String,
+    },
+
     /// Happens when a router is asked for a claw it does not hold.
     #[error("unknown claw `{name}`; the router holds: {known}")]
     UnknownClaw {

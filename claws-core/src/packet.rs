@@ -61,6 +61,38 @@ impl Packet {
             .is_some_and(|b| *b == b'<')
     }
 
+    /// The value of attribute `name` on the payload's root element, reading only its start tag
+    /// (cheap: the rest is not parsed). `None` when the payload is not XML, the root has no
+    /// such attribute, or the value is not valid.
+    ///
+    /// ```
+    /// let p = claws_core::Packet::from("<message from='a@b/c' to='d@e'><body>hi</body></message>");
+    /// assert_eq!(p.root_attr("from").as_deref(), Some("a@b/c"));
+    /// assert_eq!(p.root_attr("id"), None);
+    /// ```
+    pub fn root_attr(&self, name: &str) -> Option<String> {
+        use quick_xml::events::Event;
+        if !self.looks_like_xml() {
+            return None;
+        }
+        let mut reader = quick_xml::Reader::from_reader(&self.bytes[..]);
+        let mut buf = Vec::new();
+        loop {
+            match reader.read_event_into(&mut buf).ok()? {
+                Event::Start(e) | Event::Empty(e) => {
+                    let attr = e
+                        .attributes()
+                        .filter_map(|a| a.ok())
+                        .find(|a| a.key.as_ref() == name.as_bytes())?;
+                    return attr.unescape_value().ok().map(|v| v.into_owned());
+                }
+                Event::Decl(_) | Event::Comment(_) | Event::Text(_) | Event::PI(_) => {}
+                _ => return None,
+            }
+            buf.clear();
+        }
+    }
+
     /// Parses the payload as one XML stanza with the default [`Limits`]. Parses on every call.
     pub fn parse(&self) -> Result<Element> {
         Element::parse_with(&self.bytes, &Limits::default())

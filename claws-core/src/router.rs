@@ -31,6 +31,7 @@ pub struct RouterBuilder {
     route_capacity: usize,
     route_ttl: Duration,
     close_timeout: Duration,
+    allow_self_sends: bool,
 }
 
 impl Default for RouterBuilder {
@@ -39,6 +40,7 @@ impl Default for RouterBuilder {
             claws: Vec::new(),
             default: None,
             concurrency: 8,
+            allow_self_sends: false,
             route_capacity: 10_000,
             route_ttl: Duration::from_secs(600),
             close_timeout: Duration::from_secs(30),
@@ -84,6 +86,14 @@ impl RouterBuilder {
         self
     }
 
+    /// Let [`Router::send`] and [`Router::reply`] address the sending claw's own full JID
+    /// (default false: refused with [`Error::SelfSend`], because that is how reply loops
+    /// start).
+    pub fn allow_self_sends(mut self, allow: bool) -> Self {
+        self.allow_self_sends = allow;
+        self
+    }
+
     /// How long [`Router::close`] waits for in-flight handler calls (default 30 s).
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.close_timeout = timeout;
@@ -125,6 +135,7 @@ impl RouterBuilder {
                 concurrency: self.concurrency,
                 route_ttl: self.route_ttl,
                 close_timeout: self.close_timeout,
+                allow_self_sends: self.allow_self_sends,
                 routes: Mutex::new(LruCache::new(capacity)),
                 dispatcher: tokio::sync::Mutex::new(None),
             }),
@@ -159,6 +170,7 @@ struct Inner {
     concurrency: usize,
     route_ttl: Duration,
     close_timeout: Duration,
+    allow_self_sends: bool,
     routes: Mutex<LruCache<String, (usize, Instant)>>,
     dispatcher: tokio::sync::Mutex<Option<JoinHandle<()>>>,
 }
@@ -231,7 +243,20 @@ impl Router {
 
     /// Sends `packet` to `to` through the claw learned for `to` (see [`route`](Self::route)).
     pub async fn send(&self, to: &Jid, id: Option<&str>, packet: Packet) -> Result<()> {
-        self.route(to).send(to, id, packet).await
+        let claw = self.route(to);
+        self.check_not_self(claw, to)?;
+        claw.send(to, id, packet).await
+    }
+
+    /// Refuses a send to the claw's own full JID unless allowed.
+    fn check_not_self(&self, claw: &Arc<dyn Claw>, to: &Jid) -> Result<()> {
+        if !self.inner.allow_self_sends && !to.is_bare() && to == claw.jid() {
+            return Err(Error::SelfSend {
+                claw: claw.name().to_owned(),
+                to: to.to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// Broadcasts `packet` through the default claw.
@@ -241,14 +266,18 @@ impl Router {
 
     /// Replies to the sender of a received packet through the claw that delivered it, with the
     /// same correlation id.
+    ///
+    /// The destination is [`Via::reply_to`]: the sender the claw carried, else the stanza's
+    /// `from`, else (broadcasts only) the broadcaster; with none, [`Error::NoSender`]. A reply
+    /// to the claw's own full JID is [`Error::SelfSend`] unless the router allows it.
     pub async fn reply(&self, via: &Via, packet: Packet) -> Result<()> {
-        let to = via.reply_to().ok_or_else(|| Error::NoRoute {
-            to: format!("(the sender of a packet delivered under `{}`)", via.jid),
+        let to = via.reply_to().ok_or_else(|| Error::NoSender {
             claw: via.claw.to_string(),
+            jid: via.jid.clone(),
         })?;
-        self.claw(&via.claw)?
-            .send(&to, via.id.as_deref(), packet)
-            .await
+        let claw = self.claw(&via.claw)?;
+        self.check_not_self(claw, &to)?;
+        claw.send(&to, via.id.as_deref(), packet).await
     }
 
     /// The claw that sends to `to`: the one a packet from `to` last arrived through, if that route
@@ -349,7 +378,15 @@ async fn dispatch(router: Router, handler: Arc<dyn Handler>, mut rx: mpsc::Recei
                 tracing::warn!(claw = &*claw, %reason, "disconnected");
                 handler.disconnected(&claw, &reason, &ctx).await;
             }
-            Event::Received(delivery) => {
+            Event::Received(mut delivery) => {
+                if delivery.via.from.is_none() {
+                    // A peer that sets no reply_to (the Erlang claw, scripts): the stanza's own
+                    // `from`, as XMPP has it.
+                    delivery.via.from = delivery
+                        .packet
+                        .root_attr("from")
+                        .and_then(|from| Jid::new(&from).ok());
+                }
                 router.learn(&delivery.via);
                 let lane = lane_of(&delivery.via, lanes.len());
                 if let Err(returned) = lanes[lane].0.send(delivery).await {

@@ -22,7 +22,10 @@ pub struct Via {
     pub id: Option<String>,
     /// Which subscription delivered it.
     pub queue: QueueKind,
-    /// The sender's JID when the claw knows it; the router learns a route to it.
+    /// The sender's JID: the one the claw carried (AMQP `reply_to` / 1.0 `reply-to`), else, as
+    /// filled in by the router before the handler runs, the stanza's own `from` attribute (every
+    /// XMPP peer writes it; peers such as the Erlang claw never set `reply_to`). The router
+    /// learns a route to it.
     pub from: Option<Jid>,
 }
 
@@ -60,8 +63,52 @@ impl Via {
         self
     }
 
-    /// Where a reply should go: the sender when known, else the delivery's JID.
+    /// Where a reply goes, in this order:
+    /// 1. [`from`](Via::from): the sender the claw carried, else the stanza's `from` attribute;
+    /// 2. for a broadcast only, the delivery's routing key, which the contract makes the
+    ///    broadcaster's JID;
+    /// 3. nowhere (`None`): a reply then fails with an error naming the missing sender.
+    ///
+    /// Never the routing key of a direct delivery: that is the receiver's own JID, and a reply
+    /// there would loop.
     pub fn reply_to(&self) -> Option<Jid> {
-        self.from.clone().or_else(|| Jid::new(&self.jid).ok())
+        if let Some(from) = &self.from {
+            return Some(from.clone());
+        }
+        match self.queue {
+            QueueKind::Fanout | QueueKind::GroupFanout => Jid::new(&self.jid).ok(),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn via(queue: QueueKind, jid: &str) -> Via {
+        Via::new("c", queue, jid)
+    }
+
+    #[test]
+    fn a_reply_goes_to_the_sender_first() {
+        let from = Jid::new("s@x/1").unwrap();
+        let v = via(QueueKind::Direct, "me@x/r").with_from(Some(from.clone()));
+        assert_eq!(v.reply_to(), Some(from));
+    }
+
+    #[test]
+    fn a_direct_delivery_without_sender_has_no_reply_destination() {
+        // The routing key is the receiver's own JID: replying there would loop.
+        assert_eq!(via(QueueKind::Direct, "me@x/r").reply_to(), None);
+        assert_eq!(via(QueueKind::GroupDirect, "me@x").reply_to(), None);
+    }
+
+    #[test]
+    fn a_broadcast_without_sender_replies_to_its_routing_key() {
+        let v = via(QueueKind::Fanout, "caster@x/1");
+        assert_eq!(v.reply_to(), Some(Jid::new("caster@x/1").unwrap()));
+        let v = via(QueueKind::GroupFanout, "caster@x/1");
+        assert_eq!(v.reply_to(), Some(Jid::new("caster@x/1").unwrap()));
     }
 }

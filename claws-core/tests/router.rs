@@ -250,7 +250,53 @@ async fn reply_without_a_known_sender_is_a_clear_error() {
         .unwrap();
     let via = Via::new("mem", claws_core::QueueKind::Direct, "not a jid@@");
     let err = router.reply(&via, Packet::from("x")).await.unwrap_err();
-    assert!(err.to_string().contains("no route"), "{err}");
+    assert!(err.to_string().contains("names no sender"), "{err}");
+    // Never the routing key of a direct delivery: that is the receiver itself.
+    let via = Via::new("mem", claws_core::QueueKind::Direct, "a@d/r");
+    let err = router.reply(&via, Packet::from("x")).await.unwrap_err();
+    assert!(matches!(err, claws_core::Error::NoSender { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_send_to_the_own_full_jid_is_refused_unless_allowed() {
+    let broker = MemBroker::new();
+    let me = claws_core::jid::parse("a@d/r").unwrap();
+    let router = Router::builder()
+        .claw(broker.claw("a@d/r").unwrap())
+        .build()
+        .unwrap();
+    router
+        .start(handler_fn(|_, _, _| async { Ok(()) }))
+        .await
+        .unwrap();
+    let err = router.send(&me, None, Packet::from("x")).await.unwrap_err();
+    assert!(matches!(err, claws_core::Error::SelfSend { .. }), "{err}");
+    assert!(err.to_string().contains("allow_self_sends"), "{err}");
+    // The bare JID (the group) is not the instance itself.
+    router
+        .send(&me.to_bare().into(), None, Packet::from("x"))
+        .await
+        .unwrap();
+    router.close().await.unwrap();
+
+    let allowed = Router::builder()
+        .claw(broker.claw("b@d/r").unwrap())
+        .allow_self_sends(true)
+        .build()
+        .unwrap();
+    allowed
+        .start(handler_fn(|_, _, _| async { Ok(()) }))
+        .await
+        .unwrap();
+    allowed
+        .send(
+            &claws_core::jid::parse("b@d/r").unwrap(),
+            None,
+            Packet::from("x"),
+        )
+        .await
+        .unwrap();
+    allowed.close().await.unwrap();
 }
 
 #[tokio::test]
