@@ -45,6 +45,7 @@ impl Handler for Printing {
 }
 
 pub(crate) async fn run(global: &Global, args: Args) -> Result<(), Failure> {
+    let mut shutdown = session::Shutdown::install()?;
     let config = global.config()?;
     let (tx, mut handled) = mpsc::unbounded_channel();
     let handler = Printing {
@@ -54,7 +55,8 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<(), Failure> {
     let router = session::router(&config, handler).await?;
     let mut count = 0u64;
     tokio::select! {
-        () = session::shutdown_signal() => {}
+        biased;
+        () = shutdown.recv() => {}
         () = async {
             while handled.recv().await.is_some() {
                 count += 1;

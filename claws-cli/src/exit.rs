@@ -2,7 +2,11 @@
 
 use std::process::ExitCode;
 
+use std::sync::Mutex;
+
+use claws::runtime::{redact_url, scrub};
 use claws::Error;
+use percent_encoding::percent_decode_str;
 
 /// Exit code: usage or configuration error.
 pub(crate) const USAGE: u8 = 2;
@@ -62,51 +66,80 @@ impl From<Error> for Failure {
     }
 }
 
-/// Prints `failure` on stderr as one line, with passwords removed, and returns its exit code.
-pub(crate) fn report(failure: &Failure, urls: &[String]) -> ExitCode {
-    let mut message = redact(&failure.message);
-    for url in urls.iter().flat_map(|u| u.split(',')) {
-        if let Some(password) = password_of(url).filter(|p| !p.is_empty()) {
-            message = message.replace(password, "***");
+/// Passwords seen in the URLs of this command (flags, environment, config file), hidden from
+/// every message.
+static SECRETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Remembers the passwords of `urls` (each may hold several, separated by commas), so that
+/// [`clean`] hides them wherever they appear.
+pub(crate) fn remember_passwords<'a>(urls: impl IntoIterator<Item = &'a str>) {
+    let mut secrets = SECRETS.lock().unwrap_or_else(|e| e.into_inner());
+    for url in urls.into_iter().flat_map(|u| u.split(',')) {
+        let Some(password) = password_of(url.trim()).filter(|p| !p.is_empty()) else {
+            continue;
+        };
+        let decoded = percent_decode_str(password)
+            .decode_utf8_lossy()
+            .into_owned();
+        for secret in [password.to_owned(), decoded] {
+            if !secrets.contains(&secret) {
+                secrets.push(secret);
+            }
         }
     }
-    let message = message.replace('\n', " ");
-    let message = message.trim_end_matches('.');
-    eprintln!("claws: {message}.");
-    ExitCode::from(failure.code)
+    // Longest first, so that a password containing another is hidden whole.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
 }
 
-/// The password in `scheme://user:password@host...`, if any.
+/// The password in `scheme://user:password@host...`, if any: everything between the first `:`
+/// of the user information and the last `@` (so a `/` in the password does not end it).
 pub(crate) fn password_of(url: &str) -> Option<&str> {
     let rest = &url[url.find("://")? + 3..];
-    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
-    let userinfo = &authority[..authority.rfind('@')?];
+    let userinfo = &rest[..rest.rfind('@')?];
     userinfo.split_once(':').map(|(_, p)| p)
 }
 
-/// Replaces the password of every `scheme://user:password@` in `text` with `***`.
-pub(crate) fn redact(text: &str) -> String {
+/// `text` with every URL's password replaced by `***` (through claws-core's URL parser), and
+/// every password [`remember_passwords`] saw hidden wherever else it appears.
+pub(crate) fn clean(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find("://") {
-        let (head, tail) = rest.split_at(i + 3);
-        out.push_str(head);
-        let end = tail
-            .find(|c: char| c.is_whitespace() || c == '/' || c == '`' || c == '"' || c == '\'')
-            .unwrap_or(tail.len());
-        let authority = &tail[..end];
-        match (authority.rfind('@'), authority.find(':')) {
-            (Some(at), Some(colon)) if colon < at => {
-                out.push_str(&authority[..colon]);
-                out.push_str(":***");
-                out.push_str(&authority[at..]);
-            }
-            _ => out.push_str(authority),
-        }
-        rest = &tail[end..];
+        // The URL starts at its scheme and ends at a blank or a quote.
+        let start = rest[..i]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.'))
+            .map_or(0, |j| j + 1);
+        let end = rest[i..]
+            .find(|c: char| c.is_whitespace() || matches!(c, '`' | '"' | '\'' | '<' | '>'))
+            .map_or(rest.len(), |j| i + j);
+        out.push_str(&rest[..start]);
+        out.push_str(&redact_url(&rest[start..end]));
+        rest = &rest[end..];
     }
     out.push_str(rest);
-    out
+    let secrets = SECRETS.lock().unwrap_or_else(|e| e.into_inner());
+    secrets
+        .iter()
+        .fold(out, |text, secret| scrub(&text, secret))
+}
+
+/// Prints `failure` on stderr as one sentence, with passwords removed, and returns its exit
+/// code.
+pub(crate) fn report(failure: &Failure) -> ExitCode {
+    eprintln!("claws: {}.", sentence(&failure.message));
+    ExitCode::from(failure.code)
+}
+
+/// Prints a warning on stderr as one sentence, with passwords removed. Warnings never carry a
+/// payload.
+pub(crate) fn warn(message: &str) {
+    eprintln!("claws: warning: {}.", sentence(message));
+}
+
+/// One line, passwords removed, no final period (the caller adds one).
+fn sentence(message: &str) -> String {
+    let message = clean(message).replace(['\n', '\r'], " ");
+    message.trim_end().trim_end_matches('.').to_owned()
 }
 
 #[cfg(test)]
@@ -116,11 +149,16 @@ mod tests {
     #[test]
     fn passwords_are_removed() {
         assert_eq!(
-            redact("cannot reach amqp://guest:s3cret@host:5672/%2f now"),
+            clean("cannot reach amqp://guest:s3cret@host:5672/%2f now"),
             "cannot reach amqp://guest:***@host:5672/%2f now"
         );
-        assert_eq!(redact("amqp://host:5672/x"), "amqp://host:5672/x");
+        assert_eq!(clean("`amqp://host:5672/x`"), "`amqp://host:5672/x`");
         assert_eq!(password_of("amqp://u:p@h:1/v"), Some("p"));
+        assert_eq!(password_of("amqp://u:Pa/ss99@h:1/v"), Some("Pa/ss99"));
         assert_eq!(password_of("amqp://h:1/v"), None);
+        let odd = clean("at amqp://guest:Pa/ss99@127.0.0.1:1/%2f: refused");
+        assert!(!odd.contains("ss99"), "{odd}");
+        remember_passwords(["amqp://u:p%40ss-word@h/"]);
+        assert_eq!(clean("login p@ss-word refused"), "login *** refused");
     }
 }

@@ -31,6 +31,7 @@ pub(crate) struct Args {
 }
 
 pub(crate) async fn run(global: &Global, args: Args) -> Result<(), Failure> {
+    let mut shutdown = session::Shutdown::install()?;
     let mut config = global.config()?;
     let mut section: ComponentSection = config.section("component")?;
     section.server = args.server.or(section.server);
@@ -53,7 +54,7 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<(), Failure> {
         failure
     })?;
     eprintln!("gateway running; Ctrl-C to stop");
-    session::shutdown_signal().await;
+    shutdown.recv().await;
     router.close().await?;
     Ok(())
 }

@@ -67,7 +67,7 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    init_tracing();
+    init_tracing(cli.global.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -75,17 +75,17 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(err) => {
-            return exit::report(
-                &exit::Failure::other(format!("cannot start the async runtime: {err}")),
-                &[],
-            )
+            return exit::report(&exit::Failure::other(format!(
+                "cannot start the async runtime: {err}"
+            )))
         }
     };
     let global = cli.global;
+    exit::remember_passwords(global.url.iter().map(String::as_str));
     let result = runtime.block_on(run(&global, cli.command));
     let code = match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(failure) => exit::report(&failure, &global.url),
+        Err(failure) => exit::report(&failure),
     };
     // Do not wait for stray tasks (a blocked stdin reader, a lingering connection).
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
@@ -107,13 +107,52 @@ async fn run(global: &Global, command: Command) -> Result<(), exit::Failure> {
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default: warnings).
-fn init_tracing() {
+/// Library logs on stderr: off unless `-v` (warnings; `-vv` info, `-vvv` debug, `-vvvv`
+/// trace) or `RUST_LOG` asks for them. Coloured only on a terminal without `NO_COLOR`; every
+/// line goes through [`exit::clean`] (no password), and lapin never logs below debug (its trace
+/// shows the login frame).
+fn init_tracing(verbose: u8) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("warn,claws_test=error"));
+    let default = match verbose {
+        0 => "off",
+        1 => "warn",
+        2 => "info",
+        3 => "debug",
+        _ => "trace",
+    };
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if verbose == 0 && !spec.trim().is_empty() => EnvFilter::try_new(spec).ok(),
+        _ => None,
+    }
+    .unwrap_or_else(|| EnvFilter::new(default));
+    let filter = match "lapin=debug".parse() {
+        Ok(cap)
+            if filter.max_level_hint() == Some(tracing_subscriber::filter::LevelFilter::TRACE) =>
+        {
+            filter.add_directive(cap)
+        }
+        _ => filter,
+    };
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_ansi(colour)
+        .with_writer(|| Scrubbed)
         .try_init();
+}
+
+/// Stderr, each write with passwords removed (the formatter writes a whole event at once).
+struct Scrubbed;
+
+impl std::io::Write for Scrubbed {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = exit::clean(&String::from_utf8_lossy(buf));
+        std::io::stderr().lock().write_all(text.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }

@@ -34,6 +34,11 @@ pub(crate) struct Global {
     #[arg(long, global = true, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
 
+    /// Library logs on stderr: -v warnings, -vv info, -vvv debug, -vvvv trace (default: off;
+    /// RUST_LOG=... also turns them on).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
+
     /// Output: human (readable) or json (one object per line, for scripts).
     #[arg(long, global = true, value_enum, default_value_t = Format::Human)]
     pub(crate) format: Format,
@@ -100,7 +105,9 @@ impl Global {
             jid: self.jid.clone(),
         };
         let figment = Config::figment(file).merge(Serialized::defaults(flags));
-        Config::from_figment(&figment).map_err(Failure::from)
+        let config = Config::from_figment(&figment).map_err(Failure::from)?;
+        crate::exit::remember_passwords(config.urls().iter().map(String::as_str));
+        Ok(config)
     }
 
     /// The config, as a pure sender: it consumes nothing, so it declares no queues of its own.

@@ -19,8 +19,8 @@ pub(crate) async fn open(config: &Config) -> Result<Connection, Failure> {
         let connect = Connection::connect(url, ConnectionProperties::default());
         match tokio::time::timeout(session::CONNECT_TIMEOUT, connect).await {
             Ok(Ok(conn)) => return Ok(conn),
-            Ok(Err(e)) => errors.push(format!("{}: {e}", crate::exit::redact(url))),
-            Err(_) => errors.push(format!("{}: no answer", crate::exit::redact(url))),
+            Ok(Err(e)) => errors.push(format!("{}: {e}", crate::exit::clean(url))),
+            Err(_) => errors.push(format!("{}: no answer", crate::exit::clean(url))),
         }
     }
     Err(Failure::connect(format!(

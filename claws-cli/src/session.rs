@@ -71,7 +71,7 @@ async fn start(
 pub(crate) fn endpoint(config: &Config) -> String {
     match &config.url {
         Some(url) if config.transport != claws::Transport::Mem => {
-            format!("`{}`", crate::exit::redact(url))
+            format!("`{}`", crate::exit::clean(url))
         }
         _ => format!("the {} transport", config.transport.as_str()),
     }
@@ -98,20 +98,53 @@ pub(crate) async fn read_stanza(arg: Option<String>) -> Result<Packet, Failure> 
     }
 }
 
-/// Waits for Ctrl-C or SIGTERM.
-pub(crate) async fn shutdown_signal() {
+/// The command's one listener for Ctrl-C (SIGINT) and SIGTERM, installed before anything
+/// connects: a signal that arrives while a delivery is being handled is kept until
+/// [`recv`](Self::recv) is next awaited, never lost.
+#[derive(Debug)]
+pub(crate) struct Shutdown {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+    received: bool,
+}
+
+impl Shutdown {
+    /// Installs the handlers (inside the runtime).
+    pub(crate) fn install() -> Result<Self, Failure> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let handler = |kind: SignalKind| {
+                signal(kind)
+                    .map_err(|e| Failure::other(format!("cannot install the signal handlers: {e}")))
+            };
+            Ok(Self {
+                interrupt: handler(SignalKind::interrupt())?,
+                terminate: handler(SignalKind::terminate())?,
+                received: false,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self { received: false })
+    }
+
+    /// Waits for Ctrl-C or SIGTERM; once one came, returns at once every time. Cancel-safe:
+    /// use it in `select!` on every loop turn.
+    pub(crate) async fn recv(&mut self) {
+        if self.received {
             return;
         }
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        self.received = true;
     }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// A number unique enough to keep runs apart (names on a shared broker).

@@ -891,3 +891,295 @@ fn assert_connected_via(line: &serde_json::Value, prefix: &str) {
     let endpoint = line["endpoint"].as_str().unwrap_or_default();
     assert!(endpoint.starts_with(prefix), "{line}");
 }
+
+/// Process tests of issue 16: the tool survives what the library survives.
+#[cfg(feature = "amqp091")]
+mod robustness {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+    fn listen_args(jid: &str, config: &str, rest: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "--transport",
+            "amqp091",
+            "--url",
+            URL,
+            "--jid",
+            jid,
+            "--config",
+            config,
+            "--format",
+            "json",
+            "listen",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(rest.iter().map(|s| s.to_string()));
+        args
+    }
+
+    fn refs(args: &[String]) -> Vec<&str> {
+        args.iter().map(String::as_str).collect()
+    }
+
+    fn direct_only_config() -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("claws-cli-robust-{}.toml", unique()));
+        std::fs::write(
+            &path,
+            "[subscriptions]\nfanout = false\ngroup_fanout = false\ngroup_direct = false\n",
+        )
+        .expect("write config");
+        path
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    fn payload(i: usize) -> String {
+        format!("<message id=\"m{i}\"><body>{i}</body></message>")
+    }
+
+    /// Publishes `payload(i)` for `range` to `jid`'s direct queue (routing key = the JID), each
+    /// persistent and confirmed.
+    fn publish(jid: &str, range: std::ops::Range<usize>) {
+        use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+        runtime().block_on(async {
+            let conn = lapin::Connection::connect(URL, lapin::ConnectionProperties::default())
+                .await
+                .expect("connect to RabbitMQ");
+            let channel = conn.create_channel().await.expect("channel");
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .expect("confirms");
+            let mut confirms = Vec::new();
+            for i in range {
+                let confirm = channel
+                    .basic_publish(
+                        "xmpp_direct".into(),
+                        jid.into(),
+                        BasicPublishOptions::default(),
+                        payload(i).as_bytes(),
+                        lapin::BasicProperties::default().with_delivery_mode(2),
+                    )
+                    .await
+                    .expect("publish");
+                confirms.push(confirm);
+                if confirms.len() >= 1000 {
+                    for c in confirms.drain(..) {
+                        c.await.expect("confirmed");
+                    }
+                }
+            }
+            for c in confirms {
+                c.await.expect("confirmed");
+            }
+            let _ = conn.close(200, "published".into()).await;
+        });
+    }
+
+    /// Messages ready in `queue`.
+    fn ready(queue: &str) -> u32 {
+        runtime().block_on(async {
+            let conn = lapin::Connection::connect(URL, lapin::ConnectionProperties::default())
+                .await
+                .expect("connect");
+            let channel = conn.create_channel().await.expect("channel");
+            let q = channel
+                .queue_declare(
+                    queue.into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    lapin::types::FieldTable::default(),
+                )
+                .await
+                .expect("the queue exists");
+            let _ = conn.close(200, "counted".into()).await;
+            q.message_count()
+        })
+    }
+
+    fn delete_queues(jid: &str) {
+        runtime().block_on(async {
+            let conn = lapin::Connection::connect(URL, lapin::ConnectionProperties::default())
+                .await
+                .expect("connect");
+            let channel = conn.create_channel().await.expect("channel");
+            let jid = claws::jid::parse(jid).expect("JID");
+            for q in claws::topology::queues(&jid, claws::topology::Subscriptions::all()).unwrap() {
+                let _ = channel
+                    .queue_delete(q.name.as_str().into(), Default::default())
+                    .await;
+            }
+            let _ = conn.close(200, "cleanup".into()).await;
+        });
+    }
+
+    /// Closes the broker connection of the amqp091 claw of `jid` (found by its connection
+    /// name) with `rabbitmqctl`, as an operator or a failing node would.
+    fn close_connection_of(jid: &str) {
+        let out = Command::new("rabbitmqctl")
+            .args(["-q", "list_connections", "pid", "client_properties"])
+            .output()
+            .expect("rabbitmqctl");
+        let list = String::from_utf8_lossy(&out.stdout);
+        let name = list
+            .lines()
+            .find(|l| l.contains(&format!("claws-amqp091 amqp091 {jid}")))
+            .and_then(|l| l.split('\t').next())
+            .unwrap_or_else(|| panic!("no connection of {jid} in:\n{list}"))
+            .to_owned();
+        let out = Command::new("rabbitmqctl")
+            .args(["-q", "close_connection", &name, "cut by the CLI test"])
+            .output()
+            .expect("rabbitmqctl close_connection");
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+
+    fn received_payload(line: &Value) -> Option<String> {
+        (line["event"] == "received").then(|| line["payload"].as_str().unwrap().to_owned())
+    }
+
+    /// Issue 16, row 1: `listen` keeps going across a connection cut under load, prints
+    /// `disconnected` then `connected`, prints every payload (duplicates allowed: what was
+    /// printed but not acknowledged comes back), and exits 0 at --count.
+    #[test]
+    fn listen_survives_a_connection_cut_under_load() {
+        const N: usize = 20_000;
+        let jid = format!("cli-cut-{}@test.claws/l", unique());
+        let config = direct_only_config();
+        let args = listen_args(
+            &jid,
+            config.to_str().unwrap(),
+            &["--count", &N.to_string(), "--timeout", "300"],
+        );
+        let listener = Running::spawn(&refs(&args));
+        assert_eq!(listener.next()["event"], "connected");
+        let publisher = {
+            let jid = jid.clone();
+            std::thread::spawn(move || publish(&jid, 0..N))
+        };
+        let mut seen = HashSet::new();
+        let mut lines = Vec::new();
+        while seen.len() < N / 3 {
+            let line = listener.next();
+            if let Some(p) = received_payload(&line) {
+                seen.insert(p);
+            }
+            lines.push(line);
+        }
+        let cut_at = seen.len();
+        close_connection_of(&jid);
+        publisher.join().expect("publisher");
+        let (code, rest, err) = listener.finish();
+        lines.extend(rest);
+        let events: Vec<&str> = lines.iter().map(|l| l["event"].as_str().unwrap()).collect();
+        let printed = events.iter().filter(|e| **e == "received").count();
+        seen.extend(lines.iter().filter_map(received_payload));
+        eprintln!(
+            "cut after {cut_at} received; {printed} printed for {N} distinct ({} duplicates); \
+             stderr: {err}",
+            printed - seen.len()
+        );
+        assert_eq!(code, Some(0), "{err}");
+        let disconnected = events.iter().position(|e| *e == "disconnected");
+        let reconnected = events.iter().rposition(|e| *e == "connected");
+        assert!(
+            matches!((disconnected, reconnected), (Some(d), Some(c)) if d < c && c > 0),
+            "disconnected, then connected again: {:?}",
+            events
+                .iter()
+                .filter(|e| **e != "received")
+                .collect::<Vec<_>>()
+        );
+        let missing: Vec<usize> = (0..N).filter(|i| !seen.contains(&payload(*i))).collect();
+        assert!(missing.is_empty(), "never printed: {missing:?}");
+        assert!(err.lines().count() <= 2, "{err}");
+        assert!(!err.contains("<message"), "no payload on stderr: {err}");
+        let _ = std::fs::remove_file(config);
+        delete_queues(&jid);
+    }
+
+    /// Issue 16, row 2: SIGINT under load stops `listen` within 2 s with exit 0; the next
+    /// listener gets exactly what the first did not print.
+    #[cfg(unix)]
+    #[test]
+    fn sigint_under_load_exits_0_quickly_and_loses_nothing() {
+        const N: usize = 5_000;
+        let jid = format!("cli-sigint-{}@test.claws/l", unique());
+        let queue = format!("xmpp_direct:{jid}");
+        let config = direct_only_config();
+        let config_path = config.to_str().unwrap().to_owned();
+        // Declare the queues, then queue N before anyone listens.
+        let out = claws(&[
+            "--transport",
+            "amqp091",
+            "--url",
+            URL,
+            "--jid",
+            &jid,
+            "--config",
+            &config_path,
+            "topology",
+            "--apply",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        publish(&jid, 0..N);
+
+        let listener = Running::spawn(&refs(&listen_args(&jid, &config_path, &[])));
+        assert_eq!(listener.next()["event"], "connected");
+        let mut first = Vec::new();
+        while first.len() < N / 4 {
+            if let Some(p) = received_payload(&listener.next()) {
+                first.push(p);
+            }
+        }
+        let signalled = Instant::now();
+        let kill = Command::new("kill")
+            .args(["-INT", &listener.child.id().to_string()])
+            .status()
+            .expect("kill -INT");
+        assert!(kill.success());
+        let (code, rest, err) = listener.finish();
+        let took = signalled.elapsed();
+        first.extend(rest.iter().filter_map(received_payload));
+        eprintln!("SIGINT after {} printed: exit {code:?} in {took:?}", N / 4);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(took < Duration::from_secs(2), "exit took {took:?}");
+        assert!(first.len() < N, "stopped before the end: {}", first.len());
+        let printed: HashSet<String> = first.iter().cloned().collect();
+        assert_eq!(printed.len(), first.len(), "no duplicates without a cut");
+
+        // The rest, exactly: what was printed is not redelivered, nothing unprinted is lost.
+        let left = N - printed.len();
+        assert_eq!(
+            ready(&queue) as usize,
+            left,
+            "on the broker after the first listener"
+        );
+        let count = left.to_string();
+        let second = Running::spawn(&refs(&listen_args(
+            &jid,
+            &config_path,
+            &["--count", &count, "--timeout", "120"],
+        )));
+        assert_eq!(second.next()["event"], "connected");
+        let (code, rest, err) = second.finish();
+        assert_eq!(code, Some(0), "{err}");
+        let again: HashSet<String> = rest.iter().filter_map(received_payload).collect();
+        assert_eq!(again.len(), left);
+        assert!(again.is_disjoint(&printed), "a printed payload came back");
+        assert_eq!(ready(&queue), 0);
+        let _ = std::fs::remove_file(config);
+        delete_queues(&jid);
+    }
+}
