@@ -5,11 +5,11 @@
 //! (200 B and 16 KiB), the same prefetch (64) and the same in-flight window (at most 64 stanzas
 //! between publish and receipt, each send awaiting its confirm). Prints throughput and p50/p99
 //! latency (publish start to consumer receipt) and the
-//! claws/lapin ratios as a Markdown table. `CLAWS_AMQP_URL` picks the broker; `BENCH_SCALE`
+//! claws/lapin ratios as a Markdown table. `CLAWS_URL` picks the broker; `BENCH_SCALE`
 //! (default 1.0) scales the message counts.
 //!
-//! Over TLS, both sides alike: `CLAWS_AMQP_URL=amqps://guest:guest@127.0.0.1:5671/%2f
-//! CLAWS_TLS_CA=/etc/rabbitmq/claws-tls/ca.pem cargo bench -p claws-amqp091 --features tls
+//! Over TLS, both sides alike: `CLAWS_URL=amqps://guest:guest@127.0.0.1:5671/%2f
+//! CLAWS_AMQP091__TLS_CA_FILE=/etc/rabbitmq/claws-tls/ca.pem cargo bench -p claws-amqp091 --features tls
 //! --bench throughput` (the listener and CA that `scripts/provision` sets up).
 
 use std::sync::Arc;
@@ -60,15 +60,20 @@ fn uid() -> String {
 }
 
 fn url() -> String {
-    std::env::var("CLAWS_AMQP_URL").unwrap_or_else(|_| claws_amqp091::DEFAULT_URL.to_owned())
+    // The config's names (CLAWS_URL, CLAWS_AMQP091__TLS_CA_FILE); the old ones still work.
+    std::env::var("CLAWS_URL")
+        .or_else(|_| std::env::var("CLAWS_AMQP_URL"))
+        .unwrap_or_else(|_| claws_amqp091::DEFAULT_URL.to_owned())
 }
 
-/// The CA both sides trust over TLS (`CLAWS_TLS_CA`), if any.
+/// The CA both sides trust over TLS (`CLAWS_AMQP091__TLS_CA_FILE`), if any.
 fn tls_ca() -> Option<String> {
-    std::env::var("CLAWS_TLS_CA").ok()
+    std::env::var("CLAWS_AMQP091__TLS_CA_FILE")
+        .or_else(|_| std::env::var("CLAWS_TLS_CA"))
+        .ok()
 }
 
-/// A claw builder for `jid`, trusting `CLAWS_TLS_CA` when set.
+/// A claw builder for `jid`, trusting the CA file when set.
 fn claw(jid: &str) -> claws_amqp091::AmqpClawBuilder {
     let b = AmqpClaw::builder(&url(), jid);
     match tls_ca() {
@@ -77,11 +82,12 @@ fn claw(jid: &str) -> claws_amqp091::AmqpClawBuilder {
     }
 }
 
-/// A raw lapin connection, trusting `CLAWS_TLS_CA` when set.
+/// A raw lapin connection, trusting the CA file when set.
 async fn connect() -> Connection {
     let tls = lapin::tcp::OwnedTLSConfig {
         identity: None,
-        cert_chain: tls_ca().map(|p| std::fs::read_to_string(p).expect("readable CLAWS_TLS_CA")),
+        cert_chain: tls_ca()
+            .map(|p| std::fs::read_to_string(p).expect("readable CLAWS_AMQP091__TLS_CA_FILE")),
     };
     let runtime = lapin::runtime::default_runtime().expect("tokio runtime");
     Connection::connect_with_config(&url(), ConnectionProperties::default(), tls, runtime)

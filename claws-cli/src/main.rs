@@ -85,6 +85,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(run(&global, cli.command));
     let code = match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(failure) if failure.code == exit::USAGE => {
+            exit::report(&options::from_environment(failure))
+        }
         Err(failure) => exit::report(&failure),
     };
     // Do not wait for stray tasks (a blocked stdin reader, a lingering connection).

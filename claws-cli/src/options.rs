@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use claws::topology::Subscriptions;
 use claws::{Config, Transport};
-use figment::providers::Serialized;
+use figment::providers::{Env, Format as _, Serialized, Toml};
+use figment::Figment;
 
 use crate::exit::Failure;
 
@@ -95,6 +96,18 @@ impl Global {
                     file.display()
                 )))
             }
+            Some(file) if !file.is_file() => {
+                return Err(Failure::usage(format!(
+                    "config file `{}` is not a file; --config takes a TOML file",
+                    file.display()
+                )))
+            }
+            Some(file) if std::fs::File::open(file).is_err() => {
+                return Err(Failure::usage(format!(
+                    "config file `{}` cannot be read; check its permissions",
+                    file.display()
+                )))
+            }
             Some(file) => Some(file.as_path()),
             None if default_file.exists() => Some(default_file),
             None => None,
@@ -104,7 +117,7 @@ impl Global {
             url: (!self.url.is_empty()).then(|| self.url.join(",")),
             jid: self.jid.clone(),
         };
-        let figment = Config::figment(file).merge(Serialized::defaults(flags));
+        let figment = figment(file).merge(Serialized::defaults(flags));
         let config = Config::from_figment(&figment).map_err(Failure::from)?;
         crate::exit::remember_passwords(config.urls().iter().map(String::as_str));
         Ok(config)
@@ -116,4 +129,39 @@ impl Global {
         config.subscriptions = Subscriptions::none();
         Ok(config)
     }
+}
+
+/// Variables this tool reads itself (flags' `env`), which are not config keys.
+const FLAG_VARIABLES: &[&str] = &["component_secret"];
+
+/// Defaults < `file` < `CLAWS_*` variables (`CLAWS_KEY`, `CLAWS_TABLE__KEY`), as
+/// [`Config::figment`], without the variables the flags read.
+fn figment(file: Option<&Path>) -> Figment {
+    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    if let Some(file) = file {
+        figment = figment.merge(Toml::file(file));
+    }
+    figment.merge(Env::prefixed("CLAWS_").split("__").ignore(FLAG_VARIABLES))
+}
+
+/// A configuration error caused by a `CLAWS_*` variable says so, and names the scheme.
+pub(crate) fn from_environment(mut failure: Failure) -> Failure {
+    let culprit = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| name.starts_with("CLAWS_"))
+        .find(|name| {
+            let key = name["CLAWS_".len()..].to_lowercase();
+            let last = key.rsplit("__").next().unwrap_or(&key);
+            !FLAG_VARIABLES.contains(&key.as_str())
+                && failure.message.contains(&format!("`{last}`"))
+        });
+    if let Some(name) = culprit {
+        failure.message = format!(
+            "{} (set by the environment variable {name}; config keys come from CLAWS_KEY for a \
+             top-level key, e.g. CLAWS_URL, and CLAWS_TABLE__KEY for a table's, e.g. \
+             CLAWS_AMQP091__TLS_CA_FILE)",
+            failure.message.trim_end_matches('.')
+        );
+    }
+    failure
 }

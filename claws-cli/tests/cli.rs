@@ -334,6 +334,64 @@ fn test_runs_scenario_files_and_counts_steps() {
     let _ = std::fs::remove_file(failing);
 }
 
+fn claws_env(env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut cmd = Command::new(CLAWS);
+    cmd.args(args)
+        .env_remove("CLAWS_URL")
+        .env_remove("CLAWS_JID")
+        .env_remove("CLAWS_TRANSPORT")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run the claws binary")
+}
+
+/// Issue 16, row 3: the gateway's variable does not break other subcommands; the scheme is
+/// CLAWS_KEY / CLAWS_TABLE__KEY; a bad key from the environment says where it came from.
+#[test]
+fn environment_variables_follow_one_scheme_and_bad_ones_are_named() {
+    let out = claws_env(&[("CLAWS_COMPONENT_SECRET", "s")], &["topology"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    for var in ["CLAWS_AMQP_URL", "CLAWS_TLS_CA", "CLAWS_AMQP091__TLS_CA"] {
+        let out = claws_env(&[(var, "x")], &["--transport", "amqp091", "topology"]);
+        assert_eq!(out.status.code(), Some(2), "{var}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!("environment variable {var}")),
+            "{err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");
+    }
+    // The nested form sets a table's key: here the component's secret (then the XMPP server
+    // is unreachable: exit 3, and the secret is not shown).
+    let out = claws_env(
+        &[("CLAWS_COMPONENT__SECRET", "hunter2-env")],
+        &[
+            "gateway",
+            "--server",
+            "127.0.0.1:1",
+            "--domain",
+            "gw.example",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("hunter2"), "{}", stderr(&out));
+    let out = claws_env(
+        &[("CLAWS_PREFETCH", "7")],
+        &["--format", "json", "topology"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+/// Issue 16, row 6: a config path that is not a readable file is a usage error.
+#[test]
+fn config_that_is_not_a_file_exits_2() {
+    let out = claws(&["--config", "/tmp", "listen", "--timeout", "1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is not a file"), "{}", stderr(&out));
+}
+
 /// A running `claws` process whose stdout lines arrive on a channel.
 #[cfg_attr(not(feature = "amqp091"), allow(dead_code))]
 struct Running {
