@@ -205,6 +205,16 @@ pub async fn delete_queues(claw: &str, channel: &Channel, names: &[String]) -> R
 
 fn declare_error(claw: &str, what: &str, name: &str, err: &lapin::Error) -> Error {
     let text = err.to_string();
+    if text.contains("transient_nonexcl_queues") {
+        // RabbitMQ 4.3's default (4.0 with the setting): transient queues are refused, and
+        // the broker closes the whole connection (541).
+        return Error::Config(format!(
+            "claw `{claw}`: the broker refuses the transient (non-durable) {what} `{name}`: its \
+             `deprecated_features.permit.transient_nonexcl_queues` is false (RabbitMQ 4.3's \
+             default); set `amqp091.durable = true` (builder: `.durable(true)`), or permit the \
+             feature in the broker's rabbitmq.conf"
+        ));
+    }
     if !text.contains("PRECONDITION_FAILED") {
         return Error::Broker {
             claw: claw.to_owned(),

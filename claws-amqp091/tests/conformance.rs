@@ -15,9 +15,36 @@ use claws_core::{jid, Claw, Packet, Result};
 use claws_test::conformance::{self, ClawFactory, Options};
 use lapin::options::{BasicGetOptions, QueueDeleteOptions};
 
-struct Rabbit;
+/// A RabbitMQ node: the default 3.10 one, or the 4.x one with 4.3's defaults.
+struct Rabbit {
+    url: String,
+    port: u16,
+    four: bool,
+}
 
 impl Rabbit {
+    fn three() -> Self {
+        Self {
+            url: common::url(),
+            port: 5672,
+            four: false,
+        }
+    }
+
+    fn four() -> Self {
+        Self {
+            url: claws_test::rabbitmq4::url(),
+            port: claws_test::rabbitmq4::PORT,
+            four: true,
+        }
+    }
+
+    async fn raw(&self) -> lapin::Connection {
+        lapin::Connection::connect(&self.url, lapin::ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ must be running (run scripts/provision)")
+    }
+
     fn build(&self, url: &str, jid: &str, opts: &Options) -> Result<Arc<dyn Claw>> {
         let claw = AmqpClaw::builder(url, jid)
             .name(opts.name.as_deref().unwrap_or("amqp091"))
@@ -35,15 +62,19 @@ impl Rabbit {
 #[claws_core::async_trait]
 impl ClawFactory for Rabbit {
     fn name(&self) -> String {
-        "amqp091 on RabbitMQ".into()
+        if self.four {
+            "amqp091 on RabbitMQ 4 (4.3's defaults)".into()
+        } else {
+            "amqp091 on RabbitMQ".into()
+        }
     }
 
     async fn make(&self, jid: &str, opts: &Options) -> Result<Arc<dyn Claw>> {
-        self.build(&common::url(), jid, opts)
+        self.build(&self.url, jid, opts)
     }
 
     fn broker_addr(&self) -> Option<SocketAddr> {
-        Some(SocketAddr::from(([127, 0, 0, 1], 5672)))
+        Some(SocketAddr::from(([127, 0, 0, 1], self.port)))
     }
 
     async fn make_at(&self, jid: &str, opts: &Options, addr: SocketAddr) -> Result<Arc<dyn Claw>> {
@@ -61,12 +92,16 @@ impl ClawFactory for Rabbit {
     /// Restarts RabbitMQ's application (`rabbitmqctl stop_app` / `start_app`): durable queues and
     /// persistent messages must survive, and running claws must reconnect.
     async fn restart_broker(&self) -> Option<Result<()>> {
-        Some(claws_test::rabbitmq::restart_app().await)
+        if self.four {
+            Some(claws_test::rabbitmq4::restart_app().await)
+        } else {
+            Some(claws_test::rabbitmq::restart_app().await)
+        }
     }
 
     async fn dead_lettered(&self) -> Option<Vec<Packet>> {
         // Everything in the dead-letter queue; unacked, so closing the channel keeps it there.
-        let conn = common::raw().await;
+        let conn = self.raw().await;
         let ch = conn.create_channel().await.ok()?;
         let mut out = Vec::new();
         while let Ok(Some(m)) = ch
@@ -83,7 +118,7 @@ impl ClawFactory for Rabbit {
     }
 
     async fn cleanup(&self, jids: &[String]) {
-        let conn = common::raw().await;
+        let conn = self.raw().await;
         let Ok(ch) = conn.create_channel().await else {
             return;
         };
@@ -129,7 +164,42 @@ async fn conformance_on_rabbitmq() {
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_default())
         .with_test_writer()
         .try_init();
-    let report = conformance::run(Rabbit).await;
+    let report = conformance::run(Rabbit::three()).await;
     println!("{report}");
     report.assert_passed();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_on_rabbitmq4() {
+    claws_test::rabbitmq4::up()
+        .await
+        .expect("the RabbitMQ 4 node (scripts/provision)");
+    let report = conformance::run(Rabbit::four()).await;
+    println!("{report}");
+    report.assert_passed();
+}
+
+#[tokio::test]
+async fn transient_queues_refused_by_rabbitmq4_are_a_configuration_error() {
+    claws_test::rabbitmq4::up()
+        .await
+        .expect("the RabbitMQ 4 node (scripts/provision)");
+    let u = common::uid();
+    let claw = AmqpClaw::builder(
+        &claws_test::rabbitmq4::url(),
+        format!("transient-{u}@test/a").as_str(),
+    )
+    .durable(false)
+    .connect_timeout(Duration::from_secs(5))
+    .build()
+    .unwrap();
+    let (events, _rx) = claws_core::Events::channel(16);
+    let err = tokio::time::timeout(Duration::from_secs(30), claw.start(events))
+        .await
+        .expect("start answers")
+        .unwrap_err();
+    assert!(matches!(err, claws_core::Error::Config(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("transient_nonexcl_queues"), "{text}");
+    assert!(text.contains("amqp091.durable = true"), "{text}");
 }
