@@ -29,7 +29,8 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// How many stanzas the load-balancing step sends to the group's bare JID.
-    #[arg(long, default_value_t = 6, value_name = "N")]
+    #[arg(long, default_value_t = 6, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
     messages: u32,
 }
 

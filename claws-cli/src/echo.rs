@@ -16,7 +16,7 @@ use crate::session;
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// Exit (0) after handling this many packets.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = crate::options::positive)]
     count: Option<u64>,
 }
 

@@ -29,29 +29,35 @@ use crate::session::{self, Shutdown};
 pub(crate) struct Args {
     /// Exit (0) after this many packets printed and acknowledged (one printed again after a
     /// connection cut counts once).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = crate::options::positive)]
     count: Option<u64>,
-    /// Exit (1) if this many seconds pass before --count packets arrived (or at all, without
-    /// --count).
-    #[arg(long, value_name = "SECS")]
-    timeout: Option<f64>,
+    /// Exit (1) if this long passes before --count packets arrived (or at all, without
+    /// --count): 30s, 250ms, 1m 30s, or plain seconds.
+    #[arg(long, value_name = "DURATION", value_parser = crate::options::duration)]
+    timeout: Option<Duration>,
+}
+
+impl Args {
+    /// `--count`.
+    #[cfg(test)]
+    pub(crate) fn count(&self) -> Option<u64> {
+        self.count
+    }
+
+    /// `--timeout`.
+    #[cfg(test)]
+    pub(crate) fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
 }
 
 pub(crate) async fn run(global: &Global, args: Args) -> Result<(), Failure> {
     let mut shutdown = Shutdown::install()?;
-    let timeout = match args.timeout {
-        Some(secs) if !(secs.is_finite() && secs > 0.0) => {
-            return Err(Failure::usage(
-                "--timeout must be a positive number of seconds",
-            ))
-        }
-        Some(secs) => Some(Duration::from_secs_f64(secs)),
-        None => None,
-    };
+    let timeout = args.timeout;
     let config = global.config()?;
     let printer = Printer::new(global.format);
     let mut session = session::open(&config).await?;
-    let deadline = timeout.map(|t| Instant::now() + t);
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     let mut received = 0u64;
     // Acknowledgements that failed since the claw last connected; the first one is reported.
     let mut failed_acks = 0u64;

@@ -159,3 +159,86 @@ impl std::io::Write for Scrubbed {
         std::io::stderr().flush()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Parses a command line as the binary does (no broker, nothing run).
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("claws").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn numeric_flags_are_checked() {
+        for bad in [
+            &["listen", "--count", "0"][..],
+            &["listen", "--count", "-1"],
+            &["listen", "--timeout", "1e30"],
+            &["listen", "--timeout", "1e19"],
+            &["listen", "--timeout", "0"],
+            &["listen", "--timeout", "NaN"],
+            &["listen", "--timeout", "soon"],
+            &["echo", "--count", "0"],
+            &["bench", "--messages", "0"],
+            &["bench", "--in-flight", "0"],
+            &["bench", "--size", "99999999999"],
+            &["demo", "--messages", "0"],
+        ] {
+            let err = parse(bad).expect_err(&bad.join(" "));
+            assert!(err.use_stderr(), "{bad:?}: exit 2");
+        }
+        for (text, secs) in [
+            ("5s", 5.0),
+            ("250ms", 0.25),
+            ("2", 2.0),
+            ("0.5", 0.5),
+            ("1m 30s", 90.0),
+        ] {
+            let Ok(Cli {
+                command: Command::Listen(args),
+                ..
+            }) = parse(&["listen", "--timeout", text])
+            else {
+                panic!("{text} refused");
+            };
+            assert_eq!(
+                args.timeout(),
+                Some(std::time::Duration::from_secs_f64(secs))
+            );
+        }
+    }
+
+    proptest! {
+        /// No value of any numeric flag panics the parser; what it accepts is in range.
+        #[test]
+        fn any_flag_value_parses_or_is_refused(value in prop_oneof![
+            any::<String>(),
+            "-?[0-9]{0,25}(\\.[0-9]{0,5})?(e-?[0-9]{1,3})?",
+            "[0-9]{1,6} ?(ns|us|ms|s|m|h|d|w|y|months)",
+        ]) {
+            for flag in [
+                &["listen", "--count"][..],
+                &["listen", "--timeout"],
+                &["echo", "--count"],
+                &["bench", "--messages"],
+                &["bench", "--size"],
+                &["bench", "--in-flight"],
+                &["demo", "--messages"],
+            ] {
+                let mut args = flag.to_vec();
+                args.push(&value);
+                match parse(&args) {
+                    Ok(Cli { command: Command::Listen(a), .. }) => {
+                        prop_assert!(a.count().is_none_or(|n| n >= 1));
+                        prop_assert!(a.timeout().is_none_or(|t| !t.is_zero()
+                            && t <= std::time::Duration::from_secs(365 * 24 * 3600)));
+                    }
+                    Ok(_) => {}
+                    Err(e) => prop_assert!(e.use_stderr(), "{e}"),
+                }
+            }
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! The options every subcommand takes, and the [`Config`] they make.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use claws::topology::Subscriptions;
 use claws::{Config, Transport};
@@ -164,4 +165,37 @@ pub(crate) fn from_environment(mut failure: Failure) -> Failure {
         );
     }
     failure
+}
+
+/// The longest duration a flag takes.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A duration flag: humantime (`5s`, `250ms`, `1m 30s`) or plain seconds (`2`, `0.5`);
+/// positive and at most a year.
+pub(crate) fn duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let parsed = match text.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs > 0.0 => {
+            Duration::try_from_secs_f64(secs).map_err(|_| "too long".to_owned())?
+        }
+        Ok(_) => return Err("must be a positive duration".into()),
+        Err(_) => humantime::parse_duration(text)
+            .map_err(|e| format!("{e}; write e.g. 5s, 250ms, 1m 30s, or a number of seconds"))?,
+    };
+    if parsed.is_zero() {
+        return Err("must be a positive duration".into());
+    }
+    if parsed > MAX_DURATION {
+        return Err("must be at most a year (365d)".into());
+    }
+    Ok(parsed)
+}
+
+/// A count flag: a whole number, at least 1.
+pub(crate) fn positive(text: &str) -> Result<u64, String> {
+    match text.trim().parse::<u64>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{e}; expected a whole number, at least 1")),
+    }
 }

@@ -384,6 +384,25 @@ fn environment_variables_follow_one_scheme_and_bad_ones_are_named() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 
+/// Issue 16, row 4: numeric flags are checked by the parser: exit 2 with a message, no panic.
+#[test]
+fn numeric_flags_are_refused_with_exit_2_not_a_panic() {
+    for args in [
+        &["listen", "--timeout", "1e30"][..],
+        &["listen", "--timeout", "1e19"],
+        &["listen", "--count", "0"],
+        &["echo", "--count", "0"],
+        &["bench", "--messages", "0"],
+    ] {
+        let out = claws(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("invalid value"), "{}", stderr(&out));
+        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    }
+    let out = claws(&["--format", "json", "listen", "--timeout", "250ms"]);
+    assert_eq!(out.status.code(), Some(1), "times out: {}", stderr(&out));
+}
+
 /// Issue 16, row 6: a config path that is not a readable file is a usage error.
 #[test]
 fn config_that_is_not_a_file_exits_2() {

@@ -27,13 +27,15 @@ use stats::Stats;
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// How many stanzas to send.
-    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    #[arg(long, default_value_t = 10_000, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     messages: u64,
     /// Payload size in bytes (at least 16: the send time travels in it).
-    #[arg(long, default_value_t = 256, value_name = "BYTES")]
+    #[arg(long, default_value_t = 256, value_name = "BYTES",
+          value_parser = bytes)]
     size: usize,
     /// Unconfirmed sends allowed at once.
-    #[arg(long, default_value_t = 64, value_name = "N")]
+    #[arg(long, default_value_t = 64, value_name = "N", value_parser = in_flight)]
     in_flight: usize,
     /// Also run raw lapin doing the same work, and print the ratio (amqp091 only).
     #[arg(long)]
@@ -120,4 +122,22 @@ fn report(printer: &Printer, label: &str, stats: &Stats, work: Work) {
                    "p50_ms": stats.percentile_ms(50.0), "p99_ms": stats.percentile_ms(99.0)})
         },
     );
+}
+
+/// `--size`: 1 byte to 16 MiB (the largest stanza a claw parses).
+fn bytes(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if (1..=16 << 20).contains(&n) => Ok(n),
+        Ok(_) => Err("must be from 1 to 16777216 (16 MiB)".into()),
+        Err(e) => Err(format!("{e}; expected a number of bytes")),
+    }
+}
+
+/// `--in-flight`: 1 to 65535.
+fn in_flight(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if (1..=65_535).contains(&n) => Ok(n),
+        Ok(_) => Err("must be from 1 to 65535".into()),
+        Err(e) => Err(format!("{e}; expected a whole number")),
+    }
 }
