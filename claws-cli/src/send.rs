@@ -1,6 +1,6 @@
 //! `claws send` and `claws publish`: one stanza, confirmed by the broker.
 
-use claws::jid;
+use claws::{jid, Packet};
 use serde_json::json;
 
 use crate::exit::Failure;
@@ -27,6 +27,9 @@ pub(crate) struct SendArgs {
     /// The stanza; `-` or nothing reads it from stdin.
     #[arg(value_name = "STANZA")]
     stanza: Option<String>,
+    /// Send the payload as it is, without checking that it is one well-formed XML element.
+    #[arg(long)]
+    raw: bool,
 }
 
 /// Broadcast one stanza to every instance and every group, confirmed.
@@ -40,26 +43,60 @@ pub(crate) struct PublishArgs {
     /// The stanza; `-` or nothing reads it from stdin.
     #[arg(value_name = "STANZA")]
     stanza: Option<String>,
+    /// Publish the payload as it is, without checking that it is one well-formed XML element.
+    #[arg(long)]
+    raw: bool,
+}
+
+/// The stanza, checked to be one well-formed element unless `raw`.
+async fn stanza(arg: Option<String>, raw: bool) -> Result<Packet, Failure> {
+    let packet = session::read_stanza(arg).await?;
+    if packet.as_bytes().iter().all(u8::is_ascii_whitespace) {
+        return Err(Failure::usage("the stanza is empty"));
+    }
+    if !raw {
+        if let Err(err) = packet.parse() {
+            return Err(Failure::usage(format!(
+                "the stanza is not one well-formed XML element ({err}); pass --raw to send it \
+                 as it is"
+            )));
+        }
+    }
+    Ok(packet)
+}
+
+/// What the broker's answer means: `confirmed` where it reports unroutable messages, else only
+/// accepted (AMQP 1.0 on RabbitMQ 3.x takes a message no queue receives).
+fn outcome(claw: &dyn claws::Claw) -> (&'static str, &'static str) {
+    if claw.capabilities().unroutable_errors {
+        ("confirmed", "verified")
+    } else {
+        (
+            "accepted; routing not verified on this broker",
+            "not verified",
+        )
+    }
 }
 
 pub(crate) async fn run_send(global: &Global, args: SendArgs) -> Result<(), Failure> {
     let to = jid::parse(&args.to)?;
-    let packet = session::read_stanza(args.stanza).await?;
+    let packet = stanza(args.stanza, args.raw).await?;
     let config = global.sender_config()?;
     let session = session::open(&config).await?;
     let sent = session.claw.send(&to, args.id.as_deref(), packet).await;
     let closed = session.claw.close().await;
     sent?;
     closed?;
+    let (said, routing) = outcome(session.claw.as_ref());
     Printer::new(global.format).line(
-        || format!("sent to {to} (confirmed)"),
-        || json!({"event": "sent", "to": to.as_str(), "id": args.id}),
+        || format!("sent to {to} ({said})"),
+        || json!({"event": "sent", "to": to.as_str(), "id": args.id, "routing": routing}),
     );
     Ok(())
 }
 
 pub(crate) async fn run_publish(global: &Global, args: PublishArgs) -> Result<(), Failure> {
-    let packet = session::read_stanza(args.stanza).await?;
+    let packet = stanza(args.stanza, args.raw).await?;
     let config = global.sender_config()?;
     let session = session::open(&config).await?;
     let published = session.claw.publish(packet).await;
@@ -67,8 +104,9 @@ pub(crate) async fn run_publish(global: &Global, args: PublishArgs) -> Result<()
     published?;
     closed?;
     let from = session.claw.jid().to_string();
+    let (said, _) = outcome(session.claw.as_ref());
     Printer::new(global.format).line(
-        || format!("published as {from} (confirmed)"),
+        || format!("published as {from} ({said})"),
         || json!({"event": "published", "from": from}),
     );
     Ok(())

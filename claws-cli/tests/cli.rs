@@ -403,6 +403,30 @@ fn numeric_flags_are_refused_with_exit_2_not_a_panic() {
     assert_eq!(out.status.code(), Some(1), "times out: {}", stderr(&out));
 }
 
+/// Issue 16, row 6: `send`/`publish` refuse what is not one well-formed element (before
+/// connecting); `--raw` skips the check.
+#[test]
+fn send_and_publish_check_the_stanza() {
+    for stanza in ["<message><body>oops</message", "", "  ", "<a/><b/>", "text"] {
+        let out = claws(&["send", "--to", "x@test.claws/r", stanza]);
+        assert_eq!(out.status.code(), Some(2), "{stanza:?}: {}", stderr(&out));
+        assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
+        let out = claws(&["publish", stanza]);
+        assert_eq!(out.status.code(), Some(2), "{stanza:?}: {}", stderr(&out));
+    }
+    let out = claws(&[
+        "send",
+        "--to",
+        "x@test.claws/r",
+        "<message><body>oops</message",
+    ]);
+    assert!(stderr(&out).contains("--raw"), "{}", stderr(&out));
+    // With --raw the payload goes out as it is: on mem nobody listens, so "no route" (exit 1).
+    let out = claws(&["send", "--raw", "--to", "x@test.claws/r", "not xml"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no route"), "{}", stderr(&out));
+}
+
 /// Issue 16, row 6: a config path that is not a readable file is a usage error.
 #[test]
 fn config_that_is_not_a_file_exits_2() {
@@ -841,6 +865,43 @@ mod rabbitmq {
         assert_eq!(lines[0]["run"], "claws (amqp091)");
         assert_eq!(lines[1]["run"], "lapin (raw)");
         assert!(lines[2]["throughput_ratio"].as_f64().unwrap() > 0.0);
+    }
+
+    /// Issue 16, row 6: over AMQP 1.0 RabbitMQ 3.x accepts what no queue takes, so `send`
+    /// does not claim a confirmed route.
+    #[cfg(feature = "amqp10")]
+    #[test]
+    fn amqp10_send_says_routing_is_not_verified() {
+        let id = unique();
+        let sender = format!("cli-amqp10-{id}@test.claws/s");
+        let to = format!("nobody-{id}@test.claws/x");
+        let send = |format: &str| {
+            claws(&[
+                "--transport",
+                "amqp10",
+                "--url",
+                URL,
+                "--jid",
+                &sender,
+                "--format",
+                format,
+                "send",
+                "--to",
+                &to,
+                "<message/>",
+            ])
+        };
+        let out = send("human");
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(
+            stdout(&out).contains("accepted; routing not verified on this broker"),
+            "{}",
+            stdout(&out)
+        );
+        let out = send("json");
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert_eq!(json_lines(&stdout(&out))[0]["routing"], "not verified");
+        delete_queues(&[&sender]);
     }
 
     #[cfg(feature = "amqp10")]
