@@ -79,6 +79,9 @@ async fn cleanup(claws: &[&AmqpClaw]) {
     }
 }
 
+/// The queues reported lost and restored, by every drain task.
+type QueuesSeen = Arc<std::sync::Mutex<(HashSet<String>, HashSet<String>)>>;
+
 /// What one group member saw.
 #[derive(Default)]
 struct Seen {
@@ -93,6 +96,7 @@ fn drain(
     tag: String,
     total: Arc<std::sync::Mutex<HashSet<String>>>,
     killed_at: Arc<std::sync::Mutex<Option<Instant>>>,
+    queues: QueuesSeen,
     stop: tokio_util_stop::Stop,
 ) -> tokio::task::JoinHandle<Seen> {
     tokio::spawn(async move {
@@ -118,6 +122,12 @@ fn drain(
                     if let Some(at) = *killed_at.lock().unwrap() {
                         seen.reconnected_after_kill.get_or_insert(at.elapsed());
                     }
+                }
+                Some(Event::ConsumerLost { queue, .. }) => {
+                    queues.lock().unwrap().0.insert(queue);
+                }
+                Some(Event::ConsumerRestored { queue, .. }) => {
+                    queues.lock().unwrap().1.insert(queue);
                 }
                 Some(_) => {}
                 None => return seen,
@@ -163,11 +173,13 @@ async fn node_loss(graceful: bool) {
     let total = Arc::new(std::sync::Mutex::new(HashSet::new()));
     let killed_at = Arc::new(std::sync::Mutex::new(None));
     let (stop_tx, stop) = tokio_util_stop::pair();
+    let queues = QueuesSeen::default();
     let seen_a = drain(
         rx_a,
         tag.clone(),
         total.clone(),
         killed_at.clone(),
+        queues.clone(),
         stop.clone(),
     );
     let seen_b = drain(
@@ -175,6 +187,7 @@ async fn node_loss(graceful: bool) {
         tag.clone(),
         total.clone(),
         killed_at.clone(),
+        queues.clone(),
         stop.clone(),
     );
 
@@ -232,16 +245,28 @@ async fn node_loss(graceful: bool) {
     // Bring the node back before asserting, so that a failure leaves the cluster whole.
     cluster::start(node).await.expect("the node rejoins");
     revive.0 = None;
+    // The node is back: every queue reported lost (A's own, classic on that node) is consumed
+    // again, with no reconnection: nothing is left stranded.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stranded = loop {
+        let (lost, restored) = queues.lock().unwrap().clone();
+        let missing: Vec<String> = lost.difference(&restored).cloned().collect();
+        if missing.is_empty() || Instant::now() > deadline {
+            break missing;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let _ = stop_tx.send(true);
     let (seen_a, seen_b) = (seen_a.await.unwrap(), seen_b.await.unwrap());
     let deliveries: u32 = seen_a.bodies.values().chain(seen_b.bodies.values()).sum();
     let duplicates = deliveries as usize - got;
     eprintln!(
-        "cluster {} of node {node}: {got} of {} stanzas, {duplicates} duplicates; A connected again after {:?} and received {} after; a new instance started in {start_took:?}",
+        "cluster {} of node {node}: {got} of {} stanzas, {duplicates} duplicates; A connected again after {:?} and received {} after; a new instance started in {start_took:?}; queues lost/restored: {:?}",
         if graceful { "stop_app" } else { "kill -9" },
         N + 1,
         seen_a.reconnected_after_kill,
-        seen_a.received_after_reconnect
+        seen_a.received_after_reconnect,
+        queues.lock().unwrap()
     );
     for claw in [&a, &b, &sender, &late] {
         let _ = claw.close().await;
@@ -249,6 +274,10 @@ async fn node_loss(graceful: bool) {
     cleanup(&[&a, &b]).await;
 
     assert_eq!(got, N + 1, "stanzas were lost");
+    assert!(
+        stranded.is_empty(),
+        "queues never consumed again after the node came back: {stranded:?}"
+    );
     let back = seen_a
         .reconnected_after_kill
         .expect("instance A never connected again");
