@@ -737,8 +737,13 @@ mod rabbitmq {
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 
         let reply = listener.next();
+        // The echo may mark its answer (`<echoed xmlns="urn:xmpp:claws:echo:0"/>`).
+        let payload = reply["payload"]
+            .as_str()
+            .unwrap()
+            .replace(r#"<echoed xmlns="urn:xmpp:claws:echo:0"/>"#, "");
         assert_eq!(
-            reply["payload"],
+            payload,
             format!(r#"<message from="{echo_jid}" to="{client_jid}"><body>hi</body></message>"#)
         );
         assert_eq!(reply["via"]["queue"], "direct");
