@@ -8,7 +8,7 @@ use claws_core::jid::{Jid, JidInput};
 use claws_core::topology::{LeaderLocator, Subscriptions, TopologyOptions};
 use claws_core::{Config, Error, Result, Transport};
 
-use crate::address::AddressScheme;
+use crate::address::{AddressScheme, Addresses};
 use crate::config::{Amqp10Options, Settings};
 use crate::connection::Endpoint;
 use crate::Amqp10Claw;
@@ -35,6 +35,7 @@ impl Amqp10ClawBuilder {
             name: "amqp10".into(),
             settings: Settings {
                 scheme,
+                addresses: o.addresses,
                 credit: 32,
                 max_deliveries: 5,
                 subscriptions: Subscriptions::all(),
@@ -69,6 +70,15 @@ impl Amqp10ClawBuilder {
     /// Which subscriptions to consume (default all four; the queue scheme has no fanout ones).
     pub fn subscriptions(mut self, subscriptions: Subscriptions) -> Self {
         self.settings.subscriptions = subscriptions;
+        self
+    }
+
+    /// RabbitMQ scheme: which address form to use (default [`Addresses::Auto`]: v2 on
+    /// RabbitMQ 4 and later, v1 before, read from the broker's version at each connection).
+    /// Set `V2` (or `V1`) to fix it, e.g. so that
+    /// [`capabilities`](claws_core::Claw::capabilities) is right before `start`.
+    pub fn addresses(mut self, addresses: Addresses) -> Self {
+        self.settings.addresses = addresses;
         self
     }
 
@@ -178,6 +188,7 @@ impl Amqp10ClawBuilder {
 
     pub(crate) fn apply(mut self, o: &Amqp10Options) -> Self {
         self.settings.scheme = o.scheme;
+        self.settings.addresses = o.addresses;
         self.settings.declare = o.declare;
         self.settings.durable = o.durable;
         self.settings.queue_expiry = Some(o.queue_expiry).filter(|d| !d.is_zero());

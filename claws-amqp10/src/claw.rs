@@ -9,12 +9,13 @@ use claws_core::{Capabilities, Claw, Error, Events, Packet, Result};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::address::{AddressScheme, Source};
+use crate::address::Target;
+use crate::address::{AddressScheme, Addresses, Source};
 use crate::attempts::Attempts;
 use crate::config::Settings;
 use crate::connection::Endpoint;
 use crate::declare;
-use crate::publisher::{message_id, Outgoing};
+use crate::publisher::{message_id, Outgoing, ReplyTo};
 use crate::shared::Shared;
 use crate::supervisor;
 
@@ -55,6 +56,8 @@ impl Amqp10Claw {
                 in_flight: InFlight::new(),
                 sends: InFlight::new(),
                 container_id,
+                broker: Default::default(),
+                dialect: Default::default(),
             }),
             run: Lifecycle::new(run_name),
         }
@@ -65,13 +68,20 @@ impl Amqp10Claw {
         self.shared.settings.scheme
     }
 
+    /// The RabbitMQ address form setting (`auto`, `v1` or `v2`).
+    pub fn addresses(&self) -> Addresses {
+        self.shared.settings.addresses
+    }
+
     /// The source address of each subscription, in TOPOLOGY.md's order, with the queue name it
-    /// stands for (for logs and tools).
+    /// stands for (for logs and tools). With `addresses = "auto"` the address form is the
+    /// last connection's (v1 before the first).
     pub fn sources(&self) -> Vec<(String, String)> {
+        let dialect = self.shared.dialect();
         self.shared
             .sources
             .iter()
-            .map(|s| (s.address.clone(), s.spec.name.clone()))
+            .map(|s| (s.address(dialect), s.spec.name.clone()))
             .collect()
     }
 
@@ -94,18 +104,12 @@ impl Amqp10Claw {
             .await
     }
 
-    fn outgoing(
-        &self,
-        address: String,
-        subject: String,
-        id: Option<&str>,
-        packet: Packet,
-    ) -> Outgoing {
+    fn outgoing(&self, target: Target, id: Option<&str>, packet: Packet) -> Outgoing {
         let s = &self.shared;
         Outgoing {
-            address,
-            subject: Some(subject),
-            reply_to: Some(s.settings.scheme.reply_to(&s.jid)),
+            route: target.route,
+            subject: Some(target.subject),
+            reply_to: ReplyTo::Me,
             correlation_id: id.map(str::to_owned),
             message_id: Some(message_id()),
             payload: packet.into_bytes(),
@@ -132,8 +136,9 @@ impl Claw for Amqp10Claw {
                 let mut c = Capabilities::all();
                 c.persistence = s.durable;
                 c.survives_broker_restart = s.durable;
-                // RabbitMQ's AMQP 1.0 plugin accepts a transfer no queue takes.
-                c.unroutable_errors = false;
+                // RabbitMQ 3.x's AMQP 1.0 plugin accepts a transfer no queue takes; RabbitMQ 4
+                // releases it (NoRoute). Known once connected (or with `addresses = "v2"`).
+                c.unroutable_errors = self.shared.broker4().unwrap_or(false);
                 c
             }
             AddressScheme::Queue => {
@@ -187,7 +192,7 @@ impl Claw for Amqp10Claw {
 
     async fn send(&self, to: &Jid, id: Option<&str>, packet: Packet) -> Result<()> {
         let target = self.shared.settings.scheme.direct_target(to)?;
-        let out = self.outgoing(target.address, target.subject, id, packet);
+        let out = self.outgoing(target, id, packet);
         let _guard = self.shared.sends.enter();
         self.shared.send_outgoing(&out, to.as_str()).await
     }
@@ -202,7 +207,7 @@ impl Claw for Amqp10Claw {
                     .into(),
             });
         };
-        let out = self.outgoing(target.address, target.subject, None, packet);
+        let out = self.outgoing(target, None, packet);
         let _guard = self.shared.sends.enter();
         self.shared.send_outgoing(&out, "broadcast").await
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use claws_core::config::Timing;
 use claws_core::topology::{LeaderLocator, Subscriptions, TopologyOptions};
 
-use crate::address::AddressScheme;
+use crate::address::{AddressScheme, Addresses};
 
 /// The `[amqp10]` table of a claws config. Every key is optional; unknown keys are errors.
 ///
@@ -20,6 +20,7 @@ use crate::address::AddressScheme;
 ///
 /// [amqp10]
 /// scheme = "rabbitmq"   # or "queue"
+/// addresses = "auto"    # RabbitMQ's address form: "v1" (3.x), "v2" (4.x), or "auto" (by version)
 /// queue_expiry = "30m"
 /// # On a cluster (RabbitMQ scheme; the same keys as the 0-9-1 claw's):
 /// quorum_groups = true          # group queues and xmpp_dead_letter are quorum queues
@@ -33,6 +34,9 @@ use crate::address::AddressScheme;
 pub struct Amqp10Options {
     /// The address scheme: `rabbitmq` (default) or `queue`.
     pub scheme: AddressScheme,
+    /// RabbitMQ scheme: the address form, `auto` (default: v2 on RabbitMQ 4 and later, v1
+    /// before, read from the broker's version at each connection), `v1` or `v2`.
+    pub addresses: Addresses,
     /// RabbitMQ scheme: declare the exchanges, queues and bindings over AMQP 0-9-1 at every
     /// connect (default `true`). With `false` they must exist already.
     pub declare: bool,
@@ -61,6 +65,7 @@ impl Default for Amqp10Options {
     fn default() -> Self {
         Self {
             scheme: AddressScheme::RabbitMq,
+            addresses: Addresses::Auto,
             declare: true,
             durable: true,
             queue_expiry: Duration::from_secs(30 * 60),
@@ -77,6 +82,7 @@ impl Default for Amqp10Options {
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     pub(crate) scheme: AddressScheme,
+    pub(crate) addresses: Addresses,
     /// Link credit per subscription (the common `prefetch`).
     pub(crate) credit: u32,
     pub(crate) max_deliveries: u32,

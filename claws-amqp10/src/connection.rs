@@ -18,18 +18,26 @@
 //! gone the broker has already put them back in their queue.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use claws_core::runtime::{redact_url, Alive, Fuse};
 use claws_core::{Error, Result};
 use fe2o3_amqp::connection::ConnectionHandle;
+use fe2o3_amqp::link::{ReceiverAttachError, SenderAttachError, SessionStopReason};
 use fe2o3_amqp::sasl_profile::SaslProfile;
 use fe2o3_amqp::session::SessionHandle;
+use fe2o3_amqp::types::definitions::{self, AmqpError, ErrorCondition};
+use fe2o3_amqp::types::messaging::Target;
 use fe2o3_amqp::{Connection, Sender, Session};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
+
+use crate::address::Dialect;
 
 /// Where and how to connect, parsed from the URL once. Its `Display` never shows the password.
 #[derive(Clone)]
@@ -135,6 +143,13 @@ fn percent_decode(s: &str, decode: &dyn Fn(&str) -> String) -> String {
     decode(&s.replace('+', "%2B"))
 }
 
+/// An open connection, its first session, and the broker's version (from its `open` frame).
+pub(crate) struct Opened {
+    pub(crate) connection: ConnectionHandle<()>,
+    pub(crate) session: SessionHandle<()>,
+    pub(crate) version: Option<String>,
+}
+
 /// Opens a connection and a session, bounded by `timeout`.
 pub(crate) async fn open(
     endpoint: &Endpoint,
@@ -142,7 +157,7 @@ pub(crate) async fn open(
     idle_timeout: Option<Duration>,
     timeout: Duration,
     claw: &str,
-) -> Result<(ConnectionHandle<()>, SessionHandle<()>)> {
+) -> Result<Opened> {
     let fail = |reason: String| Error::Connect {
         claw: claw.to_owned(),
         endpoint: endpoint.to_string(),
@@ -153,6 +168,8 @@ pub(crate) async fn open(
             .await
             .map_err(|e| fail(format!("TCP connect failed: {e}")))?;
         let _ = stream.set_nodelay(true);
+        let version = Arc::new(StdMutex::new(None));
+        let stream = Sniff::new(stream, version.clone());
         let hostname = if endpoint.vhost == "/" {
             endpoint.host.clone()
         } else {
@@ -191,7 +208,13 @@ pub(crate) async fn open(
                 return Err(fail(format!("could not begin a session: {e}")));
             }
         };
-        Ok((connection, session))
+        // fe2o3 returns from `open` once the broker's `open` frame arrived.
+        let version = version.lock().unwrap_or_else(|e| e.into_inner()).take();
+        Ok(Opened {
+            connection,
+            session,
+            version,
+        })
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(r) => r,
@@ -201,9 +224,214 @@ pub(crate) async fn open(
     }
 }
 
+/// The TCP stream, reading the broker's `version` from its `open` frame as it passes (fe2o3
+/// keeps the remote `open` to itself). Only the first frames are looked at (64 KiB at most);
+/// after that it is a plain pass-through.
+#[derive(Debug)]
+struct Sniff {
+    inner: TcpStream,
+    seen: Vec<u8>,
+    done: bool,
+    version: Arc<StdMutex<Option<String>>>,
+}
+
+impl Sniff {
+    fn new(inner: TcpStream, version: Arc<StdMutex<Option<String>>>) -> Self {
+        Self {
+            inner,
+            seen: Vec::new(),
+            done: false,
+            version,
+        }
+    }
+
+    /// Walks the protocol headers and frames read so far, up to the first AMQP frame (`open`).
+    fn scan(&mut self) {
+        let mut pos = 0;
+        loop {
+            let rest = &self.seen[pos..];
+            if rest.len() < 8 {
+                break;
+            }
+            if &rest[..4] == b"AMQP" {
+                pos += 8; // a protocol header (SASL's, then AMQP's)
+                continue;
+            }
+            let size = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            let doff = usize::from(rest[4]) * 4;
+            if size < 8 || doff < 8 || doff > size {
+                self.finish(None);
+                return;
+            }
+            if rest.len() < size {
+                break;
+            }
+            if rest[5] == 0 {
+                let found = property_string(&rest[doff..size], b"version");
+                self.finish(found);
+                return;
+            }
+            pos += size; // a SASL frame
+        }
+        if self.seen.len() > 64 * 1024 {
+            self.finish(None);
+        }
+    }
+
+    fn finish(&mut self, version: Option<String>) {
+        self.done = true;
+        self.seen = Vec::new();
+        *self.version.lock().unwrap_or_else(|e| e.into_inner()) = version;
+    }
+}
+
+/// The string value following the symbol `key` in an encoded `open` (its `properties` map):
+/// `sym8 key` then `str8`/`str32`.
+fn property_string(body: &[u8], key: &[u8]) -> Option<String> {
+    let mut needle = vec![0xa3, u8::try_from(key.len()).ok()?];
+    needle.extend_from_slice(key);
+    let at = body.windows(needle.len()).position(|w| w == needle)? + needle.len();
+    let value = body.get(at..)?;
+    let (len, start) = match value.first()? {
+        0xa1 => (usize::from(*value.get(1)?), 2),
+        0xb1 => (
+            u32::from_be_bytes(value.get(1..5)?.try_into().ok()?) as usize,
+            5,
+        ),
+        _ => return None,
+    };
+    let bytes = value.get(start..start + len)?;
+    String::from_utf8(bytes.to_vec()).ok()
+}
+
+impl AsyncRead for Sniff {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if !this.done && matches!(polled, Poll::Ready(Ok(()))) {
+            this.seen.extend_from_slice(&buf.filled()[before..]);
+            this.scan();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Sniff {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// The broker's error when it refused an attach for a reason that retrying cannot fix: an
+/// address it does not accept (`invalid-field`, e.g. RabbitMQ 4's `amqp_address_v1_not_permitted`),
+/// a node that does not exist (`not-found`), or no permission (`unauthorized-access`).
+pub(crate) fn refusal(error: Option<&definitions::Error>) -> Option<&definitions::Error> {
+    let e = error?;
+    let description = e.description.as_deref().unwrap_or("");
+    if description.contains("is down or inaccessible") {
+        return None; // RabbitMQ 3.x: the queue's node is down, which passes
+    }
+    matches!(
+        e.condition,
+        ErrorCondition::AmqpError(
+            AmqpError::InvalidField | AmqpError::NotFound | AmqpError::UnauthorizedAccess
+        )
+    )
+    .then_some(e)
+}
+
+/// The broker's error carried by a failed sending attach, if any.
+pub(crate) fn sender_attach_error(e: &SenderAttachError) -> Option<&definitions::Error> {
+    match e {
+        SenderAttachError::RemoteClosedWithError(e) => Some(e),
+        SenderAttachError::SessionStopped(SessionStopReason::RemoteEndedWithError(e)) => Some(e),
+        _ => None,
+    }
+}
+
+/// The broker's error carried by a failed receiving attach, if any.
+pub(crate) fn receiver_attach_error(e: &ReceiverAttachError) -> Option<&definitions::Error> {
+    match e {
+        ReceiverAttachError::RemoteClosedWithError(e) => Some(e),
+        ReceiverAttachError::SessionStopped(SessionStopReason::RemoteEndedWithError(e)) => Some(e),
+        _ => None,
+    }
+}
+
+/// The configuration error for a refused attach to `address`.
+pub(crate) fn refused_attach(
+    claw: &str,
+    what: &str,
+    address: &str,
+    error: &definitions::Error,
+    dialect: Dialect,
+) -> Error {
+    let condition = match &error.condition {
+        ErrorCondition::AmqpError(AmqpError::InvalidField) => "amqp:invalid-field",
+        ErrorCondition::AmqpError(AmqpError::NotFound) => "amqp:not-found",
+        ErrorCondition::AmqpError(AmqpError::UnauthorizedAccess) => "amqp:unauthorized-access",
+        _ => "refused",
+    };
+    let description = error.description.as_deref().unwrap_or("no description");
+    let hint = match (&error.condition, dialect) {
+        (ErrorCondition::AmqpError(AmqpError::InvalidField), Dialect::V1) => {
+            "this looks like RabbitMQ 4 refusing the v1 address form \
+             (`deprecated_features.permit.amqp_address_v1 = false`, the default from 4.3): \
+             set `[amqp10] addresses = \"v2\"` (or \"auto\")"
+        }
+        (ErrorCondition::AmqpError(AmqpError::InvalidField), Dialect::V2) => {
+            "the broker does not understand RabbitMQ 4's v2 address form (RabbitMQ 3.x?): \
+             set `[amqp10] addresses = \"v1\"` (or \"auto\")"
+        }
+        (ErrorCondition::AmqpError(AmqpError::NotFound), _) => {
+            "the queue or exchange does not exist: enable `declare`, or declare it yourself"
+        }
+        (ErrorCondition::AmqpError(AmqpError::UnauthorizedAccess), _) => {
+            "the user in the URL lacks permission on it (`rabbitmqctl set_permissions`)"
+        }
+        _ => "check the address and the broker's configuration",
+    };
+    Error::Config(format!(
+        "claw `{claw}`: the broker refused {what} `{address}` ({condition}: {description}); {hint}"
+    ))
+}
+
 /// One generation: a session and the sending links attached on it so far.
 pub(crate) struct Live {
     pub(crate) generation: u64,
+    /// The address form this connection uses.
+    pub(crate) dialect: Dialect,
+    /// The broker is RabbitMQ 4 or later: `released` means that no queue took a message.
+    pub(crate) broker4: bool,
     pub(crate) session: Mutex<SessionHandle<()>>,
     /// Sending links by target address. A std mutex: looked up on every send, never held
     /// across an await (contended async locks cost a task switch per send).
@@ -235,9 +463,16 @@ impl std::fmt::Debug for Live {
 const MAX_SENDERS: usize = 256;
 
 impl Live {
-    pub(crate) fn new(generation: u64, session: SessionHandle<()>) -> Self {
+    pub(crate) fn new(
+        generation: u64,
+        dialect: Dialect,
+        broker4: bool,
+        session: SessionHandle<()>,
+    ) -> Self {
         Self {
             generation,
+            dialect,
+            broker4,
             session: Mutex::new(session),
             senders: StdMutex::new(HashMap::new()),
             attaching: Mutex::new(()),
@@ -262,15 +497,22 @@ impl Live {
         self.dead.tripped().await
     }
 
-    /// The sending link for `address`, attached on first use.
-    pub(crate) async fn sender(&self, address: &str, claw: &str) -> Result<Arc<Mutex<Sender>>> {
-        if let Some(s) = self.senders_map().get(address) {
+    /// The sending link for `address` (`None`: the anonymous link, whose messages carry their
+    /// destination in `to`), attached on first use. A refusal retrying cannot fix is an
+    /// [`Error::Config`] naming the address.
+    pub(crate) async fn sender(
+        &self,
+        address: Option<&str>,
+        claw: &str,
+    ) -> Result<Arc<Mutex<Sender>>> {
+        let key = address.unwrap_or("");
+        if let Some(s) = self.senders_map().get(key) {
             return Ok(s.clone());
         }
         let _attaching = self.attaching.lock().await;
         {
             let mut senders = self.senders_map();
-            if let Some(s) = senders.get(address) {
+            if let Some(s) = senders.get(key) {
                 return Ok(s.clone()); // attached meanwhile
             }
             if senders.len() >= MAX_SENDERS {
@@ -286,24 +528,36 @@ impl Live {
         }
         let number = self.attached.fetch_add(1, Ordering::Relaxed);
         let name = format!("{claw}-send-{}-{number}", self.generation);
+        let shown = address.unwrap_or("(anonymous: each message's `to`)");
         let sender = {
             let mut session = self.session.lock().await;
-            Sender::attach(&mut *session, name, address.to_owned())
+            let target = match address {
+                Some(a) => Target::from(a.to_owned()),
+                None => Target::builder().build(),
+            };
+            Sender::builder()
+                .name(name)
+                .target(target)
+                .attach(&mut *session)
                 .await
                 .map_err(|e| {
-                    let what = format!("attaching a sending link to `{address}`");
+                    let what = format!("attaching a sending link to `{shown}`");
                     // An attach error ends the session on RabbitMQ: start a new generation.
                     self.fail(format!("{what}: {e}"));
-                    Error::Broker {
-                        claw: claw.to_owned(),
-                        what,
-                        source: Box::new(e),
+                    match refusal(sender_attach_error(&e)) {
+                        Some(refused) => {
+                            refused_attach(claw, "a sending link to", shown, refused, self.dialect)
+                        }
+                        None => Error::Broker {
+                            claw: claw.to_owned(),
+                            what,
+                            source: Box::new(e),
+                        },
                     }
                 })?
         };
         let sender = Arc::new(Mutex::new(sender));
-        self.senders_map()
-            .insert(address.to_owned(), sender.clone());
+        self.senders_map().insert(key.to_owned(), sender.clone());
         Ok(sender)
     }
 

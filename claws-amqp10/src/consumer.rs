@@ -31,13 +31,14 @@ use claws_core::{Acker, Delivery, Error, Events, Packet, Result, Via};
 use fe2o3_amqp::link::delivery::DeliveryInfo;
 use fe2o3_amqp::link::{CreditMode, Receiver};
 use fe2o3_amqp::session::SessionHandle;
-use fe2o3_amqp::types::messaging::{AmqpValue, Body, Message, MessageId};
-use fe2o3_amqp::types::primitives::Value;
+use fe2o3_amqp::types::messaging::annotations::OwnedKey;
+use fe2o3_amqp::types::messaging::{AmqpValue, Body, Message, MessageAnnotations, MessageId};
+use fe2o3_amqp::types::primitives::{Symbol, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::address::{parse_reply_to, AddressScheme, Source};
-use crate::connection::Live;
-use crate::publisher::Outgoing;
+use crate::address::{parse_reply_to, AddressScheme, Dialect, Route, Source};
+use crate::connection::{receiver_attach_error, refusal, refused_attach, Live};
+use crate::publisher::{Outgoing, ReplyTo};
 use crate::shared::Shared;
 
 /// What an acker asks the link task to do.
@@ -63,28 +64,41 @@ struct JidCache {
     reply_to: LastJid,
 }
 
-/// Attaches the receiving link for `source` with manual credit.
+/// Attaches the receiving link for `source` (at `address`) with manual credit. A refusal
+/// retrying cannot fix (an address the broker does not accept, a missing queue, no
+/// permission) is an [`Error::Config`] naming the address, with a hint.
 pub(crate) async fn attach(
     session: &mut SessionHandle<()>,
     source: &Source,
+    address: &str,
+    dialect: Dialect,
     name: String,
     claw: &str,
 ) -> Result<Receiver> {
     Receiver::builder()
         .name(name)
-        .source(source.address.clone())
+        .source(address.to_owned())
         .credit_mode(CreditMode::Manual)
         .auto_accept(false)
         .attach(session)
         .await
-        .map_err(|e| Error::Broker {
-            claw: claw.to_owned(),
-            what: format!(
-                "consuming `{}` (on RabbitMQ the queue must exist: enable `declare`, or declare \
-                 `{}` yourself)",
-                source.address, source.spec.name
+        .map_err(|e| match refusal(receiver_attach_error(&e)) {
+            Some(refused) => refused_attach(
+                claw,
+                &format!("consuming queue `{}` at", source.spec.name),
+                address,
+                refused,
+                dialect,
             ),
-            source: Box::new(e),
+            None => Error::Broker {
+                claw: claw.to_owned(),
+                what: format!(
+                    "consuming `{address}` (on RabbitMQ the queue must exist: enable `declare`, \
+                     or declare `{}` yourself)",
+                    source.spec.name
+                ),
+                source: Box::new(e),
+            },
         })
 }
 
@@ -197,7 +211,10 @@ pub(crate) async fn run_link(
                     }
                 }
                 Err(e) => {
-                    let reason = format!("receiving from `{}`: {e}", shared.sources[index].address);
+                    let reason = format!(
+                        "receiving from `{}`: {e}",
+                        shared.sources[index].address(live.dialect)
+                    );
                     tracing::debug!(claw = &*shared.name, %reason, "receiving link failed");
                     live.fail(reason);
                     return;
@@ -254,6 +271,16 @@ fn payload(body: Body<Value>) -> std::result::Result<Bytes, String> {
     }
 }
 
+/// The `x-routing-key` message annotation (RabbitMQ 4).
+fn routing_key(annotations: Option<&MessageAnnotations>) -> Option<String> {
+    let key = OwnedKey::Symbol(Symbol::from("x-routing-key"));
+    match annotations?.0.get(&key)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Symbol(s) => Some(s.0.clone()),
+        _ => None,
+    }
+}
+
 fn id_string(id: MessageId) -> String {
     match id {
         MessageId::String(s) => s,
@@ -279,9 +306,17 @@ fn make_delivery(
     let props = message.properties.unwrap_or_default();
     let body = payload(message.body);
     let subject = props.subject.clone();
+    // RabbitMQ 4 gives a 0-9-1 publisher's routing key as the `x-routing-key` annotation, not
+    // as `subject` (3.x did).
+    let annotated = routing_key(message.message_annotations.as_ref());
     let jid = subject
         .as_deref()
         .filter(|s| jids.subject.parse(s).is_some())
+        .or_else(|| {
+            annotated
+                .as_deref()
+                .filter(|s| jids.subject.parse(s).is_some())
+        })
         .unwrap_or(source.default_jid())
         .to_owned();
     let id = props.correlation_id.clone().map(id_string);
@@ -320,9 +355,9 @@ fn make_delivery(
         via = via.with_exchange(source.spec.exchange);
     }
     let resend = (scheme == AddressScheme::Queue).then(|| Outgoing {
-        address: source.address.clone(),
+        route: Route::Queue(source.spec.name.clone()),
         subject,
-        reply_to: props.reply_to.clone(),
+        reply_to: ReplyTo::Copy(props.reply_to.clone()),
         correlation_id: id,
         message_id,
         payload: bytes.clone(),
@@ -401,7 +436,7 @@ impl Amqp10Acker {
     async fn send_back(&mut self, dead_letter: bool, count_attempt: bool) -> Result<()> {
         if let Some(mut out) = self.resend.take() {
             if dead_letter {
-                out.address = DEAD_LETTER_QUEUE.to_owned();
+                out.route = Route::Queue(DEAD_LETTER_QUEUE.to_owned());
             }
             if !count_attempt {
                 out.delivery_count = out.delivery_count.saturating_sub(1);

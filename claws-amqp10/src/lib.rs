@@ -195,7 +195,7 @@ mod publisher;
 mod shared;
 mod supervisor;
 
-pub use address::AddressScheme;
+pub use address::{AddressScheme, Addresses};
 pub use builder::Amqp10ClawBuilder;
 pub use claw::Amqp10Claw;
 pub use config::Amqp10Options;

@@ -1,7 +1,12 @@
 //! Sending: one link per target address, unsettled transfers, and the broker's outcome awaited.
 //!
 //! A send is complete when the broker answered `accepted`; `rejected`, `released` and
-//! `modified` are [`Error::Refused`]. Transfers are pipelined: the link is locked only while a
+//! `modified` are [`Error::Refused`], except `released` from RabbitMQ 4 (no queue took it):
+//! [`Error::NoRoute`] for a direct send, success for a broadcast nobody listens to (as on 0-9-1).
+//!
+//! On RabbitMQ 4 (v2 addresses) every exchange send goes through one anonymous link, each
+//! message naming its destination in `to` (`/exchanges/xmpp_direct/J`): one attach per
+//! generation instead of one per destination, and no cache of links to evict. Transfers are pipelined: the link is locked only while a
 //! transfer is handed over, and each send awaits its own outcome. A send whose link or
 //! connection fails is retried on the next generation (see [`connection`](crate::connection)),
 //! bounded by `send_timeout`: the stanza may arrive twice, but is not lost.
@@ -15,14 +20,24 @@ use fe2o3_amqp::types::messaging::{Header, Message, Outcome, Properties};
 use fe2o3_amqp::types::primitives::Binary;
 use tokio::time::Instant;
 
+use crate::address::Route;
 use crate::shared::Shared;
+
+/// The `reply-to` of an outgoing message.
+#[derive(Debug, Clone)]
+pub(crate) enum ReplyTo {
+    /// This instance, spelt for the connection's dialect.
+    Me,
+    /// As it was (a copy sent back to its queue).
+    Copy(Option<String>),
+}
 
 /// One message to send, as the claw builds it.
 #[derive(Debug, Clone)]
 pub(crate) struct Outgoing {
-    pub(crate) address: String,
+    pub(crate) route: Route,
     pub(crate) subject: Option<String>,
-    pub(crate) reply_to: Option<String>,
+    pub(crate) reply_to: ReplyTo,
     pub(crate) correlation_id: Option<String>,
     pub(crate) message_id: Option<String>,
     pub(crate) payload: Bytes,
@@ -31,16 +46,24 @@ pub(crate) struct Outgoing {
 }
 
 impl Outgoing {
-    pub(crate) fn to_message(&self) -> Message<fe2o3_amqp::types::messaging::Data> {
+    /// The message, with `to` (v2 addresses) and the `reply-to` spelt for the connection.
+    pub(crate) fn to_message(
+        &self,
+        to: Option<&str>,
+        reply_to: Option<String>,
+    ) -> Message<fe2o3_amqp::types::messaging::Data> {
         let mut props = Properties::builder();
         if let Some(id) = &self.message_id {
             props = props.message_id(id.clone());
         }
+        if let Some(to) = to {
+            props = props.to(to.to_owned());
+        }
         if let Some(s) = &self.subject {
             props = props.subject(s.clone());
         }
-        if let Some(r) = &self.reply_to {
-            props = props.reply_to(r.clone());
+        if let Some(r) = reply_to {
+            props = props.reply_to(r);
         }
         if let Some(c) = &self.correlation_id {
             props = props.correlation_id(c.clone());
@@ -99,11 +122,17 @@ impl Shared {
                 .current
                 .wait_live(started, self.settings.timing.send_timeout)
                 .await?;
+            let spelt = out.route.spell(live.dialect);
+            let reply_to = match &out.reply_to {
+                ReplyTo::Me => Some(self.settings.scheme.reply_to(&self.jid, live.dialect)),
+                ReplyTo::Copy(r) => r.clone(),
+            };
+            let message = out.to_message(spelt.to.as_deref(), reply_to);
             let attempt = async {
-                let link = live.sender(&out.address, &self.name).await?;
+                let link = live.sender(spelt.link.as_deref(), &self.name).await?;
                 let fut = {
                     let mut sender = link.lock().await;
-                    sender.send_batchable(out.to_message()).await
+                    sender.send_batchable(message).await
                 };
                 match fut {
                     Ok(fut) => Ok(fut.await),
@@ -137,6 +166,19 @@ impl Shared {
             };
             match result {
                 Ok(Ok(Outcome::Accepted(_))) => return Ok(()),
+                // RabbitMQ 4 releases what no queue took.
+                Ok(Ok(Outcome::Released(_))) if live.broker4 && out.route.is_direct() => {
+                    return Err(Error::NoRoute {
+                        to: to.to_owned(),
+                        claw: self.name.to_string(),
+                    })
+                }
+                // A broadcast no queue is bound for: nobody to hear it, as on 0-9-1.
+                Ok(Ok(Outcome::Released(_)))
+                    if live.broker4 && matches!(out.route, Route::Exchange { .. }) =>
+                {
+                    return Ok(())
+                }
                 Ok(Ok(other)) => {
                     return Err(Error::Refused {
                         to: to.to_owned(),
@@ -153,8 +195,10 @@ impl Shared {
                 }
                 Ok(Err(e)) => {
                     // The link or connection failed: a new generation retries the send.
-                    live.fail(format!("sending to `{}`: {e}", out.address));
+                    live.fail(format!("sending to `{to}`: {e}"));
                 }
+                // A refused attach is not retried: every generation would be refused alike.
+                Err(e @ Error::Config(_)) => return Err(e),
                 Err(e) => {
                     if !live.is_failed() {
                         return Err(e);

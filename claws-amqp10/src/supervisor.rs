@@ -29,7 +29,7 @@ use fe2o3_amqp::Session;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::address::AddressScheme;
+use crate::address::{AddressScheme, Addresses, Dialect};
 use crate::connection::{self, Endpoint, Live};
 use crate::consumer;
 use crate::declare;
@@ -119,12 +119,14 @@ async fn attach(
     session: &mut SessionHandle<()>,
     index: usize,
     name: String,
+    dialect: Dialect,
 ) -> Result<Receiver> {
     let source = &shared.sources[index];
+    let address = source.address(dialect);
     bounded(
         shared,
-        || format!("attaching a receiving link to `{}`", source.address),
-        consumer::attach(session, source, name, &shared.name),
+        || format!("attaching a receiving link to `{address}`"),
+        consumer::attach(session, source, &address, dialect, name, &shared.name),
     )
     .await
 }
@@ -138,7 +140,7 @@ async fn connect(shared: &Arc<Shared>, endpoint: Endpoint, number: u64) -> Resul
     } else {
         Vec::new()
     };
-    let (mut conn, session) = connection::open(
+    let opened = connection::open(
         &endpoint,
         &format!("{}-{number}", shared.container_id),
         s.timing.heartbeat_interval(),
@@ -146,6 +148,15 @@ async fn connect(shared: &Arc<Shared>, endpoint: Endpoint, number: u64) -> Resul
         &shared.name,
     )
     .await?;
+    let (mut conn, session) = (opened.connection, opened.session);
+    let version = opened.version.as_deref();
+    let broker4 = Addresses::Auto.resolve(version) == Dialect::V2;
+    let dialect = match s.scheme {
+        AddressScheme::RabbitMq => s.addresses.resolve(version),
+        AddressScheme::Queue => Dialect::V1,
+    };
+    tracing::debug!(claw = &*shared.name, %endpoint, version = version.unwrap_or("?"), ?dialect, "broker");
+    shared.learnt(broker4, dialect);
     let mut links = Vec::with_capacity(shared.sources.len());
     for (i, source) in shared.sources.iter().enumerate() {
         if unavailable.contains(&source.spec.name) {
@@ -158,7 +169,7 @@ async fn connect(shared: &Arc<Shared>, endpoint: Endpoint, number: u64) -> Resul
         let attached = async {
             let mut session = begin(shared, &mut conn).await?;
             let name = format!("{}-recv-{number}-{i}", shared.name);
-            let receiver = attach(shared, &mut session, i, name).await?;
+            let receiver = attach(shared, &mut session, i, name, dialect).await?;
             Ok::<_, Error>(Link::Attached(session, Box::new(receiver)))
         }
         .await;
@@ -177,7 +188,7 @@ async fn connect(shared: &Arc<Shared>, endpoint: Endpoint, number: u64) -> Resul
         number,
         endpoint,
         connection: conn,
-        live: Arc::new(Live::new(number, session)),
+        live: Arc::new(Live::new(number, dialect, broker4, session)),
         links,
         tasks: Vec::new(),
         link_sessions: LinkSessions::default(),
@@ -226,7 +237,7 @@ async fn subscription(
                     sessions.send(tx).await.map_err(|_| stopped())?;
                     let mut session = rx.await.map_err(|_| stopped())??;
                     let name = format!("{}-recv-{}-{index}-{tries}", shared.name, live.generation);
-                    let receiver = attach(&shared, &mut session, index, name).await?;
+                    let receiver = attach(&shared, &mut session, index, name, live.dialect).await?;
                     Ok::<_, Error>((session, receiver))
                 };
                 match attempt.await {
