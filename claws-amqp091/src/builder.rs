@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use claws_core::config::{Timing, TimingBuilder};
 use claws_core::jid::JidInput;
-use claws_core::topology::{self, LeaderLocator, Subscriptions, TopologyOptions};
+use claws_core::topology::{self, Layout, LeaderLocator, Subscriptions, TopologyOptions};
 use claws_core::{Config, Error, Result};
 
 use crate::claw::AmqpClaw;
@@ -94,6 +94,13 @@ impl AmqpClawBuilder {
     /// (`x-delivery-limit`; default: the broker's, none on 3.x and 20 on 4.x).
     pub fn delivery_limit(mut self, limit: u32) -> Self {
         self.topology.delivery_limit = Some(limit);
+        self
+    }
+
+    /// Which queues to declare and consume: TOPOLOGY.md's four ([`Layout::Claws`], default) or
+    /// the Erlang claw's two ([`Layout::Erlang`]), for groups that mix both during a migration.
+    pub fn layout(mut self, layout: Layout) -> Self {
+        self.topology.layout = layout;
         self
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use claws_core::config::Timing;
 use claws_core::runtime::redact_url;
-use claws_core::topology::{LeaderLocator, TopologyOptions};
+use claws_core::topology::{Layout, LeaderLocator, TopologyOptions};
 use claws_core::{Error, Result};
 use lapin::uri::AMQPUri;
 use serde::{Deserialize, Serialize};
@@ -29,6 +29,7 @@ pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// # quorum_size = 3             # x-quorum-initial-group-size
 /// # delivery_limit = 20         # x-delivery-limit
 /// # leader_locator = "balanced" # or "client-local"
+/// # layout = "erlang"           # mixed Erlang/claws groups (see the crate docs)
 /// # TLS, with an amqps:// URL and the `tls` feature:
 /// tls_ca_file = "/etc/claws/ca.pem"        # the CA that signed the broker's certificate
 /// tls_cert_file = "/etc/claws/client.pem"  # mutual TLS: the claw's certificate…
@@ -72,6 +73,9 @@ pub struct Amqp091Options {
     /// `x-queue-leader-locator` on quorum queues: `client-local` or `balanced` (default: the
     /// broker's).
     pub leader_locator: Option<LeaderLocator>,
+    /// `claws` (TOPOLOGY.md's four queues, default) or `erlang` (the Erlang claw's two: for a
+    /// group that mixes Erlang and claws instances; a bare send then reaches every instance).
+    pub layout: Layout,
     /// PEM file of the CA(s) that signed the broker's certificate, trusted beside the system's
     /// roots (`amqps://` only).
     pub tls_ca_file: Option<PathBuf>,
@@ -97,6 +101,7 @@ impl Default for Amqp091Options {
             quorum_size: None,
             delivery_limit: None,
             leader_locator: None,
+            layout: Layout::Claws,
             tls_ca_file: None,
             tls_cert_file: None,
             tls_key_file: None,
@@ -115,6 +120,7 @@ impl Amqp091Options {
             quorum_size: self.quorum_size,
             delivery_limit: self.delivery_limit,
             leader_locator: self.leader_locator,
+            layout: self.layout,
         }
     }
 

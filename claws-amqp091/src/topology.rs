@@ -90,15 +90,38 @@ pub async fn declare(
             durable: e.durable,
             ..ExchangeDeclareOptions::default()
         };
-        channel
+        let declared = channel
             .exchange_declare(
                 short("exchange", e.name)?,
-                kind,
+                kind.clone(),
                 options,
                 FieldTable::default(),
             )
-            .await
-            .map_err(|err| declare_error(claw, "exchange", e.name, &err))?;
+            .await;
+        match declared {
+            Ok(()) => {}
+            Err(err)
+                if on_mismatch == OnMismatch::Adopt
+                    && err.to_string().contains("PRECONDITION_FAILED") =>
+            {
+                // Use the exchange as it is (its durability is another instance's choice).
+                reopen(claw, connection, channel, e.name).await?;
+                let passive = ExchangeDeclareOptions {
+                    passive: true,
+                    ..ExchangeDeclareOptions::default()
+                };
+                channel
+                    .exchange_declare(
+                        short("exchange", e.name)?,
+                        kind,
+                        passive,
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(|err| declare_error(claw, "exchange", e.name, &err))?;
+            }
+            Err(err) => return Err(declare_error(claw, "exchange", e.name, &err)),
+        }
     }
     let mut declared = Declared::default();
     for q in &topology.queues {
@@ -227,6 +250,20 @@ fn declare_error(claw: &str, what: &str, name: &str, err: &lapin::Error) -> Erro
         .nth(1)
         .and_then(|rest| rest.split('\'').next())
         .unwrap_or("");
+    if what == "exchange" {
+        let fix = if arg == "durable" {
+            "set `amqp091.durable` (builder: `.durable(..)`) to what the broker holds (the \
+             Erlang claw declares them transient: `durable = false`), use another vhost, or \
+             delete the exchange (`rabbitmqadmin delete exchange name=...`) once nothing uses it"
+        } else {
+            "another application uses this exchange name with another type; rename it there, \
+             or use another vhost"
+        };
+        return Error::Config(format!(
+            "exchange `{name}` already exists with other settings (argument `{arg}` differs): \
+             {text}; {fix}"
+        ));
+    }
     let fix = match arg {
         "durable" => "set `amqp091.durable` (builder: `.durable(..)`) to match it",
         "x-expires" => {

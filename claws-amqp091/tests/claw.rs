@@ -3,6 +3,7 @@
 
 mod common;
 
+use claws_amqp091::AmqpClaw;
 use claws_core::TimingBuilder;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -478,16 +479,22 @@ async fn from_config_reads_the_amqp091_table() {
 #[tokio::test]
 async fn declarations_follow_the_options() {
     let u = uid();
+    // durable = false is the transient world, exchanges included: its own vhost.
+    let url = transient_url();
     let s = start(
-        builder(&format!("decl-{u}@test/a"))
+        AmqpClaw::builder(&url, format!("decl-{u}@test/a").as_str())
             .durable(false)
             .queue_expiry(Duration::from_secs(60))
             .quorum_groups(true),
     )
     .await;
     // Works end to end on quorum group queues.
-    let client =
-        start(builder(&format!("client-{u}@test/c")).subscriptions(Subscriptions::none())).await;
+    let client = start(
+        AmqpClaw::builder(&url, format!("client-{u}@test/c").as_str())
+            .durable(false)
+            .subscriptions(Subscriptions::none()),
+    )
+    .await;
     client
         .claw
         .send(
@@ -503,7 +510,16 @@ async fn declarations_follow_the_options() {
     d.acker.ack().await.unwrap();
 
     let out = std::process::Command::new("rabbitmqctl")
-        .args(["-q", "list_queues", "name", "durable", "type", "arguments"])
+        .args([
+            "-q",
+            "list_queues",
+            "-p",
+            "claws-transient",
+            "name",
+            "durable",
+            "type",
+            "arguments",
+        ])
         .output()
         .expect("rabbitmqctl (scripts/provision)");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -524,7 +540,13 @@ async fn declarations_follow_the_options() {
     drop(rx);
     s.claw.close().await.unwrap();
     client.claw.close().await.unwrap();
-    cleanup(&[&s.claw, &client.claw]).await;
+    for claw in [&s.claw, &client.claw] {
+        for (q, _) in claw.topology().consumed() {
+            let _ = std::process::Command::new("rabbitmqctl")
+                .args(["-q", "delete_queue", "-p", "claws-transient", &q.name])
+                .output();
+        }
+    }
 }
 
 #[tokio::test]

@@ -12,8 +12,8 @@ use crate::{Error, Result};
 mod plan;
 
 pub use plan::{
-    plan, ArgValue, BindingDecl, ExchangeDecl, ExchangeType, LeaderLocator, QueueDecl, Topology,
-    TopologyOptions,
+    plan, ArgValue, BindingDecl, ExchangeDecl, ExchangeType, Layout, LeaderLocator, QueueDecl,
+    Topology, TopologyOptions,
 };
 
 /// The direct exchange: routing key = destination JID, full or bare.

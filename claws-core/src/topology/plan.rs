@@ -40,6 +40,23 @@ pub struct TopologyOptions {
     pub delivery_limit: Option<u32>,
     /// Quorum queues: `x-queue-leader-locator`, the node that leads a new queue.
     pub leader_locator: Option<LeaderLocator>,
+    /// Which queues the instance declares: the contract's four, or the Erlang claw's two.
+    pub layout: Layout,
+}
+
+/// The queues an instance declares and consumes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// TOPOLOGY.md's four queues: `xmpp_direct:F`, `xmpp_direct:B` (shared by the group: a
+    /// bare send reaches one instance), `xmpp_fanout:F`, `xmpp_fanout:B`.
+    #[default]
+    Claws,
+    /// What the Erlang claw declares as deployed: `direct:F`, bound to `xmpp_direct` with
+    /// both `F` and `B`, and `fanout:F`, bound to `xmpp_fanout` with both. A bare send reaches
+    /// *every* instance of the group (no load balancing), as in an Erlang-only group; for
+    /// groups that mix Erlang and claws instances during a migration.
+    Erlang,
 }
 
 impl Default for TopologyOptions {
@@ -52,6 +69,7 @@ impl Default for TopologyOptions {
             quorum_size: None,
             delivery_limit: None,
             leader_locator: None,
+            layout: Layout::Claws,
         }
     }
 }
@@ -237,21 +255,23 @@ pub fn plan(
     options: &TopologyOptions,
 ) -> Result<Topology> {
     names::check_name("JID (reply-to and routing key)", jid.as_str())?;
+    // `durable = false` is the seed's whole transient world: exchanges too, so that claws and
+    // the Erlang claw (which declares them transient) share a vhost.
     let exchanges = vec![
         ExchangeDecl {
             name: DIRECT_EXCHANGE,
             kind: ExchangeType::Direct,
-            durable: true,
+            durable: options.durable,
         },
         ExchangeDecl {
             name: FANOUT_EXCHANGE,
             kind: ExchangeType::Fanout,
-            durable: true,
+            durable: options.durable,
         },
         ExchangeDecl {
             name: DEAD_LETTER_EXCHANGE,
             kind: ExchangeType::Fanout,
-            durable: true,
+            durable: options.durable,
         },
     ];
     let mut dead_letter_arguments = Vec::new();
@@ -261,7 +281,7 @@ pub fn plan(
     let mut queues = vec![QueueDecl {
         name: DEAD_LETTER_QUEUE.to_owned(),
         kind: None,
-        durable: true,
+        durable: options.durable || options.quorum_groups,
         arguments: dead_letter_arguments,
     }];
     let mut bindings = vec![BindingDecl {
@@ -269,7 +289,11 @@ pub fn plan(
         exchange: DEAD_LETTER_EXCHANGE,
         routing_key: String::new(),
     }];
-    for spec in names::queues(jid, subscriptions)? {
+    let specs = match options.layout {
+        Layout::Claws => names::queues(jid, subscriptions)?,
+        Layout::Erlang => erlang_queues(jid, subscriptions)?,
+    };
+    for spec in specs {
         let mut arguments = vec![(
             "x-dead-letter-exchange",
             ArgValue::Str(DEAD_LETTER_EXCHANGE),
@@ -294,6 +318,17 @@ pub fn plan(
             exchange: spec.exchange,
             routing_key: spec.routing_key,
         });
+        if options.layout == Layout::Erlang {
+            // The Erlang claw binds its queues with the bare JID too.
+            let bare = jid.to_bare();
+            if !jid.is_bare() {
+                bindings.push(BindingDecl {
+                    queue: spec.name.clone(),
+                    exchange: spec.exchange,
+                    routing_key: bare.as_str().to_owned(),
+                });
+            }
+        }
         queues.push(QueueDecl {
             name: spec.name,
             kind: Some(spec.kind),
@@ -309,10 +344,89 @@ pub fn plan(
     })
 }
 
+/// The Erlang claw's two queues, `direct:F` and `fanout:F` (bound with `F` here; `plan` adds
+/// the `B` bindings).
+fn erlang_queues(jid: &Jid, subscriptions: Subscriptions) -> Result<Vec<names::QueueSpec>> {
+    let mut out = Vec::with_capacity(2);
+    for (kind, exchange, prefix, wanted) in [
+        (
+            QueueKind::Direct,
+            DIRECT_EXCHANGE,
+            "direct",
+            subscriptions.direct || subscriptions.group_direct,
+        ),
+        (
+            QueueKind::Fanout,
+            FANOUT_EXCHANGE,
+            "fanout",
+            subscriptions.fanout || subscriptions.group_fanout,
+        ),
+    ] {
+        if wanted {
+            out.push(names::QueueSpec {
+                name: names::queue_name(prefix, jid.as_str())?,
+                kind,
+                exchange,
+                routing_key: jid.as_str().to_owned(),
+            });
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::Error;
+
+    #[test]
+    fn durable_false_is_the_seeds_transient_world() {
+        let jid = crate::jid::parse("n@d/r").unwrap();
+        let options = TopologyOptions {
+            durable: false,
+            ..TopologyOptions::default()
+        };
+        let t = plan(&jid, Subscriptions::all(), &options).unwrap();
+        assert!(t.exchanges.iter().all(|e| !e.durable));
+        assert!(t.queues.iter().all(|q| !q.durable));
+    }
+
+    #[test]
+    fn the_erlang_layout_declares_what_the_erlang_claw_does() {
+        let jid = crate::jid::parse("n@d/r").unwrap();
+        let options = TopologyOptions {
+            durable: false,
+            layout: Layout::Erlang,
+            ..TopologyOptions::default()
+        };
+        let t = plan(&jid, Subscriptions::all(), &options).unwrap();
+        let consumed: Vec<_> = t
+            .consumed()
+            .map(|(q, k)| (q.name.as_str(), k.clone()))
+            .collect();
+        assert_eq!(
+            consumed,
+            [
+                ("direct:n@d/r", QueueKind::Direct),
+                ("fanout:n@d/r", QueueKind::Fanout)
+            ]
+        );
+        let keys = |queue: &str| -> Vec<(&str, &str)> {
+            t.bindings
+                .iter()
+                .filter(|b| b.queue == queue)
+                .map(|b| (b.exchange, b.routing_key.as_str()))
+                .collect()
+        };
+        assert_eq!(
+            keys("direct:n@d/r"),
+            [(DIRECT_EXCHANGE, "n@d/r"), (DIRECT_EXCHANGE, "n@d")]
+        );
+        assert_eq!(
+            keys("fanout:n@d/r"),
+            [(FANOUT_EXCHANGE, "n@d/r"), (FANOUT_EXCHANGE, "n@d")]
+        );
+    }
 
     #[test]
     fn plan_follows_topology_md() {
