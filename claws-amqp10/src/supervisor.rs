@@ -343,10 +343,12 @@ impl Generation {
         self.live
             .end_senders(shared.settings.scheme == AddressScheme::Queue)
             .await;
-        {
+        // Bounded as a whole: a send still attaching holds the session's lock.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
             let mut session = self.live.session.lock().await;
-            let _ = tokio::time::timeout(Duration::from_secs(2), session.end()).await;
-        }
+            session.end().await
+        })
+        .await;
         for mut session in std::mem::take(&mut *self.link_sessions.lock().await) {
             let _ = tokio::time::timeout(Duration::from_secs(2), session.end()).await;
         }
