@@ -98,23 +98,28 @@ pub(crate) fn payload_text(packet: &Packet) -> String {
 
 /// `{"jid":..,"exchange":..,"claw":..,"id":..,"queue":..}`, absent values null.
 pub(crate) fn via_json(via: &Via) -> Value {
-    json!({
+    let mut v = json!({
         "jid": via.jid,
         "exchange": via.exchange,
         "claw": &*via.claw,
         "id": via.id,
         "queue": via.queue.as_str(),
-    })
+    });
+    if let Some(from) = &via.from {
+        v["from"] = json!(from.as_str());
+    }
+    v
 }
 
-/// `queue=.. jid=.. exchange=.. claw=.. id=..` for people.
+/// `queue=.. jid=.. exchange=.. claw=.. id=.. from=..` for people.
 pub(crate) fn via_text(via: &Via) -> String {
     format!(
-        "queue={} jid={} exchange={} claw={} id={}",
+        "queue={} jid={} exchange={} claw={} id={} from={}",
         via.queue,
         via.jid,
         via.exchange.as_deref().unwrap_or("-"),
         via.claw,
         via.id.as_deref().unwrap_or("-"),
+        via.from.as_ref().map(|j| j.as_str()).unwrap_or("-"),
     )
 }

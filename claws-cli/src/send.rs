@@ -48,21 +48,26 @@ pub(crate) struct PublishArgs {
     raw: bool,
 }
 
-/// The stanza, checked to be one well-formed element unless `raw`.
-async fn stanza(arg: Option<String>, raw: bool) -> Result<Packet, Failure> {
+/// The stanza, checked to be one well-formed element unless `raw`. A stanza without `from`
+/// gets `from = sender` (peers that read the sender from the stanza, as XMPP does, can then
+/// answer); `raw` sends the bytes unchanged.
+async fn stanza(arg: Option<String>, raw: bool, sender: &str) -> Result<Packet, Failure> {
     let packet = session::read_stanza(arg).await?;
     if packet.as_bytes().iter().all(u8::is_ascii_whitespace) {
         return Err(Failure::usage("the stanza is empty"));
     }
-    if !raw {
-        if let Err(err) = packet.parse() {
-            return Err(Failure::usage(format!(
-                "the stanza is not one well-formed XML element ({err}); pass --raw to send it \
-                 as it is"
-            )));
-        }
+    if raw {
+        return Ok(packet);
     }
-    Ok(packet)
+    match packet.parse() {
+        Err(err) => Err(Failure::usage(format!(
+            "the stanza is not one well-formed XML element ({err}); pass --raw to send it as it is"
+        ))),
+        Ok(element) if element.attr("from").is_none() => {
+            Ok(Packet::from(&element.with_attr("from", sender)))
+        }
+        Ok(_) => Ok(packet),
+    }
 }
 
 /// What the broker's answer means: `confirmed` where it reports unroutable messages, else only
@@ -80,8 +85,8 @@ fn outcome(claw: &dyn claws::Claw) -> (&'static str, &'static str) {
 
 pub(crate) async fn run_send(global: &Global, args: SendArgs) -> Result<(), Failure> {
     let to = jid::parse(&args.to)?;
-    let packet = stanza(args.stanza, args.raw).await?;
     let config = global.sender_config()?;
+    let packet = stanza(args.stanza, args.raw, &config.jid).await?;
     let session = session::open(&config).await?;
     let sent = session.claw.send(&to, args.id.as_deref(), packet).await;
     let closed = session.claw.close().await;
@@ -96,8 +101,8 @@ pub(crate) async fn run_send(global: &Global, args: SendArgs) -> Result<(), Fail
 }
 
 pub(crate) async fn run_publish(global: &Global, args: PublishArgs) -> Result<(), Failure> {
-    let packet = stanza(args.stanza, args.raw).await?;
     let config = global.sender_config()?;
+    let packet = stanza(args.stanza, args.raw, &config.jid).await?;
     let session = session::open(&config).await?;
     let published = session.claw.publish(packet).await;
     let closed = session.claw.close().await;

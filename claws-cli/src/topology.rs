@@ -31,15 +31,15 @@ pub(crate) struct Args {
 /// What a claw declares, in declaration order.
 #[derive(Debug, Default)]
 struct Plan {
-    /// Name and type.
-    exchanges: Vec<(String, String)>,
+    /// Name, type and durability.
+    exchanges: Vec<(String, String, bool)>,
     queues: Vec<QueueRow>,
     /// Queue, exchange, routing key.
     bindings: Vec<(String, String, String)>,
 }
 
-/// Name, subscription (none for claw-internal queues), arguments.
-type QueueRow = (String, Option<String>, Vec<(String, Value)>);
+/// Name, subscription (none for claw-internal queues), durability, arguments.
+type QueueRow = (String, Option<String>, bool, Vec<(String, Value)>);
 
 pub(crate) async fn run(global: &Global, args: Args) -> Result<(), Failure> {
     let config = global.config()?;
@@ -64,11 +64,15 @@ fn plan(config: &Config) -> Result<Plan, Failure> {
     let jid = config.jid()?;
     let mut plan = Plan::default();
     for (name, kind) in [(DIRECT_EXCHANGE, "direct"), (FANOUT_EXCHANGE, "fanout")] {
-        plan.exchanges.push((name.into(), kind.into()));
+        plan.exchanges.push((name.into(), kind.into(), true));
     }
     for q in topology::queues(&jid, config.subscriptions)? {
-        plan.queues
-            .push((q.name.clone(), Some(q.kind.as_str().into()), Vec::new()));
+        plan.queues.push((
+            q.name.clone(),
+            Some(q.kind.as_str().into()),
+            true,
+            Vec::new(),
+        ));
         plan.bindings
             .push((q.name, q.exchange.into(), q.routing_key));
     }
@@ -84,7 +88,7 @@ fn amqp091_plan(config: &Config) -> Result<Plan, Failure> {
         exchanges: t
             .exchanges
             .iter()
-            .map(|e| (e.name.into(), e.kind.as_str().into()))
+            .map(|e| (e.name.into(), e.kind.as_str().into(), e.durable))
             .collect(),
         queues: t
             .queues
@@ -104,6 +108,7 @@ fn amqp091_plan(config: &Config) -> Result<Plan, Failure> {
                 (
                     q.name.clone(),
                     q.kind.as_ref().map(|k| k.as_str().to_owned()),
+                    q.durable,
                     args,
                 )
             })
@@ -155,27 +160,29 @@ async fn apply(config: &Config) -> Result<(), Failure> {
 }
 
 fn print(printer: &Printer, plan: &Plan) {
-    for (name, kind) in &plan.exchanges {
+    let durability = |d: bool| if d { "durable" } else { "transient" };
+    for (name, kind, durable) in &plan.exchanges {
         printer.line(
-            || format!("exchange {name} ({kind})"),
-            || json!({"kind": "exchange", "name": name, "type": kind}),
+            || format!("exchange {name} ({kind}, {})", durability(*durable)),
+            || json!({"kind": "exchange", "name": name, "type": kind, "durable": durable}),
         );
     }
-    for (name, subscription, args) in &plan.queues {
+    for (name, subscription, durable, args) in &plan.queues {
         printer.line(
             || {
                 let what = subscription.as_deref().unwrap_or("claw-internal");
                 let args: Vec<String> = args.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let d = durability(*durable);
                 if args.is_empty() {
-                    format!("queue    {name} ({what})")
+                    format!("queue    {name} ({what}, {d})")
                 } else {
-                    format!("queue    {name} ({what}) {}", args.join(" "))
+                    format!("queue    {name} ({what}, {d}) {}", args.join(" "))
                 }
             },
             || {
                 let arguments: Map<String, Value> = args.iter().cloned().collect();
                 json!({"kind": "queue", "name": name, "subscription": subscription,
-                       "arguments": arguments})
+                       "durable": durable, "arguments": arguments})
             },
         );
     }

@@ -633,13 +633,18 @@ mod rabbitmq {
         assert_eq!(rest.len(), 1, "{rest:?}");
         assert_eq!(
             first,
-            serde_json::json!({"event": "received", "payload": "<message><body>one</body></message>",
-                "via": {"jid": listener_jid, "exchange": "xmpp_direct", "claw": "amqp091", "id": "id-1", "queue": "direct"}})
+            // `send` wrote `from` (--jid) into the stanza, which had none; it is the sender.
+            serde_json::json!({"event": "received",
+                "payload": format!("<message from=\"{sender_jid}\"><body>one</body></message>"),
+                "via": {"jid": listener_jid, "exchange": "xmpp_direct", "claw": "amqp091", "id": "id-1", "queue": "direct",
+                    "from": sender_jid}})
         );
         assert_eq!(
             rest[0],
-            serde_json::json!({"event": "received", "payload": "<message><body>two</body></message>",
-                "via": {"jid": group, "exchange": "xmpp_direct", "claw": "amqp091", "id": null, "queue": "group_direct"}})
+            serde_json::json!({"event": "received",
+                "payload": format!("<message from=\"{sender_jid}\"><body>two</body></message>"),
+                "via": {"jid": group, "exchange": "xmpp_direct", "claw": "amqp091", "id": null, "queue": "group_direct",
+                    "from": sender_jid}})
         );
         let _ = std::fs::remove_file(config);
         delete_queues(&[&listener_jid, &sender_jid]);
@@ -686,7 +691,10 @@ mod rabbitmq {
         queues.sort();
         assert_eq!(queues, ["fanout", "group_fanout"]);
         for line in &got {
-            assert_eq!(line["payload"], "<presence/>");
+            assert_eq!(
+                line["payload"],
+                format!("<presence from=\"{sender_jid}\"/>")
+            );
             assert_eq!(line["via"]["exchange"], "xmpp_fanout");
             assert_eq!(
                 line["via"]["jid"],
@@ -760,6 +768,226 @@ mod rabbitmq {
         assert_eq!(code, Some(0), "{err}");
         let _ = std::fs::remove_file(config);
         delete_queues(&[&echo_jid, &client_jid]);
+    }
+
+    /// The transient vhost the Erlang world lives in (durable = false: transient exchanges).
+    fn transient_url() -> String {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-q", "add_vhost", "claws-transient"])
+            .output();
+        let out = Command::new("rabbitmqctl")
+            .args([
+                "-q",
+                "set_permissions",
+                "-p",
+                "claws-transient",
+                "guest",
+                ".*",
+                ".*",
+                ".*",
+            ])
+            .output()
+            .expect("rabbitmqctl (scripts/provision)");
+        assert!(out.status.success());
+        "amqp://guest:guest@127.0.0.1:5672/claws-transient".to_owned()
+    }
+
+    /// The loop of the peers issue, end to end: `claws echo` fed one message, without
+    /// `reply_to`, by a peer that behaves as the Erlang claw answers the peer once (by the
+    /// stanza's `from`), never itself, and leaves nothing in any queue.
+    #[test]
+    fn echo_answers_a_peer_without_reply_to_once_and_never_itself() {
+        let id = unique();
+        let url = transient_url();
+        let echo_jid = format!("claws-{id}@x/r1");
+        let peer_jid = format!("orig-{id}@x/e1");
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../claws-amqp091/tests/interop/erlang_peer.py"
+        );
+        let mut peer = Command::new("/usr/bin/python3")
+            .args([script, &url, &peer_jid])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("/usr/bin/python3 with pika (scripts/provision)");
+        let mut peer_in = peer.stdin.take().unwrap();
+        let peer_out = peer.stdout.take().unwrap();
+        let (tx, peer_lines) = mpsc::channel::<Value>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(peer_out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str(&line) {
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let ready = peer_lines
+            .recv_timeout(WAIT)
+            .expect("the peer is consuming");
+        assert_eq!(ready["ready"], true);
+
+        let mut echo = Command::new(CLAWS)
+            .args([
+                "--transport",
+                "amqp091",
+                "--url",
+                &url,
+                "--jid",
+                &echo_jid,
+                "--format",
+                "json",
+                "echo",
+            ])
+            .env("CLAWS_AMQP091__DURABLE", "false")
+            .env_remove("CLAWS_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn claws echo");
+        let echo_out = echo.stdout.take().unwrap();
+        let (etx, echo_lines) = mpsc::channel::<Value>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(echo_out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str(&line) {
+                    if etx.send(v).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        assert_eq!(
+            echo_lines.recv_timeout(WAIT).expect("echo connects")["event"],
+            "connected"
+        );
+        use std::io::Write;
+        writeln!(
+            peer_in,
+            "send {echo_jid} m1 <message from='{peer_jid}' to='{echo_jid}' id='m1'><body>hi {id}</body></message>"
+        )
+        .unwrap();
+        // The peer gets exactly one echo, addressed to it.
+        let reply = loop {
+            let v = peer_lines
+                .recv_timeout(WAIT)
+                .expect("the echo reached the peer");
+            if v.get("sent").is_none() {
+                break v;
+            }
+        };
+        assert_eq!(reply["routing_key"], peer_jid.as_str(), "{reply}");
+        assert_eq!(reply["correlation_id"], "m1", "{reply}");
+        let seen = echo_lines
+            .recv_timeout(WAIT)
+            .expect("echo printed what it got");
+        assert_eq!(seen["via"]["from"], peer_jid.as_str(), "{seen}");
+        // Nothing more: no second echo, no echo of the echo, nothing left queued.
+        assert!(peer_lines.recv_timeout(Duration::from_secs(2)).is_err());
+        assert!(echo_lines.recv_timeout(Duration::from_millis(100)).is_err());
+        let out = Command::new("rabbitmqctl")
+            .args([
+                "-q",
+                "list_queues",
+                "-p",
+                "claws-transient",
+                "name",
+                "messages",
+            ])
+            .output()
+            .unwrap();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if line.contains(&id) {
+                assert!(line.ends_with("\t0"), "left in a queue: {line}");
+            }
+        }
+        let _ = echo.kill();
+        let _ = echo.wait();
+        let _ = writeln!(peer_in, "quit");
+        let _ = peer.wait();
+        for q in ["xmpp_direct", "xmpp_fanout"] {
+            for j in [
+                echo_jid.clone(),
+                echo_jid.trim_end_matches("/r1").to_owned(),
+            ] {
+                let _ = Command::new("rabbitmqctl")
+                    .args([
+                        "-q",
+                        "delete_queue",
+                        "-p",
+                        "claws-transient",
+                        &format!("{q}:{j}"),
+                    ])
+                    .output();
+            }
+        }
+    }
+
+    #[test]
+    fn send_writes_from_into_a_stanza_without_one_and_topology_shows_durability() {
+        let id = unique();
+        let listener_jid = format!("cli-from-{id}@test.claws/l");
+        let sender_jid = format!("cli-from-{id}-s@test.claws/s");
+        let config = direct_only_config("from");
+        let config_path = config.to_string_lossy().into_owned();
+        let args = amqp(
+            &listener_jid,
+            &[
+                "--config",
+                &config_path,
+                "listen",
+                "--count",
+                "1",
+                "--timeout",
+                "30",
+            ],
+        );
+        let listener = Running::spawn(&refs(&args));
+        assert_eq!(listener.next()["event"], "connected");
+        let args = amqp(
+            &sender_jid,
+            &[
+                "send",
+                "--to",
+                &listener_jid,
+                "<message><body>x</body></message>",
+            ],
+        );
+        let out = claws(&refs(&args));
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let got = listener.next();
+        let payload = got["payload"].as_str().unwrap();
+        assert!(
+            payload.contains(&format!("from=\"{sender_jid}\"")),
+            "{payload}"
+        );
+        assert_eq!(got["via"]["from"], sender_jid.as_str(), "{got}");
+        let (code, _, err) = listener.finish();
+        assert_eq!(code, Some(0), "{err}");
+        let _ = std::fs::remove_file(config);
+        delete_queues(&[&listener_jid, &sender_jid]);
+
+        // The plan shows each exchange's and queue's durability.
+        let out = claws_env(
+            &[("CLAWS_AMQP091__DURABLE", "false")],
+            &[
+                "--transport",
+                "amqp091",
+                "--jid",
+                &listener_jid,
+                "--format",
+                "json",
+                "topology",
+            ],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        let lines = json_lines(&stdout(&out));
+        assert!(lines
+            .iter()
+            .filter(|l| l["kind"] == "exchange" || l["kind"] == "queue")
+            .all(|l| l["durable"] == false));
     }
 
     #[test]
@@ -998,7 +1226,10 @@ mod rabbitmq {
         let out = claws(&refs(&args));
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
         let received = listener.next();
-        assert_eq!(received["payload"], "<message>tls</message>");
+        assert_eq!(
+            received["payload"],
+            format!("<message from=\"{sender_jid}\">tls</message>")
+        );
         let (code, _, err) = listener.finish();
         assert_eq!(code, Some(0), "{err}");
 
