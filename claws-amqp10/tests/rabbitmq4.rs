@@ -316,3 +316,31 @@ async fn amqp091_and_amqp10_talk_both_ways_on_rabbitmq4() {
     new.close().await.unwrap();
     delete_queues(&url, &[old.jid(), new.jid()]).await;
 }
+
+#[test]
+fn the_addresses_key_is_read_from_the_amqp10_table() {
+    use figment::providers::Format;
+    let toml = |extra: &str| {
+        let text = format!(
+            "transport = \"amqp10\"\nurl = \"amqp://guest:guest@127.0.0.1:5690\"\n\
+             jid = \"cfg@example.com/r1\"\n[amqp10]\n{extra}"
+        );
+        let figment =
+            claws_core::Config::figment(None).merge(figment::providers::Toml::string(&text));
+        claws_core::Config::from_figment(&figment).unwrap()
+    };
+    let c = Amqp10Claw::from_config(&toml("addresses = \"v2\"")).unwrap();
+    assert_eq!(c.addresses(), Addresses::V2);
+    assert!(c.capabilities().unroutable_errors, "v2 is RabbitMQ 4");
+    assert_eq!(c.sources()[0].0, "/queues/xmpp_direct:cfg@example.com%2Fr1");
+    let c = Amqp10Claw::from_config(&toml("")).unwrap();
+    assert_eq!(c.addresses(), Addresses::Auto);
+    assert_eq!(
+        c.sources()[0].0,
+        "/amq/queue/xmpp_direct:cfg@example.com%2Fr1"
+    );
+    let e = Amqp10Claw::from_config(&toml("addresses = \"v3\""))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("v3"), "{e}");
+}
