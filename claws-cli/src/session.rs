@@ -45,7 +45,7 @@ pub(crate) async fn router(
 
 /// Awaits a start, bounded by [`CONNECT_TIMEOUT`]; failures to start are connection failures
 /// (exit 3) unless they are about the configuration (exit 2).
-async fn start(
+pub(crate) async fn start(
     config: &Config,
     start: impl std::future::Future<Output = claws::Result<()>>,
 ) -> Result<(), Failure> {

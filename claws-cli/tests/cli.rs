@@ -334,6 +334,31 @@ fn test_runs_scenario_files_and_counts_steps() {
     let _ = std::fs::remove_file(failing);
 }
 
+#[test]
+fn test_on_an_unreachable_broker_exits_3_and_does_not_pass_on_mem() {
+    let ping = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../claws-test/scenarios/ping.xml"
+    );
+    let out = claws(&[
+        "test",
+        "--transport",
+        "amqp091",
+        "--url",
+        "amqp://guest:guest@127.0.0.1:1/",
+        ping,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("cannot connect"), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("passed"), "{}", stdout(&out));
+}
+
 fn claws_env(env: &[(&str, &str)], args: &[&str]) -> Output {
     let mut cmd = Command::new(CLAWS);
     cmd.args(args)
@@ -576,6 +601,116 @@ mod rabbitmq {
             }
             let _ = conn.close(200, "cleanup".into()).await;
         });
+    }
+
+    /// `claws test --transport amqp091` runs the echo service and the testers on RabbitMQ: the
+    /// echo's answers to the tester reach a `claws listen` consuming as the tester, and the
+    /// service's queues are gone afterwards.
+    #[test]
+    fn test_runs_the_ping_scenario_on_rabbitmq() {
+        // The service consumes broadcasts too: keep other tests' broadcasts away from it.
+        let _lock = BROADCASTS.lock().unwrap_or_else(|e| e.into_inner());
+        let id = unique();
+        let service = format!("cli-scn-{id}.test.claws/e1");
+        let tester = format!("cli-scn-{id}@test.claws/pc");
+        let other = format!("cli-scn-{id}-alice@test.claws/home");
+        let ping = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../claws-test/scenarios/ping.xml"
+        ))
+        .expect("read ping.xml")
+        .replace("echo.example.com/e1", &service)
+        .replace("bob@example.com/pc", &tester)
+        .replace("alice@example.com/home", &other);
+        let file = std::env::temp_dir().join(format!("claws-cli-ping-{id}.xml"));
+        std::fs::write(&file, ping).expect("write the scenario");
+
+        let config = direct_only_config("scenario");
+        let config_path = config.to_string_lossy().into_owned();
+        let args = amqp(
+            &tester,
+            &[
+                "--config",
+                &config_path,
+                "listen",
+                "--count",
+                "2",
+                "--timeout",
+                "30",
+            ],
+        );
+        let listener = Running::spawn(&refs(&args));
+        assert_connected_via_rabbitmq(&listener.next());
+
+        let args = amqp(&tester, &["test", file.to_str().unwrap()]);
+        let out = claws(&refs(&args));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}\n{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        let report = &json_lines(&stdout(&out))[0];
+        assert_eq!(report["transport"], "amqp091", "{report}");
+        assert_eq!(
+            (report["passed"].as_u64(), report["failed"].as_u64()),
+            (Some(4), Some(0)),
+            "{report}"
+        );
+
+        // The echo service's answers went over the broker to the tester's queue.
+        let (code, rest, err) = listener.finish();
+        assert_eq!(code, Some(0), "{err}");
+        let payloads: Vec<&str> = rest.iter().filter_map(|l| l["payload"].as_str()).collect();
+        assert_eq!(payloads.len(), 2, "{rest:?}");
+        assert!(
+            payloads[0].starts_with("<iq") && payloads[0].contains(r#"id="ping-1""#),
+            "{payloads:?}"
+        );
+        assert!(payloads[1].contains("<body>hello</body>"), "{payloads:?}");
+        assert!(
+            rest.iter().all(|l| l["via"]["claw"] == "amqp091"),
+            "{rest:?}"
+        );
+
+        // `claws test` deleted the service's queues.
+        let queues = claws::topology::queues(
+            &claws::jid::parse(&service).unwrap(),
+            claws::topology::Subscriptions::all(),
+        )
+        .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let left: Vec<String> = rt.block_on(async {
+            let conn = lapin::Connection::connect(URL, lapin::ConnectionProperties::default())
+                .await
+                .expect("connect to RabbitMQ");
+            let mut left = Vec::new();
+            for q in queues {
+                // A passive declare of a missing queue closes the channel: one channel each.
+                let channel = conn.create_channel().await.expect("channel");
+                let passive = lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                };
+                if channel
+                    .queue_declare(q.name.as_str().into(), passive, Default::default())
+                    .await
+                    .is_ok()
+                {
+                    left.push(q.name.to_string());
+                }
+            }
+            let _ = conn.close(200, "checked".into()).await;
+            left
+        });
+        delete_queues(&[&service, &tester, &other]);
+        let _ = std::fs::remove_file(file);
+        let _ = std::fs::remove_file(config);
+        assert!(left.is_empty(), "queues left behind: {left:?}");
     }
 
     #[test]
