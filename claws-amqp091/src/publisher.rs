@@ -91,6 +91,11 @@ pub(crate) async fn publish(
         match confirmation {
             Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => return Ok(()),
             Ok(Confirmation::Ack(Some(returned))) => {
+                // Never the payload (nor the properties): the routing key and sizes only.
+                tracing::warn!(claw = &*shared.name, routing_key = %returned.routing_key,
+                    reply_code = returned.reply_code, reply_text = %returned.reply_text,
+                    bytes = returned.data.len(), sent_bytes = packet.len(),
+                    "the broker returned a stanza no queue takes (no route)");
                 if returned.routing_key != routing_key {
                     tracing::warn!(claw = &*shared.name, expected = %routing_key, got = %returned.routing_key,
                         "a returned message was matched to another send");

@@ -112,8 +112,8 @@ async fn run(global: &Global, command: Command) -> Result<(), exit::Failure> {
 
 /// Library logs on stderr: off unless `-v` (warnings; `-vv` info, `-vvv` debug, `-vvvv`
 /// trace) or `RUST_LOG` asks for them. Coloured only on a terminal without `NO_COLOR`; every
-/// line goes through [`exit::clean`] (no password), and lapin never logs below debug (its trace
-/// shows the login frame).
+/// line goes through [`exit::clean`] (no password), lapin never logs below debug (its trace
+/// shows the login frame), and never a returned message (its payload).
 fn init_tracing(verbose: u8) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
@@ -136,6 +136,12 @@ fn init_tracing(verbose: u8) {
             filter.add_directive(cap)
         }
         _ => filter,
+    };
+    // lapin's warning for a returned (unroutable) message dumps it whole, payload included;
+    // claws-amqp091 logs the routing key and sizes instead.
+    let filter = match "lapin::returned_messages=off".parse() {
+        Ok(quiet) => filter.add_directive(quiet),
+        Err(_) => filter,
     };
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let _ = tracing_subscriber::fmt()

@@ -1144,6 +1144,51 @@ mod rabbitmq {
         delete_queues(&[&sender]);
     }
 
+    /// The no-route warning (library logs on, at every level) names the routing key and the
+    /// sizes, never the payload: not as text, not as lapin's byte list.
+    #[test]
+    fn the_no_route_warning_never_shows_the_payload() {
+        let id = unique();
+        let sender = format!("cli-noroute-{id}-w@test.claws/s");
+        let nobody = format!("nobody-{id}@test.claws/x");
+        for verbose in ["-v", "-vvvv"] {
+            let mut args = amqp(
+                &sender,
+                &[
+                    verbose,
+                    "send",
+                    "--to",
+                    &nobody,
+                    "<message><body>PAYLOAD-MARK</body></message>",
+                ],
+            );
+            args.retain(|a| a != "json" && a != "--format");
+            let out = claws(&refs(&args));
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(1), "{err}");
+            let warning = err
+                .lines()
+                .find(|l| l.contains("no queue takes"))
+                .unwrap_or_else(|| panic!("{verbose}: no no-route warning: {err}"));
+            assert!(
+                warning.contains(&format!("routing_key={nobody}")),
+                "{warning}"
+            );
+            assert!(warning.contains("bytes="), "{warning}");
+            // "PAYLOAD" as text, and as the bytes lapin's Debug would print ([80, 65, 89, ...]).
+            assert!(!err.contains("PAYLOAD-MARK"), "{verbose}: {err}");
+            assert!(
+                !err.contains("80, 65, 89, 76, 79, 65, 68"),
+                "{verbose}: {err}"
+            );
+            assert!(
+                !err.contains("Server returned us a message"),
+                "{verbose}: {err}"
+            );
+        }
+        delete_queues(&[&sender]);
+    }
+
     #[test]
     fn unreachable_broker_exits_3_quickly_without_the_password() {
         let started = Instant::now();
