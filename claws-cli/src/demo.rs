@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use crate::exit::Failure;
 use crate::options::Global;
-use crate::output::{payload_text, via_json, via_text, Printer};
+use crate::output::{payload_line, payload_text, via_json, via_text, Printer};
 use crate::session;
 
 /// How long a worker spends on a job sent to the group.
@@ -260,7 +260,7 @@ impl Cluster {
                     format!(
                         "   {:<7} <- {}\n             via {}",
                         s.instance,
-                        payload_text(&s.packet),
+                        payload_line(&s.packet),
                         via_text(&s.via)
                     )
                 },

@@ -41,7 +41,9 @@ pub(crate) struct Global {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub(crate) verbose: u8,
 
-    /// Output: human (readable) or json (one object per line, for scripts).
+    /// Output: human (one line per stanza; newlines and other control characters in
+    /// payloads escaped as \n, \t, \x1b) or json (one object per line, exact payloads, for
+    /// scripts).
     #[arg(long, global = true, value_enum, default_value_t = Format::Human)]
     pub(crate) format: Format,
 }
@@ -70,7 +72,7 @@ impl From<TransportArg> for Transport {
 /// `--format` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Format {
-    /// Readable lines.
+    /// Readable lines, one per stanza (control characters escaped).
     Human,
     /// One JSON object per line.
     Json,

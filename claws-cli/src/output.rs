@@ -85,7 +85,7 @@ impl Printer {
     /// `{"event":"received","payload":TEXT,"via":{..}}`; fails if stdout is closed.
     pub(crate) fn received(&self, packet: &Packet, via: &Via) -> std::io::Result<()> {
         self.try_line(
-            || format!("received {} via {}", payload_text(packet), via_text(via)),
+            || format!("received {} via {}", payload_line(packet), via_text(via)),
             || json!({"event": "received", "payload": payload_text(packet), "via": via_json(via)}),
         )
     }
@@ -94,6 +94,37 @@ impl Printer {
 /// The payload as text (invalid UTF-8 replaced).
 pub(crate) fn payload_text(packet: &Packet) -> String {
     String::from_utf8_lossy(packet.as_bytes()).into_owned()
+}
+
+/// The payload for a human line: one line whatever it holds. Newlines, tabs and every other
+/// control character (terminal escapes included) are escaped (`\n`, `\t`, `\x1b`, `\u{85}`),
+/// and so is the backslash (`\\`), so that the line reads back unambiguously; `--format json`
+/// gives the exact text.
+pub(crate) fn payload_line(packet: &Packet) -> String {
+    escape_line(&payload_text(packet))
+}
+
+/// `text` on one line, escaped as [`payload_line`] says.
+pub(crate) fn escape_line(text: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_ascii_control() => {
+                let _ = write!(out, "\\x{:02x}", u32::from(c));
+            }
+            // C1 controls, and the line and paragraph separators.
+            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// `{"jid":..,"exchange":..,"claw":..,"id":..,"queue":..}`, absent values null.
@@ -122,4 +153,21 @@ pub(crate) fn via_text(via: &Via) -> String {
         via.id.as_deref().unwrap_or("-"),
         via.from.as_ref().map(|j| j.as_str()).unwrap_or("-"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_line;
+
+    #[test]
+    fn a_payload_is_one_line() {
+        assert_eq!(
+            escape_line("<message>\n  <body>a\tb\r\n</body>\n</message>"),
+            "<message>\\n  <body>a\\tb\\r\\n</body>\\n</message>"
+        );
+        assert_eq!(escape_line("\u{1b}[31mred\u{7f}"), "\\x1b[31mred\\x7f");
+        assert_eq!(escape_line("a\u{85}b\u{2028}c"), "a\\u{85}b\\u{2028}c");
+        assert_eq!(escape_line(r"C:\n"), r"C:\\n");
+        assert_eq!(escape_line("héllo <b/>"), "héllo <b/>");
+    }
 }

@@ -494,24 +494,38 @@ impl Running {
 
     /// The next stdout line as JSON.
     fn next(&self) -> Value {
-        let line = self
-            .lines
-            .recv_timeout(WAIT)
-            .unwrap_or_else(|e| panic!("no line within {WAIT:?}: {e}"));
+        let line = self.next_text();
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"))
     }
 
+    /// The next stdout line.
+    fn next_text(&self) -> String {
+        self.lines
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|e| panic!("no line within {WAIT:?}: {e}"))
+    }
+
     /// Waits for the process to exit; returns its code, the remaining stdout lines and stderr.
-    fn finish(mut self) -> (Option<i32>, Vec<Value>, String) {
+    fn finish(self) -> (Option<i32>, Vec<Value>, String) {
+        let (code, lines, err) = self.finish_text();
+        let lines = lines
+            .iter()
+            .map(|line| {
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"))
+            })
+            .collect();
+        (code, lines, err)
+    }
+
+    /// As [`finish`](Self::finish), the lines as text.
+    fn finish_text(mut self) -> (Option<i32>, Vec<String>, String) {
         let deadline = Instant::now() + WAIT;
         let mut lines = Vec::new();
         // The reader thread ends when the process closes its stdout, i.e. when it exits.
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) => lines.push(
-                    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}")),
-                ),
+                Ok(line) => lines.push(line),
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     panic!("claws did not exit within {WAIT:?}")
@@ -1123,6 +1137,52 @@ mod rabbitmq {
             .iter()
             .filter(|l| l["kind"] == "exchange" || l["kind"] == "queue")
             .all(|l| l["durable"] == false));
+    }
+
+    /// `--format human`: one line per stanza, whatever the stanza holds.
+    #[test]
+    fn human_output_prints_a_multi_line_stanza_on_one_line() {
+        let id = unique();
+        let listener_jid = format!("cli-human-{id}@test.claws/l1");
+        let sender_jid = format!("cli-human-{id}-s@test.claws/s");
+        let config = direct_only_config("human");
+        let config_path = config.to_string_lossy().into_owned();
+        let mut args = amqp(
+            &listener_jid,
+            &[
+                "--config",
+                &config_path,
+                "listen",
+                "--count",
+                "2",
+                "--timeout",
+                "30",
+            ],
+        );
+        args.retain(|a| a != "json" && a != "--format");
+        let listener = Running::spawn(&refs(&args));
+        let connected = listener.next_text();
+        assert!(connected.starts_with("connected:"), "{connected}");
+
+        let multi = "<message>\n  <body>line one\nline\ttwo\u{1b}[31m</body>\n</message>";
+        for stanza in [multi, "<message><body>plain</body></message>"] {
+            let args = amqp(&sender_jid, &["send", "--to", &listener_jid, stanza]);
+            let out = claws(&refs(&args));
+            assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        }
+        let (code, lines, err) = listener.finish_text();
+        assert_eq!(code, Some(0), "{err}");
+        assert_eq!(lines.len(), 2, "one line per stanza: {lines:#?}");
+        assert!(lines[0].starts_with("received <message"), "{}", lines[0]);
+        assert!(
+            lines[0].contains(r"<body>line one\nline\ttwo\x1b[31m</body>\n</message> via "),
+            "{}",
+            lines[0]
+        );
+        assert!(!lines[0].contains('\u{1b}'), "{}", lines[0]);
+        assert!(lines[1].contains("<body>plain</body>"), "{}", lines[1]);
+        let _ = std::fs::remove_file(config);
+        delete_queues(&[&listener_jid, &sender_jid]);
     }
 
     #[test]
