@@ -47,6 +47,7 @@ async fn connect(shared: &Shared, endpoint: &Endpoint) -> Result<Connection> {
         endpoint: endpoint.shown.clone(),
         reason: settings.scrub(&reason),
     };
+    crate::hostile::check_parser_stack();
     let runtime = lapin::runtime::default_runtime().map_err(|e| fail(e.to_string()))?;
     match tokio::time::timeout(
         settings.timing.connect_timeout,

@@ -25,6 +25,7 @@ use lapin::{BasicProperties, Channel, Confirmation};
 
 use claws_core::runtime::InFlightGuard;
 
+use crate::hostile;
 use crate::session::{Session, Shared};
 use crate::topology::{DELIVERIES_HEADER, EXCHANGE_HEADER, ROUTING_KEY_HEADER};
 
@@ -69,6 +70,23 @@ pub(crate) async fn run(
         };
         match next {
             Some(Ok(d)) => {
+                let depth = d
+                    .properties
+                    .headers()
+                    .as_ref()
+                    .map_or(0, |h| hostile::header_depth(h, hostile::MAX_HEADER_DEPTH));
+                if depth > hostile::MAX_HEADER_DEPTH {
+                    // Built to hurt: dead-lettered unread, its headers freed where that is safe.
+                    let lapin::message::Delivery {
+                        acker, properties, ..
+                    } = d;
+                    hostile::drop_deep(properties);
+                    tracing::warn!(claw = &*shared.name, queue = %queue.name,
+                        "dead-lettering a message whose headers nest deeper than {} levels",
+                        hostile::MAX_HEADER_DEPTH);
+                    let _ = acker.reject(BasicRejectOptions { requeue: false }).await;
+                    continue;
+                }
                 let delivery = to_delivery(shared, session, queue, channel, d, &mut last_from);
                 tokio::select! {
                     biased;

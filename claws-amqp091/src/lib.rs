@@ -82,6 +82,15 @@
 //! their queues), waits up to `close_timeout` for in-flight deliveries to be settled and for
 //! outstanding confirms, then closes the channels and the connection.
 //!
+//! ## Hostile publishers
+//!
+//! Anyone with publish rights can send any headers. lapin parses AMQP field tables recursively
+//! on its I/O thread, and a message whose headers nest 1,000 deep aborts a process whose threads
+//! have the default 2 MiB stack. Call [`protect_parser_stack`] first thing in `main` (or set
+//! `RUST_MIN_STACK=268435456`): the deepest table a 128 KiB frame holds then parses, and the claw
+//! dead-letters any message whose headers nest deeper than 64 levels without handing it to the
+//! handler. The claw warns at its first connection when neither was done.
+//!
 //! ## Features
 //!
 //! | Name | Description | Default |
@@ -94,6 +103,7 @@ mod claw;
 pub mod config;
 mod connection;
 mod consumer;
+mod hostile;
 mod publisher;
 mod session;
 mod subscription;
@@ -103,3 +113,4 @@ pub mod topology;
 pub use builder::AmqpClawBuilder;
 pub use claw::AmqpClaw;
 pub use config::{Amqp091Options, DEFAULT_URL};
+pub use hostile::protect_parser_stack;

@@ -59,6 +59,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before any thread: a hostile message's deeply nested headers must not abort the process
+    // in lapin's parser (claws_amqp091::protect_parser_stack).
+    #[cfg(feature = "amqp091")]
+    claws::amqp091::protect_parser_stack();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {

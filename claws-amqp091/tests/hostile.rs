@@ -1,0 +1,81 @@
+//! Messages built to hurt (a publisher with rights on the broker can send any headers): none may
+//! crash the process or block the queue. A binary of its own without libtest's harness, so that
+//! `main` calls `protect_parser_stack` before any thread starts, as a service does.
+
+mod common;
+
+use claws_core::topology::DEAD_LETTER_QUEUE;
+use claws_core::Claw;
+use common::*;
+use lapin::options::{BasicAckOptions, BasicGetOptions};
+
+fn main() {
+    claws_amqp091::protect_parser_stack();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        // On a worker thread (their stacks follow RUST_MIN_STACK): the test reads the poisoned
+        // message back from the dead-letter queue, and freeing it recurses as deep as it nests.
+        .block_on(async {
+            tokio::spawn(headers_nested_thousands_deep_are_dead_lettered_and_the_queue_goes_on())
+                .await
+                .unwrap()
+        });
+    println!("test headers_nested_thousands_deep_are_dead_lettered_and_the_queue_goes_on ... ok");
+}
+
+async fn headers_nested_thousands_deep_are_dead_lettered_and_the_queue_goes_on() {
+    let u = uid();
+    let me = format!("deep-{u}@test/a");
+    let mut s = start(builder(&me)).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/deep_headers.py");
+    // 1,000 deep aborted every 0-9-1 claws process (lapin's parser on a 2 MiB stack); 18,000
+    // is about the deepest a 128 KiB frame holds.
+    for depth in ["1000", "18000"] {
+        let tag = format!("{u}-{depth}");
+        let out = std::process::Command::new("/usr/bin/python3")
+            .args([script, &url(), &me, depth, &tag])
+            .output()
+            .expect("/usr/bin/python3 with pika (scripts/provision)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The canary behind it arrives: the queue is not blocked, the process is alive.
+        let d = next(&mut s.rx, &format!("canary {tag}")).await;
+        d.acker.ack().await.unwrap();
+        // The poisoned one is in the dead-letter queue, never handed to the handler.
+        let conn = raw().await;
+        let ch = conn.create_channel().await.unwrap();
+        let mut found = false;
+        for _ in 0..10_000 {
+            let Ok(Some(m)) = ch
+                .basic_get(DEAD_LETTER_QUEUE.into(), BasicGetOptions::default())
+                .await
+            else {
+                break;
+            };
+            if String::from_utf8_lossy(&m.delivery.data).contains(&format!("poison {tag}")) {
+                found = true;
+                let _ = m.delivery.acker.ack(BasicAckOptions::default()).await;
+                break;
+            }
+        }
+        let _ = conn.close(200, "done".into()).await;
+        assert!(found, "the {depth}-deep message was not dead-lettered");
+    }
+    assert!(
+        nothing_more(
+            &mut s.rx,
+            &format!("poison {u}"),
+            std::time::Duration::from_millis(300)
+        )
+        .await,
+        "a poisoned message reached the handler"
+    );
+    s.claw.close().await.unwrap();
+    cleanup(&[&s.claw]).await;
+}
