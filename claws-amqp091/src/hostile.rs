@@ -31,10 +31,9 @@ const PARSER_STACK: usize = 256 << 20;
 /// does the same. The stack is virtual memory: only the pages used are committed.
 ///
 /// ```
-/// fn main() {
-///     claws_amqp091::protect_parser_stack();
-///     // ... then build the tokio runtime and the claws.
-/// }
+/// // First thing in main:
+/// claws_amqp091::protect_parser_stack();
+/// // ... then build the tokio runtime and the claws.
 /// ```
 pub fn protect_parser_stack() {
     if std::env::var_os("RUST_MIN_STACK").is_none() {
