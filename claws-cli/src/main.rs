@@ -20,7 +20,7 @@ mod topology;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::options::Global;
 
@@ -56,6 +56,20 @@ enum Command {
     Topology(topology::Args),
     #[cfg(feature = "component")]
     Gateway(gateway::Args),
+    Completions(Completions),
+}
+
+/// Print a shell completion script.
+///
+/// Writes the completion script for the shell named to stdout, e.g.
+/// `claws completions bash > ~/.local/share/bash-completion/completions/claws`,
+/// `claws completions zsh > "${fpath[1]}/_claws"`,
+/// `claws completions fish > ~/.config/fish/completions/claws.fish`.
+#[derive(Debug, clap::Args)]
+struct Completions {
+    /// The shell.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
 }
 
 fn main() -> ExitCode {
@@ -71,6 +85,9 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    if let Command::Completions(Completions { shell }) = cli.command {
+        return completions(shell);
+    }
     init_tracing(cli.global.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -99,6 +116,23 @@ fn main() -> ExitCode {
     code
 }
 
+/// Writes the completion script: made from the parser alone (nothing to connect or
+/// configure), in memory first (clap_complete panics when its writer fails), then to stdout;
+/// a reader that went away (`| head`) is not an error.
+fn completions(shell: clap_complete::Shell) -> ExitCode {
+    use std::io::Write;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "claws", &mut script);
+    let mut out = std::io::stdout().lock();
+    match out.write_all(&script).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => exit::report(&exit::Failure::other(format!(
+            "cannot write the completion script: {e}"
+        ))),
+    }
+}
+
 async fn run(global: &Global, command: Command) -> Result<(), exit::Failure> {
     match command {
         Command::Listen(args) => listen::run(global, args).await,
@@ -111,6 +145,7 @@ async fn run(global: &Global, command: Command) -> Result<(), exit::Failure> {
         Command::Topology(args) => topology::run(global, args).await,
         #[cfg(feature = "component")]
         Command::Gateway(args) => gateway::run(global, args).await,
+        Command::Completions(_) => Ok(()),
     }
 }
 
@@ -194,6 +229,8 @@ mod tests {
             &["bench", "--messages", "0"],
             &["bench", "--in-flight", "0"],
             &["bench", "--size", "99999999999"],
+            &["bench", "--repeat", "0"],
+            &["bench", "--repeat", "1001"],
             &["demo", "--messages", "0"],
         ] {
             let err = parse(bad).expect_err(&bad.join(" "));
@@ -235,6 +272,7 @@ mod tests {
                 &["bench", "--messages"],
                 &["bench", "--size"],
                 &["bench", "--in-flight"],
+                &["bench", "--repeat"],
                 &["demo", "--messages"],
             ] {
                 let mut args = flag.to_vec();

@@ -11,7 +11,9 @@ use figment::Figment;
 use crate::exit::Failure;
 
 /// Options on every subcommand. Precedence: flags, then `CLAWS_*` variables, then the file.
+/// `--help` lists them under their own heading, apart from each subcommand's own options.
 #[derive(Debug, clap::Args)]
+#[command(next_help_heading = GLOBAL_HEADING)]
 pub(crate) struct Global {
     /// Which claw: mem (in-process, the default), amqp091 (RabbitMQ), amqp10.
     #[arg(
@@ -47,6 +49,9 @@ pub(crate) struct Global {
     #[arg(long, global = true, value_enum, default_value_t = Format::Human)]
     pub(crate) format: Format,
 }
+
+/// The `--help` heading of the options every subcommand takes.
+pub(crate) const GLOBAL_HEADING: &str = "Global options";
 
 /// `--transport` values.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

@@ -252,6 +252,145 @@ fn bench_on_mem_reports_throughput_and_percentiles() {
 }
 
 #[test]
+fn bench_repeat_prints_min_median_max_and_warns_when_runs_disagree() {
+    let out = claws(&[
+        "bench",
+        "--messages",
+        "300",
+        "--size",
+        "64",
+        "--repeat",
+        "3",
+        "--format",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = json_lines(&stdout(&out));
+    assert_eq!(lines.len(), 4, "three runs and a summary: {lines:#?}");
+    for (i, line) in lines[..3].iter().enumerate() {
+        assert_eq!(line["event"], "bench", "{line}");
+        assert_eq!(line["round"], i as u64 + 1, "{line}");
+    }
+    let summary = &lines[3];
+    assert_eq!(summary["event"], "summary", "{summary}");
+    let side = &summary["sides"][0];
+    assert_eq!(side["run"], "claws (mem)");
+    assert_eq!(side["runs"], 3);
+    let mut runs: Vec<f64> = lines[..3]
+        .iter()
+        .map(|l| l["per_second"].as_f64().unwrap())
+        .collect();
+    runs.sort_by(f64::total_cmp);
+    let (min, median, max) = (
+        side["min_per_second"].as_f64().unwrap(),
+        side["median_per_second"].as_f64().unwrap(),
+        side["max_per_second"].as_f64().unwrap(),
+    );
+    assert_eq!((min, median, max), (runs[0], runs[1], runs[2]), "{summary}");
+    // The warning comes exactly when the runs are more than 20 % apart (of the median).
+    let apart = (max - min) / median > 0.20;
+    assert_eq!(side["disagree"], apart, "{summary}");
+    let err = stderr(&out);
+    assert_eq!(
+        err.contains("claws: warning: the 3 runs of claws (mem) disagree by"),
+        apart,
+        "{err}"
+    );
+
+    // The human table: a header and a row per side.
+    let out = claws(&[
+        "bench",
+        "--messages",
+        "200",
+        "--size",
+        "64",
+        "--repeat",
+        "2",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let header = text
+        .lines()
+        .find(|l| l.starts_with("stanzas/s"))
+        .unwrap_or_else(|| panic!("no table: {text}"));
+    for column in ["runs", "min", "median", "max", "spread"] {
+        assert!(header.contains(column), "{header}");
+    }
+    assert!(
+        text.lines().any(|l| l.starts_with("claws (mem)  ")),
+        "{text}"
+    );
+}
+
+#[test]
+fn completions_name_every_subcommand() {
+    let out = claws(&["completions", "bash"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let script = stdout(&out);
+    assert!(script.contains("complete -F _claws"), "{script}");
+    for sub in [
+        "listen",
+        "send",
+        "publish",
+        "echo",
+        "demo",
+        "bench",
+        "test",
+        "topology",
+        "gateway",
+        "completions",
+    ] {
+        assert!(
+            script.contains(&format!("claws__subcmd__{sub}")),
+            "bash: {sub}"
+        );
+    }
+    assert!(script.contains("--transport"), "global flags complete too");
+    for (shell, mark) in [("zsh", "#compdef claws"), ("fish", "complete -c claws")] {
+        let out = claws(&["completions", shell]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(stdout(&out).contains(mark), "{shell}");
+        assert!(stdout(&out).contains("topology"), "{shell}");
+    }
+    let out = claws(&["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[test]
+fn help_lists_global_options_under_their_own_heading() {
+    for args in [&["--help"][..], &["listen", "--help"], &["bench", "-h"]] {
+        let out = claws(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        let help = stdout(&out);
+        let global = help
+            .find("\nGlobal options:\n")
+            .unwrap_or_else(|| panic!("{args:?}: no Global options heading: {help}"));
+        let options = help.find("\nOptions:\n").expect("an Options heading");
+        let (own, globals) = (&help[options..global], &help[global..]);
+        for flag in [
+            "--transport <",
+            "--url <",
+            "--jid <",
+            "--config <",
+            "-v, --verbose",
+            "--format <",
+        ] {
+            assert!(
+                globals.contains(flag),
+                "{args:?}: {flag} not under Global options: {help}"
+            );
+            assert!(
+                !own.contains(flag),
+                "{args:?}: {flag} under Options: {help}"
+            );
+        }
+    }
+    let help = stdout(&claws(&["bench", "--help"]));
+    let repeat = help.find("--repeat").expect("bench --repeat");
+    assert!(repeat < help.find("Global options:").unwrap(), "{help}");
+}
+
+#[test]
 fn gateway_needs_its_settings_and_says_which() {
     let out = claws(&["gateway"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));

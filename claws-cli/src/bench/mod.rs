@@ -24,6 +24,11 @@ use stats::Stats;
 /// --baseline runs raw lapin doing the same work (persistent messages, publisher confirms,
 /// manual acks, the same prefetch) in the same run and prints the ratio; it needs
 /// --transport amqp091.
+///
+/// --repeat N runs each side N times (claws and lapin taking turns), prints every run, then a
+/// table of the throughput's min, median and max per side and the ratio of the medians; it
+/// warns on stderr when one side's runs disagree by more than 20 % (max - min over the
+/// median): the figures are then too noisy to compare.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// How many stanzas to send.
@@ -40,7 +45,16 @@ pub(crate) struct Args {
     /// Also run raw lapin doing the same work, and print the ratio (amqp091 only).
     #[arg(long)]
     baseline: bool,
+    /// Run each side this many times and print min/median/max (warning when runs disagree
+    /// by more than 20 %).
+    #[arg(long, default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    repeat: u32,
 }
+
+/// Runs of one side that differ by more than this fraction of their median are reported as
+/// disagreeing.
+const DISAGREEMENT: f64 = 0.20;
 
 /// What one run measures.
 #[derive(Debug, Clone, Copy)]
@@ -70,26 +84,148 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<(), Failure> {
     };
     let printer = Printer::new(global.format);
     let label = format!("claws ({})", config.transport.as_str());
-    let claws_stats = claw::run(&config, work, progress(work.messages, &label)).await?;
-    report(&printer, &label, &claws_stats, work);
-    if args.baseline {
-        #[cfg(feature = "amqp091")]
-        {
-            let raw = baseline::run(&config, work, progress(work.messages, "lapin")).await?;
-            report(&printer, "lapin (raw)", &raw, work);
-            let ratio = claws_stats.throughput() / raw.throughput();
-            printer.line(
-                || {
-                    format!(
-                        "ratio: claws reaches {:.0}% of raw lapin's throughput",
-                        ratio * 100.0
-                    )
-                },
-                || json!({"event": "ratio", "throughput_ratio": ratio}),
-            );
+    let repeat = args.repeat;
+    let mut claws_runs = Vec::new();
+    #[cfg_attr(not(feature = "amqp091"), allow(unused_mut))]
+    let mut raw_runs: Vec<f64> = Vec::new();
+    for round in 1..=repeat {
+        let stats = claw::run(&config, work, progress(work.messages, &label)).await?;
+        report(
+            &printer,
+            &label,
+            &stats,
+            work,
+            (repeat > 1).then_some(round),
+        );
+        claws_runs.push(stats.throughput());
+        if args.baseline {
+            #[cfg(feature = "amqp091")]
+            {
+                let raw = baseline::run(&config, work, progress(work.messages, "lapin")).await?;
+                report(&printer, RAW, &raw, work, (repeat > 1).then_some(round));
+                raw_runs.push(raw.throughput());
+            }
+        }
+    }
+    let claws_side = Side::new(&label, &claws_runs);
+    let raw_side = (!raw_runs.is_empty()).then(|| Side::new(RAW, &raw_runs));
+    if repeat > 1 {
+        table(&printer, &[Some(&claws_side), raw_side.as_ref()]);
+    }
+    if let Some(raw) = &raw_side {
+        let ratio = claws_side.median / raw.median;
+        printer.line(
+            || {
+                let of = if repeat > 1 { "median " } else { "" };
+                format!(
+                    "ratio: claws reaches {:.0}% of raw lapin's {of}throughput",
+                    ratio * 100.0
+                )
+            },
+            || json!({"event": "ratio", "throughput_ratio": ratio}),
+        );
+    }
+    for side in [Some(&claws_side), raw_side.as_ref()].into_iter().flatten() {
+        if side.disagrees() {
+            crate::exit::warn(&format!(
+                "the {} runs of {} disagree by {:.0} % (min {:.0}, max {:.0} stanzas/s, more \
+                 than {:.0} % of the median {:.0}): the figures are noisy; use more --messages \
+                 or a quieter machine",
+                side.runs,
+                side.label,
+                side.spread() * 100.0,
+                side.min,
+                side.max,
+                DISAGREEMENT * 100.0,
+                side.median
+            ));
         }
     }
     Ok(())
+}
+
+/// The label of the raw lapin side.
+const RAW: &str = "lapin (raw)";
+
+/// One side's throughput over its runs (stanzas per second).
+#[derive(Debug, Clone, PartialEq)]
+struct Side {
+    label: String,
+    runs: usize,
+    min: f64,
+    median: f64,
+    max: f64,
+}
+
+impl Side {
+    fn new(label: &str, runs: &[f64]) -> Self {
+        let mut sorted = runs.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        let median = match n {
+            0 => 0.0,
+            _ if n % 2 == 1 => sorted[n / 2],
+            _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+        };
+        Self {
+            label: label.to_owned(),
+            runs: n,
+            min: sorted.first().copied().unwrap_or(0.0),
+            median,
+            max: sorted.last().copied().unwrap_or(0.0),
+        }
+    }
+
+    /// (max - min) / median: how far apart the runs are.
+    fn spread(&self) -> f64 {
+        if self.median > 0.0 {
+            (self.max - self.min) / self.median
+        } else {
+            0.0
+        }
+    }
+
+    /// Whether the runs disagree by more than [`DISAGREEMENT`] (one run never does).
+    fn disagrees(&self) -> bool {
+        self.runs > 1 && self.spread() > DISAGREEMENT
+    }
+}
+
+/// The min/median/max table, one row (or JSON line) per side.
+fn table(printer: &Printer, sides: &[Option<&Side>]) {
+    let sides: Vec<&Side> = sides.iter().flatten().copied().collect();
+    let width = sides.iter().map(|s| s.label.len()).max().unwrap_or(0);
+    printer.line(
+        || {
+            let mut text = format!(
+                "{:width$}  {:>4}  {:>12}  {:>12}  {:>12}  {:>6}",
+                "stanzas/s", "runs", "min", "median", "max", "spread"
+            );
+            for s in &sides {
+                text.push_str(&format!(
+                    "\n{:width$}  {:>4}  {:>12.0}  {:>12.0}  {:>12.0}  {:>5.0}%",
+                    s.label,
+                    s.runs,
+                    s.min,
+                    s.median,
+                    s.max,
+                    s.spread() * 100.0
+                ));
+            }
+            text
+        },
+        || {
+            let rows: Vec<_> = sides
+                .iter()
+                .map(|s| {
+                    json!({"run": s.label, "runs": s.runs, "min_per_second": s.min,
+                           "median_per_second": s.median, "max_per_second": s.max,
+                           "spread": s.spread(), "disagree": s.disagrees()})
+                })
+                .collect();
+            json!({"event": "summary", "sides": rows})
+        },
+    );
 }
 
 fn progress(len: u64, label: &str) -> ProgressBar {
@@ -103,11 +239,12 @@ fn progress(len: u64, label: &str) -> ProgressBar {
     bar
 }
 
-fn report(printer: &Printer, label: &str, stats: &Stats, work: Work) {
+fn report(printer: &Printer, label: &str, stats: &Stats, work: Work, round: Option<u32>) {
     printer.line(
         || {
+            let run = round.map(|r| format!(" run {r}")).unwrap_or_default();
             format!(
-                "{label}: {} stanzas of {} bytes in {:.2} s: {:.0} stanzas/s, latency p50 {:.2} ms, p99 {:.2} ms",
+                "{label}{run}: {} stanzas of {} bytes in {:.2} s: {:.0} stanzas/s, latency p50 {:.2} ms, p99 {:.2} ms",
                 work.messages,
                 work.size,
                 stats.elapsed.as_secs_f64(),
@@ -117,9 +254,14 @@ fn report(printer: &Printer, label: &str, stats: &Stats, work: Work) {
             )
         },
         || {
-            json!({"event": "bench", "run": label, "messages": work.messages, "size": work.size,
-                   "seconds": stats.elapsed.as_secs_f64(), "per_second": stats.throughput(),
-                   "p50_ms": stats.percentile_ms(50.0), "p99_ms": stats.percentile_ms(99.0)})
+            let mut line = json!({"event": "bench", "run": label, "messages": work.messages,
+                   "size": work.size, "seconds": stats.elapsed.as_secs_f64(),
+                   "per_second": stats.throughput(), "p50_ms": stats.percentile_ms(50.0),
+                   "p99_ms": stats.percentile_ms(99.0)});
+            if let Some(round) = round {
+                line["round"] = json!(round);
+            }
+            line
         },
     );
 }
@@ -139,5 +281,28 @@ fn in_flight(text: &str) -> Result<usize, String> {
         Ok(n) if (1..=65_535).contains(&n) => Ok(n),
         Ok(_) => Err("must be from 1 to 65535".into()),
         Err(e) => Err(format!("{e}; expected a whole number")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sides_summarise_their_runs() {
+        let side = Side::new("x", &[120.0, 100.0, 110.0]);
+        assert_eq!((side.min, side.median, side.max), (100.0, 110.0, 120.0));
+        assert!(!side.disagrees(), "20/110 is within 20 %");
+        let even = Side::new("x", &[100.0, 300.0, 200.0, 400.0]);
+        assert_eq!(even.median, 250.0);
+        assert!(even.disagrees());
+        assert!(
+            !Side::new("x", &[5.0]).disagrees(),
+            "one run never disagrees"
+        );
+        assert!(
+            Side::new("x", &[100.0, 125.0]).disagrees(),
+            "25/112.5 is over 20 %"
+        );
     }
 }
