@@ -10,7 +10,11 @@ use crate::session;
 /// Connects to the config's broker (the local default when it names none), trying each of its
 /// URLs (the nodes of a cluster) in turn.
 pub(crate) async fn open(config: &Config) -> Result<Connection, Failure> {
-    let mut urls = config.urls();
+    let mut urls: Vec<String> = config
+        .urls()
+        .iter()
+        .map(|url| lapin_url(config.transport, url))
+        .collect();
     if urls.is_empty() {
         urls.push("amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
     }
@@ -28,6 +32,24 @@ pub(crate) async fn open(config: &Config) -> Result<Connection, Failure> {
         session::endpoint(config),
         errors.join("; ")
     )))
+}
+
+/// `url` as lapin reads it. An AMQP 1.0 URL without a vhost (`amqp://host:5672` or
+/// `amqp://host:5672/`) means the default vhost `/`; to lapin an empty path is the vhost `""`,
+/// which does not exist, so it gets `/%2f`.
+fn lapin_url(transport: claws::Transport, url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let path_start = url[scheme_end..]
+        .find('/')
+        .map_or(url.len(), |i| scheme_end + i);
+    let path = &url[path_start..];
+    if transport == claws::Transport::Amqp10 && (path.is_empty() || path == "/") {
+        format!("{}/%2f", &url[..path_start])
+    } else {
+        url.to_owned()
+    }
 }
 
 /// Deletes the queues of `jids` (every subscription) on the config's broker, best effort.
@@ -51,4 +73,19 @@ pub(crate) async fn delete_queues_of(config: &Config, jids: &[&str]) {
         let _ = channel.close(200, "cleanup done".into()).await;
     }
     let _ = conn.close(200, "cleanup done".into()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lapin_url;
+    use claws::Transport;
+
+    #[test]
+    fn an_amqp10_url_without_a_vhost_is_the_default_vhost() {
+        for url in ["amqp://u:p@h:5672", "amqp://u:p@h:5672/"] {
+            assert_eq!(lapin_url(Transport::Amqp10, url), "amqp://u:p@h:5672/%2f");
+        }
+        assert_eq!(lapin_url(Transport::Amqp10, "amqp://h/v"), "amqp://h/v");
+        assert_eq!(lapin_url(Transport::Amqp091, "amqp://h:1/"), "amqp://h:1/");
+    }
 }

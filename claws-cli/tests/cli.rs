@@ -756,14 +756,9 @@ mod rabbitmq {
         });
     }
 
-    /// `claws test --transport amqp091` runs the echo service and the testers on RabbitMQ: the
-    /// echo's answers to the tester reach a `claws listen` consuming as the tester, and the
-    /// service's queues are gone afterwards.
-    #[test]
-    fn test_runs_the_ping_scenario_on_rabbitmq() {
-        // The service consumes broadcasts too: keep other tests' broadcasts away from it.
-        let _lock = BROADCASTS.lock().unwrap_or_else(|e| e.into_inner());
-        let id = unique();
+    /// claws-test's ping.xml with JIDs unique to `id`: (the file, service, tester, the other
+    /// sender).
+    fn ping_scenario(id: &str) -> (std::path::PathBuf, String, String, String) {
         let service = format!("cli-scn-{id}.test.claws/e1");
         let tester = format!("cli-scn-{id}@test.claws/pc");
         let other = format!("cli-scn-{id}-alice@test.claws/home");
@@ -777,6 +772,92 @@ mod rabbitmq {
         .replace("alice@example.com/home", &other);
         let file = std::env::temp_dir().join(format!("claws-cli-ping-{id}.xml"));
         std::fs::write(&file, ping).expect("write the scenario");
+        (file, service, tester, other)
+    }
+
+    /// The queues of `jid` (every subscription) that exist on the broker.
+    fn queues_left(jid: &str) -> Vec<String> {
+        let queues = claws::topology::queues(
+            &claws::jid::parse(jid).unwrap(),
+            claws::topology::Subscriptions::all(),
+        )
+        .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let conn = lapin::Connection::connect(URL, lapin::ConnectionProperties::default())
+                .await
+                .expect("connect to RabbitMQ");
+            let mut left = Vec::new();
+            for q in queues {
+                // A passive declare of a missing queue closes the channel: one channel each.
+                let channel = conn.create_channel().await.expect("channel");
+                let passive = lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                };
+                if channel
+                    .queue_declare(q.name.as_str().into(), passive, Default::default())
+                    .await
+                    .is_ok()
+                {
+                    left.push(q.name.to_string());
+                }
+            }
+            let _ = conn.close(200, "checked".into()).await;
+            left
+        })
+    }
+
+    /// Over AMQP 1.0 too, with a URL that names no vhost (the default one): the scenario
+    /// passes and the service's queues are deleted afterwards.
+    #[cfg(feature = "amqp10")]
+    #[test]
+    fn test_runs_the_ping_scenario_over_amqp10() {
+        let _lock = BROADCASTS.lock().unwrap_or_else(|e| e.into_inner());
+        let id = unique();
+        let (file, service, tester, other) = ping_scenario(&id);
+        let out = claws(&[
+            "--transport",
+            "amqp10",
+            "--url",
+            "amqp://guest:guest@127.0.0.1:5672/",
+            "--format",
+            "json",
+            "test",
+            file.to_str().unwrap(),
+        ]);
+        let left = queues_left(&service);
+        delete_queues(&[&service, &tester, &other]);
+        let _ = std::fs::remove_file(file);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}\n{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        let report = &json_lines(&stdout(&out))[0];
+        assert_eq!(report["transport"], "amqp10", "{report}");
+        assert_eq!(
+            (report["passed"].as_u64(), report["failed"].as_u64()),
+            (Some(4), Some(0)),
+            "{report}"
+        );
+        assert!(left.is_empty(), "queues left behind: {left:?}");
+    }
+
+    /// `claws test --transport amqp091` runs the echo service and the testers on RabbitMQ: the
+    /// echo's answers to the tester reach a `claws listen` consuming as the tester, and the
+    /// service's queues are gone afterwards.
+    #[test]
+    fn test_runs_the_ping_scenario_on_rabbitmq() {
+        // The service consumes broadcasts too: keep other tests' broadcasts away from it.
+        let _lock = BROADCASTS.lock().unwrap_or_else(|e| e.into_inner());
+        let id = unique();
+        let (file, service, tester, other) = ping_scenario(&id);
 
         let config = direct_only_config("scenario");
         let config_path = config.to_string_lossy().into_owned();
@@ -828,38 +909,7 @@ mod rabbitmq {
         );
 
         // `claws test` deleted the service's queues.
-        let queues = claws::topology::queues(
-            &claws::jid::parse(&service).unwrap(),
-            claws::topology::Subscriptions::all(),
-        )
-        .unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let left: Vec<String> = rt.block_on(async {
-            let conn = lapin::Connection::connect(URL, lapin::ConnectionProperties::default())
-                .await
-                .expect("connect to RabbitMQ");
-            let mut left = Vec::new();
-            for q in queues {
-                // A passive declare of a missing queue closes the channel: one channel each.
-                let channel = conn.create_channel().await.expect("channel");
-                let passive = lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                };
-                if channel
-                    .queue_declare(q.name.as_str().into(), passive, Default::default())
-                    .await
-                    .is_ok()
-                {
-                    left.push(q.name.to_string());
-                }
-            }
-            let _ = conn.close(200, "checked".into()).await;
-            left
-        });
+        let left = queues_left(&service);
         delete_queues(&[&service, &tester, &other]);
         let _ = std::fs::remove_file(file);
         let _ = std::fs::remove_file(config);
