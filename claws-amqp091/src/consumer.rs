@@ -153,8 +153,12 @@ fn to_delivery(
     let mut routing_key = routing_key;
     let mut previous = 0;
     if let Some(headers) = properties.headers() {
-        // A copy the claw re-queued after a failure carries its original address.
-        if let Some(n) = header_u32(headers, DELIVERIES_HEADER) {
+        // A copy the claw re-queued after a failure carries its original address. Only such a
+        // copy is believed: it came through the default exchange straight to this queue. The
+        // same headers on a message published to xmpp_direct (anyone can set headers) would
+        // otherwise rewrite where its reply goes.
+        let requeued_copy = exchange.as_str().is_empty() && routing_key == queue.name;
+        if let Some(n) = header_u32(headers, DELIVERIES_HEADER).filter(|_| requeued_copy) {
             previous = n;
             if let Some(x) = header_str(headers, EXCHANGE_HEADER) {
                 exchange = x;

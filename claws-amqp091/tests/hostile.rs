@@ -21,9 +21,15 @@ fn main() {
         .block_on(async {
             tokio::spawn(headers_nested_thousands_deep_are_dead_lettered_and_the_queue_goes_on())
                 .await
-                .unwrap()
+                .unwrap();
+            println!(
+                "test headers_nested_thousands_deep_are_dead_lettered_and_the_queue_goes_on ... ok"
+            );
+            tokio::spawn(requeue_headers_from_a_publisher_do_not_redirect_replies())
+                .await
+                .unwrap();
+            println!("test requeue_headers_from_a_publisher_do_not_redirect_replies ... ok");
         });
-    println!("test headers_nested_thousands_deep_are_dead_lettered_and_the_queue_goes_on ... ok");
 }
 
 async fn headers_nested_thousands_deep_are_dead_lettered_and_the_queue_goes_on() {
@@ -76,6 +82,46 @@ async fn headers_nested_thousands_deep_are_dead_lettered_and_the_queue_goes_on()
         .await,
         "a poisoned message reached the handler"
     );
+    s.claw.close().await.unwrap();
+    cleanup(&[&s.claw]).await;
+}
+
+/// The claw's own requeue headers (`x-claws-deliveries`, `x-claws-routing-key`) on a message a
+/// publisher sent to `xmpp_direct` are not believed: `Via.jid` stays the delivery's routing key.
+async fn requeue_headers_from_a_publisher_do_not_redirect_replies() {
+    use lapin::options::BasicPublishOptions;
+    use lapin::types::{AMQPValue, FieldTable, ShortString};
+    use lapin::BasicProperties;
+    let u = uid();
+    let me = format!("redirect-{u}@test/a");
+    let mut s = start(builder(&me)).await;
+    let conn = raw().await;
+    let ch = conn.create_channel().await.unwrap();
+    let mut headers = FieldTable::default();
+    headers.insert(
+        ShortString::from("x-claws-deliveries"),
+        AMQPValue::LongLongInt(1),
+    );
+    headers.insert(
+        ShortString::from("x-claws-routing-key"),
+        AMQPValue::LongString("victim@test/v".into()),
+    );
+    ch.basic_publish(
+        ShortString::from("xmpp_direct"),
+        ShortString::from(me.as_str()),
+        BasicPublishOptions::default(),
+        format!("<message><body>redirect {u}</body></message>").as_bytes(),
+        BasicProperties::default().with_headers(headers),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let d = next(&mut s.rx, &format!("redirect {u}")).await;
+    assert_eq!(d.via.jid, me, "the headers rewrote Via.jid");
+    assert_eq!(d.attempt, 1, "the headers counted as earlier deliveries");
+    d.acker.ack().await.unwrap();
+    let _ = conn.close(200, "done".into()).await;
     s.claw.close().await.unwrap();
     cleanup(&[&s.claw]).await;
 }
