@@ -191,6 +191,15 @@ impl Claw for Amqp10Claw {
     }
 
     async fn send(&self, to: &Jid, id: Option<&str>, packet: Packet) -> Result<()> {
+        // A 0-9-1 recipient's broker closes its connection over a correlation id longer than
+        // an AMQP short string (255 bytes): refused here, as the 0-9-1 claw does.
+        if let Some(id) = id.filter(|id| id.len() > 255) {
+            return Err(Error::NameTooLong {
+                kind: "correlation id",
+                name: id.chars().take(60).collect::<String>() + "...",
+                len: id.len(),
+            });
+        }
         let target = self.shared.settings.scheme.direct_target(to)?;
         let out = self.outgoing(target, id, packet);
         let _guard = self.shared.sends.enter();

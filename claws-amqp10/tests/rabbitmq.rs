@@ -602,3 +602,28 @@ fn figment_toml(s: &str) -> figment::providers::Data<figment::providers::Toml> {
     use figment::providers::Format;
     figment::providers::Toml::string(s)
 }
+
+#[tokio::test]
+async fn a_correlation_id_over_255_bytes_is_refused_before_sending() {
+    // A 0-9-1 recipient's broker would close that recipient's connection over it.
+    let claw = Amqp10Claw::builder(
+        "amqp://guest:guest@127.0.0.1:5672",
+        "longid@example.com/a",
+        AddressScheme::RabbitMq,
+    )
+    .build()
+    .unwrap();
+    let id = "i".repeat(10_000);
+    let err = claw
+        .send(
+            &claws_core::jid::parse("x@example.com").unwrap(),
+            Some(&id),
+            claws_core::Packet::from("<message/>"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, claws_core::Error::NameTooLong { len: 10_000, .. }),
+        "{err}"
+    );
+}
