@@ -57,6 +57,7 @@ enum Command {
     #[cfg(feature = "component")]
     Gateway(gateway::Args),
     Completions(Completions),
+    Manpage(Manpage),
 }
 
 /// Print a shell completion script.
@@ -72,6 +73,19 @@ struct Completions {
     shell: clap_complete::Shell,
 }
 
+/// Print the man page (roff).
+///
+/// Writes the claws(1) man page, generated from this parser, to stdout, e.g.
+/// `claws manpage > ~/.local/share/man/man1/claws.1` (then `man claws`), or read it at once
+/// with `claws manpage | man -l -`. With a subcommand, its own page: `claws manpage listen`
+/// writes claws-listen(1).
+#[derive(Debug, clap::Args)]
+struct Manpage {
+    /// The subcommand whose page to write (default: the claws(1) page).
+    #[arg(value_name = "SUBCOMMAND")]
+    subcommand: Option<String>,
+}
+
 fn main() -> ExitCode {
     // Before any thread: a hostile message's deeply nested headers must not abort the process
     // in lapin's parser (claws_amqp091::protect_parser_stack).
@@ -85,8 +99,10 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    if let Command::Completions(Completions { shell }) = cli.command {
-        return completions(shell);
+    match cli.command {
+        Command::Completions(Completions { shell }) => return completions(shell),
+        Command::Manpage(Manpage { subcommand }) => return manpage(subcommand.as_deref()),
+        _ => {}
     }
     init_tracing(cli.global.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -120,16 +136,70 @@ fn main() -> ExitCode {
 /// configure), in memory first (clap_complete panics when its writer fails), then to stdout;
 /// a reader that went away (`| head`) is not an error.
 fn completions(shell: clap_complete::Shell) -> ExitCode {
-    use std::io::Write;
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut Cli::command(), "claws", &mut script);
+    write_out(&script, "the completion script")
+}
+
+/// Writes the man page of claws or of one subcommand: made from the parser alone, rendered in
+/// memory first, then to stdout as [`completions`] does. An unknown subcommand is a usage
+/// error naming the known ones.
+fn manpage(subcommand: Option<&str>) -> ExitCode {
+    // No `help` subcommand in the page (it has no page of its own), as clap_mangen's own
+    // generate_to does.
+    let mut cli = Cli::command().disable_help_subcommand(true);
+    cli.build();
+    let command = match subcommand {
+        None => cli,
+        Some(name) => match cli.find_subcommand(name) {
+            Some(sub) => sub.clone(),
+            None => {
+                let known: Vec<&str> = cli.get_subcommands().map(|s| s.get_name()).collect();
+                return exit::report(&exit::Failure::usage(format!(
+                    "no subcommand `{name}`; the man pages are of: {}",
+                    known.join(", ")
+                )));
+            }
+        },
+    };
+    let mut page = Vec::new();
+    let title = command.get_display_name().unwrap_or("claws").to_owned();
+    if let Err(e) = clap_mangen::Man::new(command).render(&mut page) {
+        return exit::report(&exit::Failure::other(format!(
+            "cannot render the man page: {e}"
+        )));
+    }
+    write_out(&title_line(&page, &title), "the man page")
+}
+
+/// The page with its `.TH` line replaced: clap_mangen writes an empty date as nothing, so that
+/// the source and manual each slid one place left (`man` showed the version as the date).
+fn title_line(page: &[u8], title: &str) -> Vec<u8> {
+    let th = format!(
+        ".TH {title} 1 \"\" \"claws {}\" \"User Commands\"\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    let mut out = Vec::with_capacity(page.len() + th.len());
+    let mut replaced = false;
+    for line in page.split_inclusive(|&b| b == b'\n') {
+        if !replaced && line.starts_with(b".TH ") {
+            out.extend_from_slice(th.as_bytes());
+            replaced = true;
+        } else {
+            out.extend_from_slice(line);
+        }
+    }
+    out
+}
+
+/// Writes `bytes` to stdout; a reader that went away (`| head`) is not an error.
+fn write_out(bytes: &[u8], what: &str) -> ExitCode {
+    use std::io::Write;
     let mut out = std::io::stdout().lock();
-    match out.write_all(&script).and_then(|()| out.flush()) {
+    match out.write_all(bytes).and_then(|()| out.flush()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
-        Err(e) => exit::report(&exit::Failure::other(format!(
-            "cannot write the completion script: {e}"
-        ))),
+        Err(e) => exit::report(&exit::Failure::other(format!("cannot write {what}: {e}"))),
     }
 }
 
@@ -145,7 +215,7 @@ async fn run(global: &Global, command: Command) -> Result<(), exit::Failure> {
         Command::Topology(args) => topology::run(global, args).await,
         #[cfg(feature = "component")]
         Command::Gateway(args) => gateway::run(global, args).await,
-        Command::Completions(_) => Ok(()),
+        Command::Completions(_) | Command::Manpage(_) => Ok(()),
     }
 }
 

@@ -357,6 +357,110 @@ fn completions_name_every_subcommand() {
 }
 
 #[test]
+fn manpage_is_roff_naming_every_subcommand() {
+    let out = claws(&["manpage"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let page = stdout(&out);
+    // The header: roff requests only (clap_mangen defines a quote string first), then `.TH`.
+    let header: Vec<&str> = page.lines().take_while(|l| !l.starts_with(".TH")).collect();
+    assert!(header.iter().all(|l| l.starts_with('.')), "{page}");
+    assert!(
+        page.lines()
+            .nth(header.len())
+            .is_some_and(|l| l.starts_with(".TH claws 1 \"\" \"claws ")
+                && l.ends_with("\" \"User Commands\"")),
+        "{page}"
+    );
+    assert!(page.contains("\n.SH SYNOPSIS\n"), "{page}");
+    for sub in [
+        "listen",
+        "send",
+        "publish",
+        "echo",
+        "demo",
+        "bench",
+        "test",
+        "topology",
+        "gateway",
+        "completions",
+        "manpage",
+    ] {
+        assert!(page.contains(&format!("claws\\-{sub}(1)")), "{sub}: {page}");
+    }
+    assert!(
+        !page.contains("claws\\-help(1)"),
+        "help has no page of its own"
+    );
+    assert!(page.contains("\\-\\-transport"), "global flags too");
+
+    // A subcommand's own page, and a name that is none: exit 2.
+    let out = claws(&["manpage", "listen"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let page = stdout(&out);
+    assert!(
+        page.contains("\n.TH claws-listen 1 \"\" \"claws "),
+        "{page}"
+    );
+    assert!(page.contains("\\-\\-count"), "{page}");
+    let out = claws(&["manpage", "nope"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("listen, send"), "{}", stderr(&out));
+}
+
+/// `claws manpage | head -1`, and a reader gone before the first byte: no panic, exit 0.
+#[test]
+fn manpage_to_a_closed_pipe_is_no_panic() {
+    use std::io::Read;
+    // The reader takes one line and goes away (the page may fit the pipe's buffer whole).
+    let mut child = Command::new(CLAWS)
+        .arg("manpage")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the claws binary");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with('.'), "{line}");
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+
+    // The reader closed before the process writes: the write fails with a broken pipe.
+    let mut child = Command::new(CLAWS)
+        .arg("manpage")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("RUST_BACKTRACE", "1")
+        .spawn()
+        .expect("run the claws binary");
+    drop(child.stdout.take());
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(err.is_empty(), "{err}");
+}
+
+#[test]
 fn help_lists_global_options_under_their_own_heading() {
     for args in [&["--help"][..], &["listen", "--help"], &["bench", "-h"]] {
         let out = claws(args);
