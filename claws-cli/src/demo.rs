@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use crate::exit::Failure;
 use crate::options::Global;
-use crate::output::{payload_line, payload_text, via_json, via_text, Printer};
+use crate::output::{payload_line, payload_text, via_json, via_text, Printer, Tone};
 use crate::session;
 
 /// How long a worker spends on a job sent to the group.
@@ -217,7 +217,12 @@ async fn steps(cluster: &mut Cluster, args: &Args, jids: [&String; 4]) -> Result
         json!({"event": "summary", "step": "broadcast", "fanout": own, "group_fanout": groups}),
     );
     cluster.printer.line(
-        || "\ndone: direct, load-balanced and broadcast delivery, each packet with its Via.".into(),
+        || {
+            format!(
+                "\n{}: direct, load-balanced and broadcast delivery, each packet with its Via.",
+                cluster.printer.paint("done", Tone::Good)
+            )
+        },
         || json!({"event": "done"}),
     );
     Ok(())
@@ -226,7 +231,7 @@ async fn steps(cluster: &mut Cluster, args: &Args, jids: [&String; 4]) -> Result
 impl Cluster {
     fn step(&self, name: &str, title: &str) {
         self.printer.line(
-            || format!("\n{title}"),
+            || format!("\n{}", self.printer.paint(title, Tone::Strong)),
             || json!({"event": "step", "step": name, "title": title}),
         );
     }
@@ -257,11 +262,14 @@ impl Cluster {
         for s in &got {
             self.printer.line(
                 || {
+                    // Padded outside the colour, so that the columns stay aligned.
                     format!(
-                        "   {:<7} <- {}\n             via {}",
-                        s.instance,
+                        "   {}{:pad$} <- {}\n             via {}",
+                        self.printer.paint(s.instance, Tone::Good),
+                        "",
                         payload_line(&s.packet),
-                        via_text(&s.via)
+                        via_text(&s.via),
+                        pad = 7usize.saturating_sub(s.instance.len()),
                     )
                 },
                 || {

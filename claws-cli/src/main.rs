@@ -220,7 +220,7 @@ async fn run(global: &Global, command: Command) -> Result<(), exit::Failure> {
 }
 
 /// Library logs on stderr: off unless `-v` (warnings; `-vv` info, `-vvv` debug, `-vvvv`
-/// trace) or `RUST_LOG` asks for them. Coloured only on a terminal without `NO_COLOR`; every
+/// trace) or `RUST_LOG` asks for them. Coloured only on a terminal, `NO_COLOR` unset or empty; every
 /// line goes through [`exit::clean`] (no password), lapin never logs below debug (its trace
 /// shows the login frame), and never a returned message (its payload).
 fn init_tracing(verbose: u8) {
@@ -252,7 +252,7 @@ fn init_tracing(verbose: u8) {
         Ok(quiet) => filter.add_directive(quiet),
         Err(_) => filter,
     };
-    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let colour = output::colour_wanted(std::io::stderr().is_terminal());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colour)

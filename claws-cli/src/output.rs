@@ -11,11 +11,27 @@ use crate::options::Format;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Printer {
     pub(crate) format: Format,
+    /// Whether human lines colour their event word: see [`Printer::new`].
+    colour: bool,
 }
 
 impl Printer {
+    /// Human lines are coloured only when stdout is a terminal and `NO_COLOR` is unset or empty
+    /// (<https://no-color.org>); JSON never is.
     pub(crate) fn new(format: Format) -> Self {
-        Self { format }
+        use std::io::IsTerminal;
+        Self::for_stdout(format, std::io::stdout().is_terminal())
+    }
+
+    /// As [`new`](Self::new), told whether stdout is a `terminal`.
+    fn for_stdout(format: Format, terminal: bool) -> Self {
+        let colour = format == Format::Human && colour_wanted(terminal);
+        Self { format, colour }
+    }
+
+    /// `word` in `tone` when this printer colours, else as it is.
+    pub(crate) fn paint(&self, word: &str, tone: Tone) -> String {
+        paint(word, tone, self.colour)
     }
 
     /// Prints `human` or `json`, whichever the format asks for. A closed stdout (the reader
@@ -44,8 +60,14 @@ impl Printer {
     pub(crate) fn connected(&self, claw: &str, endpoint: Option<&str>) {
         self.line(
             || match endpoint {
-                Some(e) => format!("connected: claw `{claw}` is consuming, via {e}"),
-                None => format!("connected: claw `{claw}` is consuming"),
+                Some(e) => format!(
+                    "{}: claw `{claw}` is consuming, via {e}",
+                    self.paint("connected", Tone::Good)
+                ),
+                None => format!(
+                    "{}: claw `{claw}` is consuming",
+                    self.paint("connected", Tone::Good)
+                ),
             },
             || match endpoint {
                 Some(e) => json!({"event": "connected", "claw": claw, "endpoint": e}),
@@ -59,7 +81,8 @@ impl Printer {
         self.line(
             || {
                 format!(
-                    "consumer lost: claw `{claw}`, queue `{queue}`: {reason}; subscribing again"
+                    "{}: claw `{claw}`, queue `{queue}`: {reason}; subscribing again",
+                    self.paint("consumer lost", Tone::Warn)
                 )
             },
             || json!({"event": "consumer_lost", "claw": claw, "queue": queue, "reason": reason}),
@@ -69,7 +92,12 @@ impl Printer {
     /// `{"event":"consumer_restored","claw":NAME,"queue":Q}`.
     pub(crate) fn consumer_restored(&self, claw: &str, queue: &str) {
         self.line(
-            || format!("consumer restored: claw `{claw}`, queue `{queue}`"),
+            || {
+                format!(
+                    "{}: claw `{claw}`, queue `{queue}`",
+                    self.paint("consumer restored", Tone::Good)
+                )
+            },
             || json!({"event": "consumer_restored", "claw": claw, "queue": queue}),
         );
     }
@@ -77,7 +105,12 @@ impl Printer {
     /// `{"event":"disconnected","claw":NAME,"reason":..}`.
     pub(crate) fn disconnected(&self, claw: &str, reason: &str) {
         self.line(
-            || format!("disconnected: claw `{claw}`: {reason}"),
+            || {
+                format!(
+                    "{}: claw `{claw}`: {reason}",
+                    self.paint("disconnected", Tone::Warn)
+                )
+            },
             || json!({"event": "disconnected", "claw": claw, "reason": reason}),
         );
     }
@@ -85,10 +118,54 @@ impl Printer {
     /// `{"event":"received","payload":TEXT,"via":{..}}`; fails if stdout is closed.
     pub(crate) fn received(&self, packet: &Packet, via: &Via) -> std::io::Result<()> {
         self.try_line(
-            || format!("received {} via {}", payload_line(packet), via_text(via)),
+            || {
+                format!(
+                    "{} {} via {}",
+                    self.paint("received", Tone::Good),
+                    payload_line(packet),
+                    via_text(via)
+                )
+            },
             || json!({"event": "received", "payload": payload_text(packet), "via": via_json(via)}),
         )
     }
+}
+
+/// How an event word reads: [`paint`] gives each its colour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tone {
+    /// Green: connected, consumer restored, received, done.
+    Good,
+    /// Yellow: disconnected, consumer lost.
+    Warn,
+    /// Bold: a heading (the demo's steps).
+    Strong,
+}
+
+/// `word` wrapped in an ANSI SGR colour for `tone` and a reset, when `on`; else `word` as it
+/// is. Only ever applied to the tool's own words, never to a payload (whose escape characters
+/// [`escape_line`] shows as `\x1b`).
+pub(crate) fn paint(word: &str, tone: Tone, on: bool) -> String {
+    if !on {
+        return word.to_owned();
+    }
+    let sgr = match tone {
+        Tone::Good => "32",
+        Tone::Warn => "33",
+        Tone::Strong => "1",
+    };
+    format!("\x1b[{sgr}m{word}\x1b[0m")
+}
+
+/// Colour on a terminal unless `NO_COLOR` is set to something (an empty value does not count,
+/// as <https://no-color.org> says).
+pub(crate) fn colour_wanted(terminal: bool) -> bool {
+    terminal && no_color_allows(std::env::var_os("NO_COLOR").as_deref())
+}
+
+/// Whether a `NO_COLOR` of this value (`None`: unset) leaves colour on.
+fn no_color_allows(no_color: Option<&std::ffi::OsStr>) -> bool {
+    no_color.is_none_or(|v| v.is_empty())
 }
 
 /// The payload as text (invalid UTF-8 replaced).
@@ -157,7 +234,50 @@ pub(crate) fn via_text(via: &Via) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::escape_line;
+    use super::{escape_line, no_color_allows, paint, Printer, Tone};
+    use crate::options::Format;
+
+    #[test]
+    fn colour_is_an_sgr_around_the_word_only_when_on() {
+        assert_eq!(
+            paint("connected", Tone::Good, true),
+            "\x1b[32mconnected\x1b[0m"
+        );
+        assert_eq!(
+            paint("consumer lost", Tone::Warn, true),
+            "\x1b[33mconsumer lost\x1b[0m"
+        );
+        assert_eq!(
+            paint("1. Direct", Tone::Strong, true),
+            "\x1b[1m1. Direct\x1b[0m"
+        );
+        for tone in [Tone::Good, Tone::Warn, Tone::Strong] {
+            assert_eq!(paint("received", tone, false), "received");
+        }
+        let on = Printer {
+            format: Format::Human,
+            colour: true,
+        };
+        assert_eq!(on.paint("received", Tone::Good), "\x1b[32mreceived\x1b[0m");
+    }
+
+    #[test]
+    fn no_color_set_to_anything_turns_colour_off() {
+        use std::ffi::OsStr;
+        assert!(no_color_allows(None));
+        assert!(no_color_allows(Some(OsStr::new(""))));
+        assert!(!no_color_allows(Some(OsStr::new("1"))));
+        assert!(!no_color_allows(Some(OsStr::new("0"))));
+    }
+
+    #[test]
+    fn json_and_a_pipe_are_never_coloured() {
+        assert!(!Printer::for_stdout(Format::Json, true).colour);
+        assert!(!Printer::for_stdout(Format::Human, false).colour);
+        assert!(!super::colour_wanted(false));
+        let plain = Printer::for_stdout(Format::Human, false);
+        assert_eq!(plain.paint("received", Tone::Good), "received");
+    }
 
     #[test]
     fn a_payload_is_one_line() {

@@ -460,6 +460,106 @@ fn manpage_to_a_closed_pipe_is_no_panic() {
     assert!(err.is_empty(), "{err}");
 }
 
+/// `claws ARGS` with no colour variables, as a test would be run by anyone.
+fn claws_plain_env(args: &[&str]) -> Command {
+    let mut command = Command::new(CLAWS);
+    command
+        .args(args)
+        .env_remove("CLAWS_URL")
+        .env_remove("CLAWS_JID")
+        .env_remove("CLAWS_TRANSPORT")
+        .env_remove("NO_COLOR")
+        .env_remove("CLICOLOR_FORCE")
+        .env_remove("CLICOLOR")
+        .stdin(Stdio::null());
+    command
+}
+
+#[test]
+fn piped_output_has_no_colour() {
+    for args in [
+        &["demo"][..],
+        &["listen", "--timeout", "300ms"],
+        &["echo", "--count", "1"],
+    ] {
+        let mut command = claws_plain_env(args);
+        if args[0] == "echo" {
+            // Nothing arrives on mem: stop it after its `connected` line.
+            command.stdout(Stdio::piped());
+            let mut child = command.spawn().unwrap();
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            child.kill().unwrap();
+            child.wait().unwrap();
+            assert!(line.starts_with("connected: "), "{line:?}");
+            continue;
+        }
+        let out = command.output().unwrap();
+        let text = stdout(&out);
+        assert!(
+            text.contains("connected") || text.contains("Direct"),
+            "{args:?}: {text}"
+        );
+        assert!(!out.stdout.contains(&0x1b), "{args:?}: {text:?}");
+    }
+}
+
+/// Under a pseudo-terminal (util-linux `script`; skipped where it cannot make one): colour for
+/// `--format human` unless `NO_COLOR` is set to something; never for JSON.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_terminal_gets_colour_unless_no_color() {
+    // What claws wrote to the terminal (`script` mixes in stderr, and ends lines with \r\n).
+    let on_terminal = |args: &str, no_color: Option<&str>| -> String {
+        let mut command = Command::new("script");
+        command
+            .args(["-qc", &format!("'{CLAWS}' {args}"), "/dev/null"])
+            .env_remove("CLAWS_URL")
+            .env_remove("CLAWS_JID")
+            .env_remove("CLAWS_TRANSPORT")
+            .env_remove("NO_COLOR")
+            .env_remove("CLICOLOR_FORCE")
+            .stdin(Stdio::null());
+        if let Some(value) = no_color {
+            command.env("NO_COLOR", value);
+        }
+        command.output().map(|out| stdout(&out)).unwrap_or_default()
+    };
+    let demo = on_terminal("demo", None);
+    if !demo.contains("Direct") {
+        eprintln!("skipped: `script` cannot run claws on a pseudo-terminal here: {demo:?}");
+        return;
+    }
+    assert!(demo.contains("\x1b[32mw1\x1b[0m      <- "), "{demo:?}");
+    assert!(demo.contains("\x1b[1m1. Direct"), "{demo:?}");
+    assert!(demo.contains("\x1b[32mdone\x1b[0m: "), "{demo:?}");
+    let listen = on_terminal("listen --timeout 300ms", None);
+    assert!(
+        listen.contains("\x1b[32mconnected\x1b[0m: claw `mem`"),
+        "{listen:?}"
+    );
+    let demo = on_terminal("demo", Some(""));
+    assert!(
+        demo.contains('\x1b'),
+        "an empty NO_COLOR counts as unset: {demo:?}"
+    );
+    for (args, no_color) in [
+        ("demo", Some("1")),
+        ("--format json demo", None),
+        ("listen --timeout 300ms", Some("1")),
+        ("--format json listen --timeout 300ms", None),
+    ] {
+        let text = on_terminal(args, no_color);
+        assert!(
+            text.contains("connected") || text.contains("<message"),
+            "{args}: {text}"
+        );
+        assert!(!text.contains('\x1b'), "{args} {no_color:?}: {text:?}");
+    }
+}
+
 #[test]
 fn help_lists_global_options_under_their_own_heading() {
     for args in [&["--help"][..], &["listen", "--help"], &["bench", "-h"]] {
