@@ -184,9 +184,28 @@ async fn transient_queues_refused_by_rabbitmq4_are_a_configuration_error() {
     claws_test::rabbitmq4::up()
         .await
         .expect("the RabbitMQ 4 node (scripts/provision)");
+    // A vhost of its own: transient exchanges cannot share the default vhost's durable ones,
+    // and what 4.3 refuses is the transient queue.
+    for args in [
+        &["add_vhost", "claws-transient"][..],
+        &[
+            "set_permissions",
+            "-p",
+            "claws-transient",
+            "guest",
+            ".*",
+            ".*",
+            ".*",
+        ][..],
+    ] {
+        let _ = claws_test::rabbitmq4::ctl(args).await;
+    }
     let u = common::uid();
     let claw = AmqpClaw::builder(
-        &claws_test::rabbitmq4::url(),
+        &format!(
+            "amqp://guest:guest@127.0.0.1:{}/claws-transient",
+            claws_test::rabbitmq4::PORT
+        ),
         format!("transient-{u}@test/a").as_str(),
     )
     .durable(false)
