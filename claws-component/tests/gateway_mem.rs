@@ -83,7 +83,7 @@ async fn server_stanzas_reach_workers_and_replies_come_back() {
             r#"id="m1""#,
             r#"type="chat""#,
             &format!(r#"from="echo@{DOMAIN}""#),
-            "><body>hi</body></message>",
+            "><body>hi</body><echoed xmlns=\"urn:xmpp:claws:echo:0\"/></message>",
         ],
     );
     s.server
