@@ -2056,6 +2056,54 @@ mod robustness {
         (line["event"] == "received").then(|| line["payload"].as_str().unwrap().to_owned())
     }
 
+    /// `echo` keeps answering across a connection cut: it prints `disconnected` and
+    /// `connected` and answers a stanza sent after the cut.
+    #[test]
+    fn echo_survives_a_connection_cut() {
+        let id = unique();
+        let echo_jid = format!("cli-echo-cut-{id}@test.claws/e");
+        let client_jid = format!("cli-echo-cut-{id}-c@test.claws/c");
+        let config = direct_only_config();
+        let config = config.to_str().unwrap();
+        let mut args = listen_args(&echo_jid, config, &[]);
+        args.pop(); // "listen"
+        args.push("echo".into());
+        let echo = Running::spawn(&refs(&args));
+        assert_eq!(echo.next()["event"], "connected");
+        close_connection_of(&echo_jid);
+        assert_eq!(echo.next()["event"], "disconnected");
+        assert_eq!(echo.next()["event"], "connected");
+        let listener = Running::spawn(&refs(&listen_args(
+            &client_jid,
+            config,
+            &["--count", "1", "--timeout", "30"],
+        )));
+        assert_eq!(listener.next()["event"], "connected");
+        let mut send = listen_args(&client_jid, config, &[]);
+        send.pop();
+        send.extend(
+            [
+                "send",
+                "--to",
+                &echo_jid,
+                &format!("<message to=\"{echo_jid}\"><body>after the cut</body></message>"),
+            ]
+            .map(String::from),
+        );
+        let out = claws(&refs(&send));
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let reply = listener.next();
+        assert!(
+            reply["payload"].as_str().unwrap().contains("after the cut"),
+            "{reply}"
+        );
+        let (code, _, err) = listener.finish();
+        assert_eq!(code, Some(0), "{err}");
+        drop(echo);
+        delete_queues(&echo_jid);
+        delete_queues(&client_jid);
+    }
+
     /// Issue 16, row 1: `listen` keeps going across a connection cut under load, prints
     /// `disconnected` then `connected`, prints every payload (duplicates allowed: what was
     /// printed but not acknowledged comes back), and exits 0 at --count.
