@@ -338,12 +338,13 @@ impl Acker for AmqpAcker {
         if self.attempt >= self.max_deliveries {
             tracing::warn!(claw = &*self.claw, queue = %self.queue.name, attempt = self.attempt, %reason,
                 "dead-lettering a stanza that failed on every delivery");
-            return self
-                .settle(
-                    "reject",
-                    acker.reject(BasicRejectOptions { requeue: false }),
-                )
-                .await;
+            self.settle(
+                "reject",
+                acker.reject(BasicRejectOptions { requeue: false }),
+            )
+            .await?;
+            claws_core::metrics::dead_lettered(&self.claw, &self.queue.kind);
+            return Ok(());
         }
         let copied = tokio::select! {
             r = self.requeue_copy() => matches!(r, Ok(true)),

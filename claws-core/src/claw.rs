@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use crate::jid::Jid;
+use crate::metrics::Meters;
 use crate::{Error, Packet, Result, Via};
 
 /// A transport: it connects an instance (a JID) to a bus, delivers what arrives for it, and sends.
@@ -210,20 +211,32 @@ pub enum Event {
 ///
 /// The channel is bounded: a claw that reports faster than handlers finish waits in
 /// [`received`](Events::received), which is how the router's concurrency limit pushes back.
+///
+/// Every event passes here, so this is where most [metrics](crate::metrics) are recorded:
+/// deliveries received and in flight (and, through the acker it wraps, acked or rejected),
+/// connections and reconnections, lost consumers.
 #[derive(Debug, Clone)]
 pub struct Events {
     tx: mpsc::Sender<Event>,
+    meters: Arc<Meters>,
 }
 
 impl Events {
     /// A new channel holding up to `capacity` undispatched events.
     pub fn channel(capacity: usize) -> (Events, mpsc::Receiver<Event>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        (Events { tx }, rx)
+        let meters = Arc::new(Meters::default());
+        (Events { tx, meters }, rx)
+    }
+
+    /// The metric handles behind this channel (the router's lanes time handlers with them).
+    pub(crate) fn meters(&self) -> &Arc<Meters> {
+        &self.meters
     }
 
     /// Reports `Connected`, with no endpoint to show.
     pub async fn connected(&self, claw: &Arc<str>) {
+        self.meters.connected(claw);
         self.send(Event::Connected {
             claw: claw.clone(),
             endpoint: None,
@@ -233,6 +246,7 @@ impl Events {
 
     /// Reports `Connected` to `endpoint` (no password in it).
     pub async fn connected_to(&self, claw: &Arc<str>, endpoint: impl Into<String>) {
+        self.meters.connected(claw);
         self.send(Event::Connected {
             claw: claw.clone(),
             endpoint: Some(endpoint.into()),
@@ -247,9 +261,11 @@ impl Events {
         queue: impl Into<String>,
         reason: impl Into<String>,
     ) {
+        let queue = queue.into();
+        Meters::consumer_lost(claw, &queue);
         self.send(Event::ConsumerLost {
             claw: claw.clone(),
-            queue: queue.into(),
+            queue,
             reason: reason.into(),
         })
         .await;
@@ -270,6 +286,7 @@ impl Events {
 
     /// Reports `Disconnected`.
     pub async fn disconnected(&self, claw: &Arc<str>, reason: impl Into<String>) {
+        Meters::disconnected(claw);
         let _ = self
             .tx
             .send(Event::Disconnected {
@@ -282,13 +299,15 @@ impl Events {
     /// Hands a delivery to the router. If the router is gone, the delivery comes back so that
     /// the claw can return it to its queue.
     pub async fn received(&self, delivery: Delivery) -> std::result::Result<(), Delivery> {
-        self.tx
-            .send(Event::Received(delivery))
-            .await
-            .map_err(|e| match e.0 {
-                Event::Received(d) => d,
-                _ => unreachable!("we sent a Received"),
-            })
+        // A slot first: a delivery that comes back comes back as it went (not counted, its
+        // acker not wrapped), so a claw may hand it over again.
+        match self.tx.reserve().await {
+            Ok(slot) => {
+                slot.send(Event::Received(self.meters.wrap(delivery)));
+                Ok(())
+            }
+            Err(_) => Err(delivery),
+        }
     }
 
     /// Hands a delivery to the router if there is room now, without waiting; otherwise (the
@@ -296,12 +315,13 @@ impl Events {
     /// receiving task must not wait (see [`is_closed`](Events::is_closed) to tell which).
     #[allow(clippy::result_large_err)] // the delivery comes back as it went, as in `received`
     pub fn try_received(&self, delivery: Delivery) -> std::result::Result<(), Delivery> {
-        self.tx
-            .try_send(Event::Received(delivery))
-            .map_err(|e| match e.into_inner() {
-                Event::Received(d) => d,
-                _ => unreachable!("we sent a Received"),
-            })
+        match self.tx.try_reserve() {
+            Ok(slot) => {
+                slot.send(Event::Received(self.meters.wrap(delivery)));
+                Ok(())
+            }
+            Err(_) => Err(delivery),
+        }
     }
 
     /// Whether the router stopped listening.

@@ -12,6 +12,8 @@
 //!   handler finished, and sends replies back the way packets came.
 //! - [`Packet`] and [`stanza::Element`]: payloads as they travelled, parsed only when asked.
 //! - [`jid`], [`topology`] (the wire contract's names and the RabbitMQ plan), [`config`], [`Error`].
+//! - [`metrics`]: what claws records through the `metrics` facade (nothing unless the
+//!   application installs a recorder).
 //! - [`runtime`]: what every claw needs around its protocol calls (run state, reconnect with
 //!   backoff over endpoints, in-flight tracking, waiting for a live connection).
 //!
@@ -59,6 +61,7 @@ mod error;
 pub mod handler;
 pub mod jid;
 pub mod mem;
+pub mod metrics;
 mod packet;
 pub mod router;
 pub mod runtime;

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use crate::claw::{Claw, Delivery, Event, Events};
 use crate::handler::{Context, Handler};
 use crate::jid::Jid;
+use crate::metrics::Meters;
 use crate::{Error, Packet, Result, Via};
 
 /// Builds a [`Router`]. Validation happens once, in [`build`](RouterBuilder::build).
@@ -128,9 +129,16 @@ impl RouterBuilder {
             }
         };
         let capacity = NonZeroUsize::new(self.route_capacity).expect("route_capacity >= 1");
+        // Every send and broadcast, however it is made (Router::send, Context::reply, or a
+        // handler sending through Router::claw), is measured once, here.
+        let claws = self
+            .claws
+            .into_iter()
+            .map(crate::metrics::metered)
+            .collect();
         Ok(Router {
             inner: Arc::new(Inner {
-                claws: self.claws,
+                claws,
                 default,
                 concurrency: self.concurrency,
                 route_ttl: self.route_ttl,
@@ -224,7 +232,8 @@ impl Router {
         }
         let (events, rx) = Events::channel(self.inner.concurrency * 4 + 16);
         let handler: Arc<dyn Handler> = Arc::new(handler);
-        *slot = Some(tokio::spawn(dispatch(self.clone(), handler, rx)));
+        let meters = events.meters().clone();
+        *slot = Some(tokio::spawn(dispatch(self.clone(), handler, rx, meters)));
         drop(slot);
         for (i, claw) in self.inner.claws.iter().enumerate() {
             if let Err(err) = claw.start(events.clone()).await {
@@ -345,11 +354,16 @@ impl Router {
 
 /// Reads claw events; connection events go to the handler in order, deliveries to lanes keyed by
 /// sender so that one sender's packets are handled in order.
-async fn dispatch(router: Router, handler: Arc<dyn Handler>, mut rx: mpsc::Receiver<Event>) {
+async fn dispatch(
+    router: Router,
+    handler: Arc<dyn Handler>,
+    mut rx: mpsc::Receiver<Event>,
+    meters: Arc<Meters>,
+) {
     let lanes: Vec<_> = (0..router.inner.concurrency)
         .map(|_| {
             let (tx, rx) = mpsc::channel::<Delivery>(64);
-            let task = tokio::spawn(lane(router.clone(), handler.clone(), rx));
+            let task = tokio::spawn(lane(router.clone(), handler.clone(), rx, meters.clone()));
             (tx, task)
         })
         .collect();
@@ -415,7 +429,12 @@ fn lane_of(via: &Via, lanes: usize) -> usize {
     (h.finish() % lanes as u64) as usize
 }
 
-async fn lane(router: Router, handler: Arc<dyn Handler>, mut rx: mpsc::Receiver<Delivery>) {
+async fn lane(
+    router: Router,
+    handler: Arc<dyn Handler>,
+    mut rx: mpsc::Receiver<Delivery>,
+    meters: Arc<Meters>,
+) {
     while let Some(delivery) = rx.recv().await {
         let Delivery {
             packet,
@@ -425,9 +444,12 @@ async fn lane(router: Router, handler: Arc<dyn Handler>, mut rx: mpsc::Receiver<
         } = delivery;
         let ctx = Context::new(router.clone(), attempt);
         let claw = via.claw.clone();
+        let timer = meters.queue(&via.claw, &via.queue);
+        let started = std::time::Instant::now();
         let outcome = AssertUnwindSafe(handler.received(packet, via, &ctx))
             .catch_unwind()
             .await;
+        timer.handled(started);
         let settled = match outcome {
             Ok(Ok(())) => acker.ack().await,
             Ok(Err(err)) => {

@@ -12,7 +12,7 @@ use crate::claw::{Acker, Capabilities, Claw, Delivery, Events};
 use crate::jid::{self, Jid};
 use crate::runtime::{CancellationToken, Lifecycle};
 use crate::topology::{self, QueueSpec, Subscriptions, DIRECT_EXCHANGE, FANOUT_EXCHANGE};
-use crate::{Error, Packet, Result, Via};
+use crate::{Error, Packet, QueueKind, Result, Via};
 
 /// Builds a [`MemClaw`]; start from [`MemBroker::claw_builder`].
 #[must_use]
@@ -309,6 +309,8 @@ impl Consumer {
                 attempt: msg.deliveries,
                 acker: Box::new(MemAcker {
                     msg: Some(msg),
+                    claw: self.claw.clone(),
+                    kind: spec.kind.clone(),
                     queue: queue.clone(),
                     broker: self.broker.clone(),
                     max_deliveries: self.max_deliveries,
@@ -326,6 +328,8 @@ impl Consumer {
 
 struct MemAcker {
     msg: Option<Message>,
+    claw: Arc<str>,
+    kind: QueueKind,
     queue: Arc<Queue>,
     broker: MemBroker,
     max_deliveries: u32,
@@ -344,6 +348,7 @@ impl Acker for MemAcker {
             if msg.deliveries >= self.max_deliveries {
                 tracing::warn!(deliveries = msg.deliveries, %reason, "dead-lettering a stanza");
                 self.broker.dead_letter(msg);
+                crate::metrics::dead_lettered(&self.claw, &self.kind);
             } else {
                 self.queue.push_front(msg);
             }
