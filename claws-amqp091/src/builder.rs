@@ -1,11 +1,10 @@
 //! [`AmqpClawBuilder`]: building an [`AmqpClaw`] from code or from a config.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
-use claws_core::config::{Timing, TimingBuilder};
+use claws_core::config::{split_urls, Timing, TimingBuilder};
 use claws_core::jid::JidInput;
-use claws_core::topology::{self, Layout, LeaderLocator, Subscriptions, TopologyOptions};
+use claws_core::topology::{self, Subscriptions, TopologyBuilder, TopologyOptions};
 use claws_core::{Config, Error, Result};
 
 use crate::claw::AmqpClaw;
@@ -15,7 +14,8 @@ use crate::tls;
 
 /// Builds an [`AmqpClaw`]; start from [`AmqpClaw::builder`]. Nothing connects before
 /// [`Claw::start`](claws_core::Claw::start). Time-outs, heartbeat and reconnection bounds are
-/// set through [`TimingBuilder`] (`send_timeout`, `connect_timeout`, ...).
+/// set through [`TimingBuilder`] (`send_timeout`, `connect_timeout`, ...), durability, expiry
+/// and quorum queues through [`TopologyBuilder`] (`durable`, `quorum_groups`, ...).
 #[must_use]
 #[derive(Debug, Clone)]
 pub struct AmqpClawBuilder {
@@ -55,62 +55,6 @@ impl AmqpClawBuilder {
         self
     }
 
-    /// Durable queues and persistent messages (default true); false is the seed's transient mode.
-    pub fn durable(mut self, durable: bool) -> Self {
-        self.topology.durable = durable;
-        self
-    }
-
-    /// Idle time after which the broker deletes this instance's own (full-JID) queues
-    /// (`x-expires`, default 30 minutes). `Duration::ZERO` disables expiry.
-    pub fn queue_expiry(mut self, idle: Duration) -> Self {
-        self.topology.queue_expiry = (!idle.is_zero()).then_some(idle);
-        self
-    }
-
-    /// Make the shared queues (group queues and `xmpp_dead_letter`) quorum queues, so that no
-    /// one node of a cluster holds them (default false).
-    pub fn quorum_groups(mut self, quorum: bool) -> Self {
-        self.topology.quorum_groups = quorum;
-        self
-    }
-
-    /// Make this instance's own (full-JID) queues quorum queues too, so that stanzas to the
-    /// full JID survive the loss of a node (default false: they live on one node, and while it
-    /// is down the instance goes on consuming its other queues; a quorum queue per instance
-    /// costs a Raft group of `quorum_size` members).
-    pub fn quorum_instances(mut self, quorum: bool) -> Self {
-        self.topology.quorum_instances = quorum;
-        self
-    }
-
-    /// Replicas of each quorum queue (`x-quorum-initial-group-size`; default: the broker's).
-    pub fn quorum_size(mut self, replicas: u16) -> Self {
-        self.topology.quorum_size = Some(replicas.max(1));
-        self
-    }
-
-    /// Deliveries after which a quorum queue dead-letters a message by itself
-    /// (`x-delivery-limit`; default: the broker's, none on 3.x and 20 on 4.x).
-    pub fn delivery_limit(mut self, limit: u32) -> Self {
-        self.topology.delivery_limit = Some(limit);
-        self
-    }
-
-    /// Which queues to declare and consume: TOPOLOGY.md's four ([`Layout::Claws`], default) or
-    /// the Erlang claw's two ([`Layout::Erlang`]), for groups that mix both during a migration.
-    pub fn layout(mut self, layout: Layout) -> Self {
-        self.topology.layout = layout;
-        self
-    }
-
-    /// Where a new quorum queue's leader goes (`x-queue-leader-locator`; default: the
-    /// broker's).
-    pub fn leader_locator(mut self, locator: LeaderLocator) -> Self {
-        self.topology.leader_locator = Some(locator);
-        self
-    }
-
     /// Several broker URLs (the nodes of a cluster), replacing the one given to
     /// [`AmqpClaw::builder`]: every (re)connection tries them in turn from a shuffled start,
     /// with the backoff applied per full round.
@@ -142,13 +86,9 @@ impl AmqpClawBuilder {
     pub fn build(self) -> Result<AmqpClaw> {
         let jid = self.jid.resolve()?;
         self.timing.validate()?;
-        let endpoints = self
-            .urls
+        let endpoints = split_urls(self.urls.iter().map(String::as_str))
             .iter()
-            .flat_map(|u| u.split(','))
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .map(Endpoint::parse)
+            .map(|u| Endpoint::parse(u))
             .collect::<Result<Vec<_>>>()?;
         let Some(first) = endpoints.first() else {
             return Err(Error::Config(
@@ -184,6 +124,12 @@ impl AmqpClawBuilder {
     }
 }
 
+impl TopologyBuilder for AmqpClawBuilder {
+    fn topology_mut(&mut self) -> &mut TopologyOptions {
+        &mut self.topology
+    }
+}
+
 impl TimingBuilder for AmqpClawBuilder {
     fn timing_mut(&mut self) -> &mut Timing {
         &mut self.timing
@@ -201,7 +147,7 @@ impl AmqpClaw {
             prefetch: 32,
             max_deliveries: 5,
             subscriptions: Subscriptions::all(),
-            topology: defaults.topology(),
+            topology: defaults.queues,
             timing: Timing::default(),
             tls: tls::TlsFiles::default(),
         }
@@ -239,9 +185,7 @@ impl AmqpClaw {
             .prefetch(prefetch)
             .max_deliveries(config.max_deliveries)
             .subscriptions(config.subscriptions)
-            .durable(o.durable)
-            .queue_expiry(o.queue_expiry)
-            .quorum_groups(o.quorum_groups)
+            .topology_options(o.queues)
             .timing(config.timing))
     }
 

@@ -2,11 +2,10 @@
 //! with, and the URL helpers that keep passwords out of logs.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use claws_core::config::Timing;
 use claws_core::runtime::redact_url;
-use claws_core::topology::{Layout, LeaderLocator, TopologyOptions};
+use claws_core::topology::TopologyOptions;
 use claws_core::{Error, Result};
 use lapin::uri::AMQPUri;
 use serde::{Deserialize, Serialize};
@@ -54,28 +53,10 @@ pub struct Amqp091Options {
     pub username: String,
     /// The password (default `guest`). Never logged.
     pub password: String,
-    /// Durable exchanges and queues, persistent messages (default true). `false` gives the
-    /// seed's transient queues and messages.
-    pub durable: bool,
-    /// Idle time after which a per-instance (full-JID) queue is deleted by the broker
-    /// (`x-expires`; default `"30m"`; `"0s"` disables expiry).
-    #[serde(with = "humantime_serde")]
-    pub queue_expiry: Duration,
-    /// Declare the shared queues (group queues and `xmpp_dead_letter`) as quorum queues, for a
-    /// RabbitMQ cluster (default false).
-    pub quorum_groups: bool,
-    /// Declare the instance's own (full-JID) queues as quorum queues too (default false).
-    pub quorum_instances: bool,
-    /// Replicas per quorum queue (`x-quorum-initial-group-size`; default: the broker's).
-    pub quorum_size: Option<u16>,
-    /// `x-delivery-limit` on quorum queues (default: the broker's).
-    pub delivery_limit: Option<u32>,
-    /// `x-queue-leader-locator` on quorum queues: `client-local` or `balanced` (default: the
-    /// broker's).
-    pub leader_locator: Option<LeaderLocator>,
-    /// `claws` (TOPOLOGY.md's four queues, default) or `erlang` (the Erlang claw's two: for a
-    /// group that mixes Erlang and claws instances; a bare send then reaches every instance).
-    pub layout: Layout,
+    /// Durability, queue expiry, quorum queues, layout: the queue settings every RabbitMQ
+    /// claw shares ([`TopologyOptions`]), as keys of this table.
+    #[serde(flatten)]
+    pub queues: TopologyOptions,
     /// PEM file of the CA(s) that signed the broker's certificate, trusted beside the system's
     /// roots (`amqps://` only).
     pub tls_ca_file: Option<PathBuf>,
@@ -94,14 +75,7 @@ impl Default for Amqp091Options {
             vhost: "/".into(),
             username: "guest".into(),
             password: "guest".into(),
-            durable: true,
-            queue_expiry: Duration::from_secs(30 * 60),
-            quorum_groups: false,
-            quorum_instances: false,
-            quorum_size: None,
-            delivery_limit: None,
-            leader_locator: None,
-            layout: Layout::Claws,
+            queues: TopologyOptions::default(),
             tls_ca_file: None,
             tls_cert_file: None,
             tls_key_file: None,
@@ -110,20 +84,6 @@ impl Default for Amqp091Options {
 }
 
 impl Amqp091Options {
-    /// The queue settings these options describe.
-    pub fn topology(&self) -> TopologyOptions {
-        TopologyOptions {
-            durable: self.durable,
-            queue_expiry: (!self.queue_expiry.is_zero()).then_some(self.queue_expiry),
-            quorum_groups: self.quorum_groups,
-            quorum_instances: self.quorum_instances,
-            quorum_size: self.quorum_size,
-            delivery_limit: self.delivery_limit,
-            leader_locator: self.leader_locator,
-            layout: self.layout,
-        }
-    }
-
     /// The URL the seed's parameters describe: `amqp://username:password@host:port/vhost`.
     pub fn url_from_parts(&self, host: &str) -> String {
         format!(

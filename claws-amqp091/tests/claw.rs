@@ -5,6 +5,7 @@ mod common;
 
 use claws_amqp091::AmqpClaw;
 use claws_core::TimingBuilder;
+use claws_core::TopologyBuilder;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -465,7 +466,11 @@ async fn from_config_reads_the_amqp091_table() {
             &claws_amqp091::Amqp091Options {
                 host: Some("broker.invalid".into()),
                 password: "pw".into(),
-                durable: false,
+                queues: claws_core::topology::TopologyOptions {
+                    durable: false,
+                    quorum_groups: true,
+                    ..Default::default()
+                },
                 ..Default::default()
             },
         )
@@ -474,6 +479,11 @@ async fn from_config_reads_the_amqp091_table() {
     assert_eq!(claw.name(), "rabbit");
     assert_eq!(claw.endpoint(), "amqp://guest@broker.invalid:5672/%2F");
     assert!(!claw.topology().queues[1].durable);
+    // The queue settings in the table reach the plan (flattened keys).
+    assert!(claw.topology().queues[2]
+        .arguments
+        .iter()
+        .any(|(k, v)| *k == "x-queue-type" && v.to_string() == "quorum"));
 
     config
         .set_section("amqp091", &HashMap::from([("durabel", true)]))

@@ -5,6 +5,7 @@
 
 mod common;
 
+use claws_core::TopologyBuilder;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -4,6 +4,7 @@
 mod common;
 
 use claws_core::TimingBuilder;
+use claws_core::TopologyBuilder;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

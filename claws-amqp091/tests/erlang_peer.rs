@@ -5,6 +5,7 @@
 
 mod common;
 
+use claws_core::TopologyBuilder;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;

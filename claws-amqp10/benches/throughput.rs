@@ -7,6 +7,7 @@
 //! Run with: `cargo bench -p claws-amqp10 --bench throughput` (RabbitMQ at 127.0.0.1:5672;
 //! `BENCH_QUICK=1` for a short run).
 
+use claws_core::TopologyBuilder;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

@@ -1,11 +1,10 @@
 //! [`Amqp10ClawBuilder`]: building an [`Amqp10Claw`] from code or from a config.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use claws_core::config::{Timing, TimingBuilder};
+use claws_core::config::{split_urls, Timing, TimingBuilder};
 use claws_core::jid::{Jid, JidInput};
-use claws_core::topology::{LeaderLocator, Subscriptions, TopologyOptions};
+use claws_core::topology::{Layout, Subscriptions, TopologyBuilder, TopologyOptions};
 use claws_core::{Config, Error, Result, Transport};
 
 use crate::address::{AddressScheme, Addresses};
@@ -41,9 +40,7 @@ impl Amqp10ClawBuilder {
                 subscriptions: Subscriptions::all(),
                 timing: Timing::default(),
                 declare: o.declare,
-                durable: o.durable,
-                queue_expiry: Some(o.queue_expiry),
-                quorum: TopologyOptions::default(),
+                queues: o.queues,
             },
         }
     }
@@ -89,56 +86,6 @@ impl Amqp10ClawBuilder {
         self
     }
 
-    /// RabbitMQ scheme: durable queues and persistent messages (default `true`).
-    pub fn durable(mut self, durable: bool) -> Self {
-        self.settings.durable = durable;
-        self
-    }
-
-    /// RabbitMQ scheme: per-instance queues expire after this idle time (default 30 min, as the
-    /// 0-9-1 claw; `None` disables).
-    pub fn queue_expiry(mut self, expiry: Option<Duration>) -> Self {
-        self.settings.queue_expiry = expiry.filter(|e| !e.is_zero());
-        self
-    }
-
-    /// RabbitMQ scheme: make the shared queues (group queues and `xmpp_dead_letter`) quorum
-    /// queues, so that no one node of a cluster holds them (default false). Queues that exist
-    /// already are adopted as they are.
-    pub fn quorum_groups(mut self, quorum: bool) -> Self {
-        self.settings.quorum.quorum_groups = quorum;
-        self
-    }
-
-    /// RabbitMQ scheme: make this instance's own (full-JID) queues quorum queues too, so that
-    /// stanzas to the full JID survive the loss of a node (default false: they live on one
-    /// node, and while it is down the claw goes on consuming its other queues; a quorum queue
-    /// per instance costs a Raft group of `quorum_size` members).
-    pub fn quorum_instances(mut self, quorum: bool) -> Self {
-        self.settings.quorum.quorum_instances = quorum;
-        self
-    }
-
-    /// Replicas of each quorum queue (`x-quorum-initial-group-size`; default: the broker's).
-    pub fn quorum_size(mut self, replicas: u16) -> Self {
-        self.settings.quorum.quorum_size = Some(replicas.max(1));
-        self
-    }
-
-    /// Deliveries after which a quorum queue dead-letters a message by itself
-    /// (`x-delivery-limit`; default: the broker's, none on 3.x and 20 on 4.x).
-    pub fn delivery_limit(mut self, limit: u32) -> Self {
-        self.settings.quorum.delivery_limit = Some(limit);
-        self
-    }
-
-    /// Where a new quorum queue's leader goes (`x-queue-leader-locator`; default: the
-    /// broker's).
-    pub fn leader_locator(mut self, locator: LeaderLocator) -> Self {
-        self.settings.quorum.leader_locator = Some(locator);
-        self
-    }
-
     /// Several broker URLs (the nodes of a cluster), replacing the one given to
     /// [`Amqp10Claw::builder`] (which may itself hold several, separated by commas): every
     /// (re)connection tries them in turn from a shuffled start, with the backoff applied per
@@ -156,15 +103,20 @@ impl Amqp10ClawBuilder {
     pub fn build(self) -> Result<Amqp10Claw> {
         let jid: Jid = self.jid.resolve()?;
         self.settings.timing.validate()?;
+        if self.settings.queues.layout != Layout::Claws {
+            return Err(Error::Unsupported {
+                claw: self.name.clone(),
+                what: "layout = \"erlang\"",
+                why: "the Erlang claw's layout is a 0-9-1 migration aid; use claws-amqp091 for \
+                      instances in a mixed Erlang group"
+                    .into(),
+            });
+        }
         if self.name.is_empty() {
             return Err(Error::Config("the claw's name must not be empty".into()));
         }
-        let endpoints = self
-            .urls
+        let endpoints = split_urls(self.urls.iter().map(String::as_str))
             .iter()
-            .flat_map(|u| u.split(','))
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
             .map(|u| Endpoint::parse(u, &self.name))
             .collect::<Result<Vec<_>>>()?;
         if endpoints.is_empty() {
@@ -190,17 +142,14 @@ impl Amqp10ClawBuilder {
         self.settings.scheme = o.scheme;
         self.settings.addresses = o.addresses;
         self.settings.declare = o.declare;
-        self.settings.durable = o.durable;
-        self.settings.queue_expiry = Some(o.queue_expiry).filter(|d| !d.is_zero());
-        self.settings.quorum = TopologyOptions {
-            quorum_groups: o.quorum_groups,
-            quorum_instances: o.quorum_instances,
-            quorum_size: o.quorum_size.map(|n| n.max(1)),
-            delivery_limit: o.delivery_limit,
-            leader_locator: o.leader_locator,
-            ..TopologyOptions::default()
-        };
+        self.settings.queues = o.queues;
         self
+    }
+}
+
+impl TopologyBuilder for Amqp10ClawBuilder {
+    fn topology_mut(&mut self) -> &mut TopologyOptions {
+        &mut self.settings.queues
     }
 }
 

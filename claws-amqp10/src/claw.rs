@@ -114,7 +114,7 @@ impl Amqp10Claw {
             message_id: Some(message_id()),
             payload: packet.into_bytes(),
             delivery_count: 0,
-            durable: s.settings.durable,
+            durable: s.settings.queues.durable,
         }
     }
 }
@@ -134,8 +134,8 @@ impl Claw for Amqp10Claw {
         match s.scheme {
             AddressScheme::RabbitMq => {
                 let mut c = Capabilities::all();
-                c.persistence = s.durable;
-                c.survives_broker_restart = s.durable;
+                c.persistence = s.queues.durable;
+                c.survives_broker_restart = s.queues.durable;
                 // RabbitMQ 3.x's AMQP 1.0 plugin accepts a transfer no queue takes; RabbitMQ 4
                 // releases it (NoRoute). Known once connected (or with `addresses = "v2"`).
                 c.unroutable_errors = self.shared.broker4().unwrap_or(false);

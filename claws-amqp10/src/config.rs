@@ -1,9 +1,7 @@
 //! Configuration: the `[amqp10]` table ([`Amqp10Options`]) and the [`Amqp10ClawBuilder`].
 
-use std::time::Duration;
-
 use claws_core::config::Timing;
-use claws_core::topology::{LeaderLocator, Subscriptions, TopologyOptions};
+use claws_core::topology::{Subscriptions, TopologyOptions};
 
 use crate::address::{AddressScheme, Addresses};
 
@@ -40,25 +38,10 @@ pub struct Amqp10Options {
     /// RabbitMQ scheme: declare the exchanges, queues and bindings over AMQP 0-9-1 at every
     /// connect (default `true`). With `false` they must exist already.
     pub declare: bool,
-    /// RabbitMQ scheme: declare queues durable and send persistent messages (default `true`).
-    pub durable: bool,
-    /// RabbitMQ scheme: per-instance queues expire after this idle time (default `"30m"`, as
-    /// the 0-9-1 claw; `"0s"` disables expiry).
-    #[serde(with = "humantime_serde")]
-    pub queue_expiry: Duration,
-    /// RabbitMQ scheme: declare the shared queues (group queues and `xmpp_dead_letter`) as
-    /// quorum queues, for a RabbitMQ cluster (default false).
-    pub quorum_groups: bool,
-    /// RabbitMQ scheme: declare the instance's own (full-JID) queues as quorum queues too
-    /// (default false).
-    pub quorum_instances: bool,
-    /// Replicas per quorum queue (`x-quorum-initial-group-size`; default: the broker's).
-    pub quorum_size: Option<u16>,
-    /// `x-delivery-limit` on quorum queues (default: the broker's).
-    pub delivery_limit: Option<u32>,
-    /// `x-queue-leader-locator` on quorum queues: `client-local` or `balanced` (default: the
-    /// broker's).
-    pub leader_locator: Option<LeaderLocator>,
+    /// RabbitMQ scheme: durability, queue expiry, quorum queues ([`TopologyOptions`], the
+    /// same keys as the 0-9-1 claw's, in this table). The Erlang layout is 0-9-1 only.
+    #[serde(flatten)]
+    pub queues: TopologyOptions,
 }
 
 impl Default for Amqp10Options {
@@ -67,13 +50,7 @@ impl Default for Amqp10Options {
             scheme: AddressScheme::RabbitMq,
             addresses: Addresses::Auto,
             declare: true,
-            durable: true,
-            queue_expiry: Duration::from_secs(30 * 60),
-            quorum_groups: false,
-            quorum_instances: false,
-            quorum_size: None,
-            delivery_limit: None,
-            leader_locator: None,
+            queues: TopologyOptions::default(),
         }
     }
 }
@@ -89,19 +66,6 @@ pub(crate) struct Settings {
     pub(crate) subscriptions: Subscriptions,
     pub(crate) timing: Timing,
     pub(crate) declare: bool,
-    pub(crate) durable: bool,
-    pub(crate) queue_expiry: Option<Duration>,
-    /// Quorum queues and their arguments (`durable` and `queue_expiry` are the fields above).
-    pub(crate) quorum: TopologyOptions,
-}
-
-impl Settings {
     /// How the RabbitMQ scheme declares its queues (the plan's options).
-    pub(crate) fn topology(&self) -> TopologyOptions {
-        TopologyOptions {
-            durable: self.durable,
-            queue_expiry: self.queue_expiry,
-            ..self.quorum
-        }
-    }
+    pub(crate) queues: TopologyOptions,
 }

@@ -33,7 +33,7 @@ async fn open(endpoint: &Endpoint, claw: &str) -> Result<Connection> {
 /// down are listed in [`Declared::unavailable`] instead of failing.
 pub(crate) async fn declare(shared: &Shared, endpoint: &Endpoint) -> Result<Declared> {
     let s = &shared.settings;
-    let topology = plan(&shared.jid, s.subscriptions, &s.topology())?;
+    let topology = plan(&shared.jid, s.subscriptions, &s.queues)?;
     let work = async {
         let conn = open(endpoint, &shared.name).await?;
         let broker = |what: &str, e: lapin::Error| Error::Broker {

@@ -59,8 +59,8 @@
 //! A classic queue lives on one node and cannot be used while that node is down (RabbitMQ
 //! 3.10 refuses to declare it and to attach to it: "home node ... is down or inaccessible").
 //! The group queues (bare JID, shared by the instances) and `xmpp_dead_letter` should
-//! therefore be quorum queues on a cluster: [`quorum_groups`](Amqp10ClawBuilder::quorum_groups)
-//! (and [`quorum_instances`](Amqp10ClawBuilder::quorum_instances) for the instance's own
+//! therefore be quorum queues on a cluster: [`quorum_groups`](claws_core::TopologyBuilder::quorum_groups)
+//! (and [`quorum_instances`](claws_core::TopologyBuilder::quorum_instances) for the instance's own
 //! queues, at the price of a Raft group each; `quorum_size`, `delivery_limit` and
 //! `leader_locator` set their arguments; the names are those of the 0-9-1 claw's options).
 //! Queues that exist already are adopted as they are. When a queue cannot be consumed because
@@ -158,7 +158,7 @@
 //! 0-9-1 peers AMQP-encoded), `correlation-id` = the stanza id as a string, `reply-to =
 //! /queue/F` on v1 (RabbitMQ 3.x maps a 0-9-1 `reply_to` of `F` to the 1.0 `reply-to` `/queue/F` and
 //! back, so [`Via::from`](claws_core::Via::from) is the sender on both sides), a `message-id`,
-//! and `durable` set unless [`durable(false)`](Amqp10ClawBuilder::durable). On receipt `Via::jid`
+//! and `durable` set unless [`durable(false)`](claws_core::TopologyBuilder::durable). On receipt `Via::jid`
 //! is the `subject` (RabbitMQ sets it to the routing key for 0-9-1 publishers), `Via::exchange`
 //! the exchange the queue is bound to, `Via::id` the `correlation-id`.
 //!

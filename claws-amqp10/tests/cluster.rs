@@ -5,6 +5,7 @@
 
 mod common;
 
+use claws_core::TopologyBuilder;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};

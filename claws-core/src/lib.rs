@@ -79,5 +79,5 @@ pub use jid::{BareJid, FullJid, Jid};
 pub use packet::Packet;
 pub use router::{Router, RouterBuilder};
 pub use stanza::Element;
-pub use topology::QueueKind;
+pub use topology::{QueueKind, TopologyBuilder};
 pub use via::Via;

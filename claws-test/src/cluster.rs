@@ -33,34 +33,9 @@ pub fn urls() -> Vec<String> {
     (1..=3).map(url).collect()
 }
 
-/// The script that runs the cluster.
-fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster")
-}
-
 /// Runs `scripts/cluster ARGS...`; its stdout, or an error with its stderr.
 pub async fn run(args: &[&str]) -> Result<String> {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new(script())
-            .args(&args)
-            .output()
-            .map_err(|e| {
-                Error::backend(format!(
-                    "cannot run scripts/cluster (run scripts/provision first): {e}"
-                ))
-            })?;
-        if !out.status.success() {
-            return Err(Error::backend(format!(
-                "scripts/cluster {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    })
-    .await
-    .map_err(|e| Error::backend(format!("the scripts/cluster task failed: {e}")))?
+    crate::script::run("cluster", args).await
 }
 
 /// Starts what is not running and waits until all three nodes run clustered.

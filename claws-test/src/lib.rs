@@ -150,3 +150,4 @@ pub mod mem;
 pub mod rabbitmq;
 pub mod rabbitmq4;
 pub mod scenario;
+mod script;

@@ -18,9 +18,7 @@
 //! # let _ = (url, queues); Ok(()) }
 //! ```
 
-use std::path::PathBuf;
-
-use claws_core::{Error, Result};
+use claws_core::Result;
 
 /// The node's AMQP port (0-9-1 and 1.0).
 pub const PORT: u16 = 5690;
@@ -33,34 +31,9 @@ pub fn url() -> String {
     URL.to_owned()
 }
 
-/// The script that runs the node.
-fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/rabbitmq4")
-}
-
 /// Runs `scripts/rabbitmq4 ARGS...`; its stdout, or an error with its stderr.
 pub async fn run(args: &[&str]) -> Result<String> {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new(script())
-            .args(&args)
-            .output()
-            .map_err(|e| {
-                Error::backend(format!(
-                    "cannot run scripts/rabbitmq4 (run scripts/provision first): {e}"
-                ))
-            })?;
-        if !out.status.success() {
-            return Err(Error::backend(format!(
-                "scripts/rabbitmq4 {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    })
-    .await
-    .map_err(|e| Error::backend(format!("the scripts/rabbitmq4 task failed: {e}")))?
+    crate::script::run("rabbitmq4", args).await
 }
 
 /// Creates the chroot if it is missing, starts the node if it is not running, and waits until

@@ -136,6 +136,21 @@ impl Default for Config {
     }
 }
 
+/// Broker URLs as given: each may hold several separated by commas; blanks are dropped.
+///
+/// ```
+/// let urls = claws_core::config::split_urls(["amqp://a, amqp://b", "", "amqp://c"]);
+/// assert_eq!(urls, ["amqp://a", "amqp://b", "amqp://c"]);
+/// ```
+pub fn split_urls<'a>(urls: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    urls.into_iter()
+        .flat_map(|u| u.split(','))
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The backend tables a config may hold.
 pub const SECTIONS: &[&str] = &["amqp091", "amqp10", "component"];
 
@@ -200,14 +215,7 @@ impl Config {
     /// Every broker URL: `url` split at commas, then `urls`, blanks dropped (empty when none
     /// is configured). A claw tries them from a shuffled start at every (re)connection.
     pub fn urls(&self) -> Vec<String> {
-        self.url
-            .iter()
-            .flat_map(|u| u.split(','))
-            .chain(self.urls.iter().map(String::as_str))
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .map(str::to_owned)
-            .collect()
+        split_urls(self.url.iter().chain(&self.urls).map(String::as_str))
     }
 
     /// The parsed JID.

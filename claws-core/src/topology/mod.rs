@@ -13,7 +13,7 @@ mod plan;
 
 pub use plan::{
     plan, ArgValue, BindingDecl, ExchangeDecl, ExchangeType, Layout, LeaderLocator, QueueDecl,
-    Topology, TopologyOptions,
+    Topology, TopologyBuilder, TopologyOptions,
 };
 
 /// The direct exchange: routing key = destination JID, full or bare.

@@ -13,19 +13,23 @@ use super::{
 use crate::jid::Jid;
 use crate::Result;
 
-/// How the claw declares its queues.
+/// How the claw declares its queues: the same keys in `[amqp091]` and `[amqp10]` (flattened
+/// into each table), set on every builder through [`TopologyBuilder`].
 ///
 /// On a RabbitMQ cluster, a classic queue lives on one node and is unusable while that node is
 /// down. `quorum_groups` makes every *shared* queue (the group queues and `xmpp_dead_letter`)
 /// a quorum queue, replicated over `quorum_size` nodes; `quorum_instances` does the same for
 /// the instance's own queues, at the price of one Raft group per queue (see
 /// docs/CLUSTER.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct TopologyOptions {
-    /// Durable queues (exchanges are always durable, so that instances with either setting
-    /// share them).
+    /// Durable exchanges and queues, persistent messages (default true); `false` is the seed's
+    /// transient world (exchanges, queues and messages).
     pub durable: bool,
-    /// `x-expires` on per-instance (full-JID) queues.
+    /// `x-expires` on per-instance (full-JID) queues: the idle time after which the broker
+    /// deletes them (default 30 minutes; in files `"30m"`; zero or `None` disables expiry).
+    #[serde(with = "humantime_serde")]
     pub queue_expiry: Option<Duration>,
     /// `x-queue-type = quorum` on the shared queues: group (bare-JID) queues and the
     /// dead-letter queue.
@@ -71,6 +75,69 @@ impl Default for TopologyOptions {
             leader_locator: None,
             layout: Layout::Claws,
         }
+    }
+}
+
+/// The [`TopologyOptions`] setters every RabbitMQ claw's builder has, written once (bring the
+/// trait into scope: `use claws_core::TopologyBuilder;`).
+pub trait TopologyBuilder: Sized {
+    /// The builder's queue settings, for the provided setters.
+    fn topology_mut(&mut self) -> &mut TopologyOptions;
+
+    /// Every queue setting at once.
+    fn topology_options(mut self, options: TopologyOptions) -> Self {
+        *self.topology_mut() = options;
+        self
+    }
+
+    /// [`TopologyOptions::durable`] (default true).
+    fn durable(mut self, durable: bool) -> Self {
+        self.topology_mut().durable = durable;
+        self
+    }
+
+    /// [`TopologyOptions::queue_expiry`] (default 30 minutes; zero disables expiry).
+    fn queue_expiry(mut self, idle: Duration) -> Self {
+        self.topology_mut().queue_expiry = (!idle.is_zero()).then_some(idle);
+        self
+    }
+
+    /// [`TopologyOptions::quorum_groups`]: the shared queues are quorum queues (default
+    /// false).
+    fn quorum_groups(mut self, quorum: bool) -> Self {
+        self.topology_mut().quorum_groups = quorum;
+        self
+    }
+
+    /// [`TopologyOptions::quorum_instances`]: the instance's own queues are quorum queues too
+    /// (default false).
+    fn quorum_instances(mut self, quorum: bool) -> Self {
+        self.topology_mut().quorum_instances = quorum;
+        self
+    }
+
+    /// [`TopologyOptions::quorum_size`] (at least 1; default: the broker's).
+    fn quorum_size(mut self, replicas: u16) -> Self {
+        self.topology_mut().quorum_size = Some(replicas.max(1));
+        self
+    }
+
+    /// [`TopologyOptions::delivery_limit`] (default: the broker's, none on 3.x, 20 on 4.x).
+    fn delivery_limit(mut self, limit: u32) -> Self {
+        self.topology_mut().delivery_limit = Some(limit);
+        self
+    }
+
+    /// [`TopologyOptions::leader_locator`] (default: the broker's).
+    fn leader_locator(mut self, locator: LeaderLocator) -> Self {
+        self.topology_mut().leader_locator = Some(locator);
+        self
+    }
+
+    /// [`TopologyOptions::layout`] (default [`Layout::Claws`]).
+    fn layout(mut self, layout: Layout) -> Self {
+        self.topology_mut().layout = layout;
+        self
     }
 }
 
@@ -308,7 +375,7 @@ pub fn plan(
             options.quorum_arguments(&mut arguments);
         }
         if !group {
-            if let Some(expiry) = options.queue_expiry {
+            if let Some(expiry) = options.queue_expiry.filter(|d| !d.is_zero()) {
                 let ms = i64::try_from(expiry.as_millis()).unwrap_or(i64::MAX).max(1);
                 arguments.push(("x-expires", ArgValue::Int(ms)));
             }
