@@ -40,10 +40,21 @@ impl Rabbit {
         }
     }
 
+    /// A plain connection for checks and cleanup; retried for a while, since a case may have
+    /// just restarted the broker.
     async fn raw(&self) -> lapin::Connection {
-        lapin::Connection::connect(&self.url, lapin::ConnectionProperties::default())
-            .await
-            .expect("RabbitMQ must be running (run scripts/provision)")
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match lapin::Connection::connect(&self.url, lapin::ConnectionProperties::default())
+                .await
+            {
+                Ok(conn) => return conn,
+                Err(e) if tokio::time::Instant::now() > deadline => {
+                    panic!("RabbitMQ must be running (run scripts/provision): {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
     }
 
     fn build(&self, url: &str, jid: &str, opts: &Options) -> Result<Arc<dyn Claw>> {
@@ -170,8 +181,12 @@ async fn conformance_on_rabbitmq() {
     report.assert_passed();
 }
 
+/// The RabbitMQ 4 tests take turns: the conformance run restarts the node.
+static RABBITMQ4: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_on_rabbitmq4() {
+    let _alone = RABBITMQ4.lock().await;
     claws_test::rabbitmq4::up()
         .await
         .expect("the RabbitMQ 4 node (scripts/provision)");
@@ -182,6 +197,8 @@ async fn conformance_on_rabbitmq4() {
 
 #[tokio::test]
 async fn transient_queues_refused_by_rabbitmq4_are_a_configuration_error() {
+    // Not while the conformance run restarts the node.
+    let _alone = RABBITMQ4.lock().await;
     claws_test::rabbitmq4::up()
         .await
         .expect("the RabbitMQ 4 node (scripts/provision)");
