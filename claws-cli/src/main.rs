@@ -204,6 +204,10 @@ fn write_out(bytes: &[u8], what: &str) -> ExitCode {
 }
 
 async fn run(global: &Global, command: Command) -> Result<(), exit::Failure> {
+    // Before any claw starts: claws takes its metric handles on the first events.
+    if let Some(addr) = global.metrics {
+        serve_metrics(addr)?;
+    }
     match command {
         Command::Listen(args) => listen::run(global, args).await,
         Command::Send(args) => send::run_send(global, args).await,
@@ -217,6 +221,23 @@ async fn run(global: &Global, command: Command) -> Result<(), exit::Failure> {
         Command::Gateway(args) => gateway::run(global, args).await,
         Command::Completions(_) | Command::Manpage(_) => Ok(()),
     }
+}
+
+/// Installs the Prometheus recorder and serves its text on `addr` (in this runtime). Handler
+/// and send times are histograms with buckets from 0.5 ms to 30 s, so that they can be summed
+/// across instances (a summary's quantiles cannot).
+fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), exit::Failure> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    const BUCKETS: &[f64] = &[
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ];
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+        .and_then(PrometheusBuilder::install)
+        .map_err(|e| exit::Failure::other(format!("cannot serve metrics on {addr}: {e}")))?;
+    claws::metrics::describe();
+    Ok(())
 }
 
 /// Library logs on stderr: off unless `-v` (warnings; `-vv` info, `-vvv` debug, `-vvvv`

@@ -43,6 +43,13 @@ pub(crate) struct Global {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub(crate) verbose: u8,
 
+    /// Serve Prometheus metrics (text format, any path) on ADDR, e.g. 127.0.0.1:9464, while
+    /// the command runs: received, acked, rejected, in flight, sent, send failures,
+    /// reconnects, handler and send times (docs/OBSERVABILITY.md). For listen, echo and
+    /// gateway, which run until stopped.
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub(crate) metrics: Option<std::net::SocketAddr>,
+
     /// Output: human (one line per stanza; newlines and other control characters in
     /// payloads escaped as \n, \t, \x1b) or json (one object per line, exact payloads, for
     /// scripts).

@@ -21,7 +21,8 @@ pub(crate) struct Session {
 
 /// Builds the claw `config` names, connects it, and starts consuming what it subscribes to.
 pub(crate) async fn open(config: &Config) -> Result<Session, Failure> {
-    let claw = claws::connect(config)?;
+    // Used without a router: its sends are measured here (a router measures its own).
+    let claw = claws::metrics::metered(claws::connect(config)?);
     // Room for every unsettled delivery (up to `prefetch` per subscription) and the events
     // around them, so that `start` never waits for us.
     let (events, rx) = Events::channel(usize::from(config.prefetch) * 4 + 16);

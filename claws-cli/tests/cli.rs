@@ -578,6 +578,7 @@ fn help_lists_global_options_under_their_own_heading() {
             "--config <",
             "-v, --verbose",
             "--format <",
+            "--metrics <",
         ] {
             assert!(
                 globals.contains(flag),
@@ -592,6 +593,28 @@ fn help_lists_global_options_under_their_own_heading() {
     let help = stdout(&claws(&["bench", "--help"]));
     let repeat = help.find("--repeat").expect("bench --repeat");
     assert!(repeat < help.find("Global options:").unwrap(), "{help}");
+}
+
+/// `--metrics` takes a socket address (exit 2 otherwise), and one that cannot be bound is
+/// an error naming it (exit 1) before anything connects.
+#[test]
+fn metrics_address_is_checked() {
+    let out = claws(&["--metrics", "localhost", "listen", "--timeout", "1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = claws(&["--metrics", &addr, "listen", "--timeout", "1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("cannot serve metrics on {addr}")),
+        "{err}"
+    );
+    assert!(
+        stdout(&out).is_empty(),
+        "nothing connected: {}",
+        stdout(&out)
+    );
 }
 
 #[test]
@@ -2234,6 +2257,125 @@ mod robustness {
         assert_eq!(again.len(), left);
         assert!(again.is_disjoint(&printed), "a printed payload came back");
         assert_eq!(ready(&queue), 0);
+        let _ = std::fs::remove_file(config);
+        delete_queues(&jid);
+    }
+
+    /// A free TCP port on 127.0.0.1 (the system's choice; released for the process to take).
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port()
+    }
+
+    /// GET `/metrics` from `addr` over plain HTTP/1.1: the body.
+    fn scrape(addr: &str) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect to --metrics");
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .expect("read the scrape");
+        let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        body.to_owned()
+    }
+
+    /// The value of `name{labels...}` in Prometheus text, every label in `labels` matching.
+    fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .find(|l| labels.iter().all(|label| l.contains(label)))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    /// Scrapes until `done` holds for the text, or panics with the last scrape after [`WAIT`].
+    fn scrape_until(addr: &str, what: &str, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let text = scrape(addr);
+            if done(&text) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} not seen within {WAIT:?}:\n{text}"
+            );
+            std::thread::yield_now();
+        }
+    }
+
+    /// Issue 19: `listen --metrics` serves Prometheus text; after N stanzas the received and
+    /// acked counters of its claw are N, and a connection cut shows as one reconnect.
+    #[test]
+    fn listen_metrics_count_deliveries_and_a_reconnect() {
+        const N: usize = 50;
+        let jid = format!("cli-metrics-{}@test.claws/m", unique());
+        let config = direct_only_config();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut args = vec!["--metrics".to_owned(), addr.clone()];
+        args.extend(listen_args(&jid, config.to_str().unwrap(), &[]));
+        let listener = Running::spawn(&refs(&args));
+        assert_eq!(listener.next()["event"], "connected");
+        let claw = [r#"claw="amqp091""#, r#"queue="direct""#];
+        publish(&jid, 0..N);
+        for i in 0..N {
+            let line = listener.next();
+            assert_eq!(received_payload(&line), Some(payload(i)), "{line}");
+        }
+        // Each is acknowledged after it is printed: wait for the last acknowledgement.
+        let text = scrape_until(&addr, "N acked", |text| {
+            metric(text, "claws_acked_total", &claw) == Some(N as f64)
+        });
+        assert_eq!(
+            metric(&text, "claws_received_total", &claw),
+            Some(N as f64),
+            "{text}"
+        );
+        assert_eq!(metric(&text, "claws_in_flight", &claw), Some(0.0), "{text}");
+        assert_eq!(
+            metric(&text, "claws_rejected_total", &claw),
+            Some(0.0),
+            "{text}"
+        );
+        assert_eq!(
+            metric(&text, "claws_reconnects_total", &claw[..1]),
+            Some(0.0),
+            "{text}"
+        );
+        assert_eq!(
+            metric(&text, "claws_connected", &claw[..1]),
+            Some(1.0),
+            "{text}"
+        );
+        assert!(!text.contains(&jid), "no JID in any label:\n{text}");
+
+        close_connection_of(&jid);
+        assert_eq!(listener.next()["event"], "disconnected");
+        assert_eq!(listener.next()["event"], "connected");
+        let text = scrape_until(&addr, "one reconnect", |text| {
+            metric(text, "claws_reconnects_total", &claw[..1]) == Some(1.0)
+        });
+        assert_eq!(
+            metric(&text, "claws_connected", &claw[..1]),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            metric(&text, "claws_acked_total", &claw),
+            Some(N as f64),
+            "{text}"
+        );
+        eprintln!("scrape after the cut:\n{text}");
+        drop(listener);
         let _ = std::fs::remove_file(config);
         delete_queues(&jid);
     }

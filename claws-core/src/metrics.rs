@@ -62,6 +62,37 @@ pub const CONSUMER_LOST: &str = "claws_consumer_lost_total";
 /// Stanzas dead-lettered after failing on every delivery (counter).
 pub const DEAD_LETTERED: &str = "claws_dead_lettered_total";
 
+/// Describes every metric to the installed recorder (the `# HELP` lines of a Prometheus
+/// scrape). Optional; call it once after installing the recorder.
+pub fn describe() {
+    use ::metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(RECEIVED, "Deliveries handed to the application");
+    describe_counter!(ACKED, "Deliveries acknowledged after the handler succeeded");
+    describe_counter!(
+        REJECTED,
+        "Deliveries rejected: the handler failed or panicked"
+    );
+    describe_gauge!(IN_FLIGHT, "Deliveries handed over and not settled yet");
+    describe_histogram!(HANDLER_SECONDS, Unit::Seconds, "Time spent in the handler");
+    describe_counter!(SENT, "Sends and broadcasts the broker took");
+    describe_counter!(SEND_FAILED, "Sends that failed, by reason");
+    describe_histogram!(
+        SEND_SECONDS,
+        Unit::Seconds,
+        "Time until the broker took a send"
+    );
+    describe_gauge!(
+        CONNECTED,
+        "1 while the claw is connected, 0 while it is not"
+    );
+    describe_counter!(RECONNECTS, "Connections after the first");
+    describe_counter!(CONSUMER_LOST, "Queues no longer consumed while connected");
+    describe_counter!(
+        DEAD_LETTERED,
+        "Stanzas dead-lettered after failing on every delivery"
+    );
+}
+
 /// The `reason` labels of [`SEND_FAILED`], in the order of [`failure_reason`].
 const REASONS: [&str; 4] = ["no_route", "refused", "timeout", "other"];
 
