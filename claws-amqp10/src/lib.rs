@@ -48,6 +48,7 @@
 //!
 //! ```no_run
 //! # use claws_amqp10::{AddressScheme, Amqp10Claw};
+//! use claws_core::TopologyBuilder; // durable, quorum_groups, ...
 //! # fn main() -> claws_core::Result<()> {
 //! let claw = Amqp10Claw::builder("amqp://guest:guest@node1:5672", "svc@example.com/w1", AddressScheme::RabbitMq)
 //!     .urls(["amqp://guest:guest@node1:5672", "amqp://guest:guest@node2:5672", "amqp://guest:guest@node3:5672"])
