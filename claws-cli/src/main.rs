@@ -236,7 +236,7 @@ fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), exit::Failure> {
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
         .and_then(PrometheusBuilder::install)
         .map_err(|e| exit::Failure::other(format!("cannot serve metrics on {addr}: {e}")))?;
-    claws::metrics::describe();
+    claws::metrics::enable();
     Ok(())
 }
 

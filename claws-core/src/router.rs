@@ -444,12 +444,18 @@ async fn lane(
         } = delivery;
         let ctx = Context::new(router.clone(), attempt);
         let claw = via.claw.clone();
-        let timer = meters.queue(&via.claw, &via.queue);
-        let started = std::time::Instant::now();
+        let timer = crate::metrics::enabled().then(|| {
+            (
+                meters.queue(&via.claw, &via.queue),
+                std::time::Instant::now(),
+            )
+        });
         let outcome = AssertUnwindSafe(handler.received(packet, via, &ctx))
             .catch_unwind()
             .await;
-        timer.handled(started);
+        if let Some((timer, started)) = timer {
+            timer.handled(started);
+        }
         let settled = match outcome {
             Ok(Ok(())) => acker.ack().await,
             Ok(Err(err)) => {

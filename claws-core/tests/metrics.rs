@@ -91,6 +91,7 @@ impl TestRecorder {
 
 /// Runs `test` on a single-threaded runtime with `recorder` installed for this thread.
 fn with_recorder<F: std::future::Future<Output = ()>>(recorder: &TestRecorder, test: F) {
+    m::enable();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
