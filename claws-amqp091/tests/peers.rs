@@ -123,20 +123,16 @@ async fn an_echo_of_its_own_echo_is_not_answered() {
     let u = uid();
     let a = Arc::new(builder(&format!("ea-{u}@x/1")).build().unwrap());
     let b = Arc::new(builder(&format!("eb-{u}@x/1")).build().unwrap());
-    let counts = [Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0))];
+    // Each service reports every packet it is handed: (which service, payload).
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<(usize, String)>();
     let mut routers = Vec::new();
-    for (claw, count) in [
-        (a.clone(), counts[0].clone()),
-        (b.clone(), counts[1].clone()),
-    ] {
+    for (index, claw) in [a.clone(), b.clone()].into_iter().enumerate() {
         let router = Router::builder().claw(claw).build().unwrap();
+        let seen_tx = seen_tx.clone();
         router
             .start(handler_fn(move |packet, via, ctx| {
-                let count = count.clone();
-                async move {
-                    count.fetch_add(1, Ordering::SeqCst);
-                    Echo.received(packet, via, &ctx).await
-                }
+                let _ = seen_tx.send((index, packet.as_str().unwrap_or_default().to_owned()));
+                async move { Echo.received(packet, via, &ctx).await }
             }))
             .await
             .unwrap();
@@ -152,27 +148,30 @@ async fn an_echo_of_its_own_echo_is_not_answered() {
         .send(a.jid(), None, Packet::from(stanza))
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while counts[1].load(Ordering::SeqCst) < 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the echo never reached b"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let tag = format!("ping {u}");
+    let mut handed = [0u32; 2];
+    // a is handed the message, then b the echo.
+    while handed[1] < 1 {
+        let (index, payload) = tokio::time::timeout(WAIT, seen.recv())
+            .await
+            .expect("the echo reached b")
+            .unwrap();
+        if payload.contains(&tag) {
+            handed[index] += 1;
+        }
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(
-        counts[0].load(Ordering::SeqCst),
-        1,
-        "a was handed {:?}",
-        counts[0]
-    );
-    assert_eq!(
-        counts[1].load(Ordering::SeqCst),
-        1,
-        "b was handed {:?}",
-        counts[1]
-    );
+    // Nothing more within a second: b does not answer the echo, so a is handed nothing else.
+    let more = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some((index, payload)) = seen.recv().await {
+            if payload.contains(&tag) {
+                return Some(index);
+            }
+        }
+        None
+    })
+    .await;
+    assert!(!matches!(more, Ok(Some(_))), "a further packet: {more:?}");
+    assert_eq!(handed, [1, 1], "each service is handed exactly one packet");
     for r in routers {
         r.close().await.unwrap();
     }

@@ -1337,24 +1337,7 @@ mod rabbitmq {
 
     /// The transient vhost the Erlang world lives in (durable = false: transient exchanges).
     fn transient_url() -> String {
-        let _ = Command::new("rabbitmqctl")
-            .args(["-q", "add_vhost", "claws-transient"])
-            .output();
-        let out = Command::new("rabbitmqctl")
-            .args([
-                "-q",
-                "set_permissions",
-                "-p",
-                "claws-transient",
-                "guest",
-                ".*",
-                ".*",
-                ".*",
-            ])
-            .output()
-            .expect("rabbitmqctl (scripts/provision)");
-        assert!(out.status.success());
-        "amqp://guest:guest@127.0.0.1:5672/claws-transient".to_owned()
+        claws_test::rabbitmq::transient_url()
     }
 
     /// The loop of the peers issue, end to end: `claws echo` fed one message, without

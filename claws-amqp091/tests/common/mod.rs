@@ -18,33 +18,9 @@ pub fn url() -> String {
     std::env::var("CLAWS_AMQP_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
 }
 
-/// The URL of a vhost of the local RabbitMQ for transient (`durable = false`) instances, whose
-/// exchanges are transient too and so cannot share the default vhost's durable ones. Created
-/// (with guest's permissions) when missing.
+/// The transient vhost's URL (see `claws_test::rabbitmq::transient_url`).
 pub fn transient_url() -> String {
-    const VHOST: &str = "claws-transient";
-    let _ = std::process::Command::new("rabbitmqctl")
-        .args(["-q", "add_vhost", VHOST])
-        .output();
-    let out = std::process::Command::new("rabbitmqctl")
-        .args([
-            "-q",
-            "set_permissions",
-            "-p",
-            VHOST,
-            "guest",
-            ".*",
-            ".*",
-            ".*",
-        ])
-        .output()
-        .expect("rabbitmqctl (scripts/provision)");
-    assert!(
-        out.status.success(),
-        "cannot give guest the vhost {VHOST}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    format!("amqp://guest:guest@127.0.0.1:5672/{VHOST}")
+    claws_test::rabbitmq::transient_url()
 }
 
 /// A suffix unique to this test run and call.
