@@ -104,7 +104,9 @@ impl AmqpClawBuilder {
         if self.name.is_empty() {
             return Err(Error::Config("the claw name must not be empty".into()));
         }
-        let topology = topology::plan(&jid, self.subscriptions, &self.topology)?;
+        let queues = self.topology.delivery_limit_or(self.max_deliveries);
+        let topology = topology::plan(&jid, self.subscriptions, &queues)?;
+        let durable_queues = topology.without_transient_queues(&queues);
         let settings = Settings {
             endpoints,
             prefetch: self.prefetch,
@@ -119,6 +121,7 @@ impl AmqpClawBuilder {
             settings,
             self.subscriptions,
             topology,
+            durable_queues,
         )?;
         Ok(AmqpClaw::new(shared))
     }

@@ -44,9 +44,12 @@ impl AmqpClaw {
         }
     }
 
-    /// What this claw declares: exchanges, queues with their arguments, bindings.
+    /// What this claw declares: exchanges, queues with their arguments, bindings. With
+    /// `durable = false`, once a broker refused a transient queue (RabbitMQ 4.3's default),
+    /// the plan without transient queues
+    /// ([`Topology::without_transient_queues`](claws_core::topology::Topology::without_transient_queues)).
     pub fn topology(&self) -> &Topology {
-        &self.shared.topology
+        self.shared.topology()
     }
 
     /// Which queues it consumes.

@@ -55,7 +55,7 @@ pub(crate) async fn consume(
 /// Declares `queue` again (its bindings too) and consumes it.
 async fn resubscribe(shared: &Shared, session: &Session, queue: &QueueInfo) -> Result<Consuming> {
     let decl = shared
-        .topology
+        .topology()
         .queues
         .iter()
         .find(|q| q.name == queue.name.as_str())
@@ -69,7 +69,7 @@ async fn resubscribe(shared: &Shared, session: &Session, queue: &QueueInfo) -> R
         &shared.name,
         &session.connection,
         &mut channel,
-        &shared.topology,
+        shared.topology(),
         decl,
         OnMismatch::Fail,
     )

@@ -157,10 +157,20 @@ pub async fn declare_queue(
             return Ok(false);
         }
         // The dead-letter queue is one per vhost, shared by every instance and peer: the first
-        // declaration (or `claws topology --apply`) decides its type, later ones adopt it.
-        let adopt = on_mismatch == OnMismatch::Adopt || q.kind.is_none();
-        if !adopt || !err.to_string().contains("PRECONDITION_FAILED") {
+        // declaration (or `claws topology --apply`) decides its type, later ones adopt it. A
+        // quorum queue declared before claws set `x-delivery-limit` (or with another limit)
+        // is adopted too: the limit is a safety net, not what the queue is, and failing would
+        // stop every instance at an upgrade.
+        let text = err.to_string();
+        let limit_differs = text.contains("inequivalent arg 'x-delivery-limit'");
+        let adopt = on_mismatch == OnMismatch::Adopt || q.kind.is_none() || limit_differs;
+        if !adopt || !text.contains("PRECONDITION_FAILED") {
             return Err(declare_error(claw, "queue", &q.name, &err));
+        }
+        if limit_differs {
+            tracing::warn!(claw, queue = %q.name, error = %err,
+                "the queue exists with another x-delivery-limit: the broker keeps its own; to \
+                 align it, set a `delivery-limit` policy on the queue or re-create it");
         }
         // The failed declare closed the channel; look at the queue that is there.
         reopen(claw, connection, channel, &q.name).await?;
@@ -226,16 +236,28 @@ pub async fn delete_queues(claw: &str, channel: &Channel, names: &[String]) -> R
     Ok(())
 }
 
+/// The deprecated RabbitMQ feature a broker names when it refuses a transient queue.
+const TRANSIENT_FEATURE: &str = "transient_nonexcl_queues";
+
+/// Whether `err` is [`declare`]'s error for a broker that refuses transient queues shared by
+/// connections (`deprecated_features.permit.transient_nonexcl_queues = false`, RabbitMQ
+/// 4.3's default); the claws then declare
+/// [`Topology::without_transient_queues`](claws_core::topology::Topology::without_transient_queues).
+pub fn refuses_transient(err: &Error) -> bool {
+    matches!(err, Error::Config(m) if m.contains(TRANSIENT_FEATURE))
+}
+
 fn declare_error(claw: &str, what: &str, name: &str, err: &lapin::Error) -> Error {
     let text = err.to_string();
-    if text.contains("transient_nonexcl_queues") {
+    if text.contains(TRANSIENT_FEATURE) {
         // RabbitMQ 4.3's default (4.0 with the setting): transient queues are refused, and
         // the broker closes the whole connection (541).
         return Error::Config(format!(
             "claw `{claw}`: the broker refuses the transient (non-durable) {what} `{name}`: its \
              `deprecated_features.permit.transient_nonexcl_queues` is false (RabbitMQ 4.3's \
-             default); set `amqp091.durable = true` (builder: `.durable(true)`), or permit the \
-             feature in the broker's rabbitmq.conf"
+             default). A claw then declares its queues durable with `x-expires` (it does so by \
+             itself when it connects); to declare that here too, set `amqp091.durable = true` \
+             (builder: `.durable(true)`), or permit the feature in the broker's rabbitmq.conf"
         ));
     }
     if !text.contains("PRECONDITION_FAILED") {

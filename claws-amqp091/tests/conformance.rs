@@ -195,15 +195,39 @@ async fn conformance_on_rabbitmq4() {
     report.assert_passed();
 }
 
+/// `rabbitmqctl list_queues name durable arguments` on the RabbitMQ 4 node, one line per queue.
+async fn queues_on_rabbitmq4(vhost: &str) -> String {
+    claws_test::rabbitmq4::ctl(&[
+        "-q",
+        "list_queues",
+        "-p",
+        vhost,
+        "name",
+        "durable",
+        "arguments",
+    ])
+    .await
+    .expect("rabbitmqctl on the RabbitMQ 4 node")
+}
+
+fn line<'a>(listing: &'a str, queue: &str) -> &'a str {
+    listing
+        .lines()
+        .find(|l| l.split('\t').next() == Some(queue))
+        .unwrap_or_else(|| panic!("queue {queue} not listed:\n{listing}"))
+}
+
+/// RabbitMQ 4.3 refuses transient queues shared by connections (541, closing the connection):
+/// `durable = false` declares them durable with `x-expires` instead, and messages stay
+/// non-persistent.
 #[tokio::test]
-async fn transient_queues_refused_by_rabbitmq4_are_a_configuration_error() {
+async fn transient_mode_works_on_rabbitmq4_with_expiring_durable_queues() {
     // Not while the conformance run restarts the node.
     let _alone = RABBITMQ4.lock().await;
     claws_test::rabbitmq4::up()
         .await
         .expect("the RabbitMQ 4 node (scripts/provision)");
-    // A vhost of its own: transient exchanges cannot share the default vhost's durable ones,
-    // and what 4.3 refuses is the transient queue.
+    // A vhost of its own: transient exchanges cannot share the default vhost's durable ones.
     for args in [
         &["add_vhost", "claws-transient"][..],
         &[
@@ -218,25 +242,164 @@ async fn transient_queues_refused_by_rabbitmq4_are_a_configuration_error() {
     ] {
         let _ = claws_test::rabbitmq4::ctl(args).await;
     }
+    let url = format!(
+        "amqp://guest:guest@127.0.0.1:{}/claws-transient",
+        claws_test::rabbitmq4::PORT
+    );
     let u = common::uid();
-    let claw = AmqpClaw::builder(
-        &format!(
-            "amqp://guest:guest@127.0.0.1:{}/claws-transient",
-            claws_test::rabbitmq4::PORT
-        ),
-        format!("transient-{u}@test/a").as_str(),
+    let transient = |jid: &str| {
+        AmqpClaw::builder(&url, jid)
+            .durable(false)
+            .queue_expiry(Duration::from_secs(120))
+            .connect_timeout(Duration::from_secs(5))
+            .send_timeout(Duration::from_secs(20))
+    };
+    // An instance starts (its first connection is refused, the second declares durable
+    // queues), takes a stanza end to end, and closes, leaving its queues.
+    let server_jid = format!("transient-{u}@test/a");
+    let server = common::start(transient(&server_jid)).await;
+    let client = common::start(
+        transient(&format!("transient-client-{u}@test/c")).subscriptions(Subscriptions::none()),
     )
-    .durable(false)
-    .connect_timeout(Duration::from_secs(5))
-    .build()
-    .unwrap();
-    let (events, _rx) = claws_core::Events::channel(16);
-    let err = tokio::time::timeout(Duration::from_secs(30), claw.start(events))
+    .await;
+    let to = jid::parse(&server_jid).unwrap();
+    client
+        .claw
+        .send(&to, None, Packet::from(format!("first {u}")))
         .await
-        .expect("start answers")
-        .unwrap_err();
-    assert!(matches!(err, claws_core::Error::Config(_)), "{err:?}");
-    let text = err.to_string();
-    assert!(text.contains("transient_nonexcl_queues"), "{text}");
-    assert!(text.contains("amqp091.durable = true"), "{text}");
+        .unwrap();
+    let mut rx = server.rx;
+    let d = common::next(&mut rx, &format!("first {u}")).await;
+    d.acker.ack().await.unwrap();
+    let planned: Vec<_> = server
+        .claw
+        .topology()
+        .consumed()
+        .map(|(q, _)| (q.name.clone(), q.durable))
+        .collect();
+    assert!(planned.iter().all(|(_, durable)| *durable), "{planned:?}");
+    server.claw.close().await.unwrap();
+
+    let listing = queues_on_rabbitmq4("claws-transient").await;
+    for (name, _) in &planned {
+        let l = line(&listing, name);
+        assert!(l.contains("\ttrue\t"), "durable: {l}");
+        assert!(
+            l.contains("x-expires") && l.contains("120000"),
+            "expires: {l}"
+        );
+    }
+    // What is sent is not persistent: read it back from the closed instance's queue.
+    client
+        .claw
+        .send(&to, None, Packet::from(format!("second {u}")))
+        .await
+        .unwrap();
+    let conn = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let own = format!("xmpp_direct:{server_jid}");
+    let got = ch
+        .basic_get(own.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("the stanza sent to the closed instance is queued");
+    assert_eq!(
+        String::from_utf8_lossy(&got.delivery.data),
+        format!("second {u}")
+    );
+    assert_eq!(
+        got.delivery.properties.delivery_mode(),
+        &Some(1),
+        "non-persistent"
+    );
+    for (name, _) in &planned {
+        let _ = ch
+            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = conn.close(200, "ok".into()).await;
+    client.claw.close().await.unwrap();
+}
+
+/// Quorum queues get `x-delivery-limit = max_deliveries` (RabbitMQ 4's default is 20, 3.x has
+/// none), and a queue declared before claws set it (another limit, or none) is adopted, not a
+/// failed start.
+async fn delivery_limit_is_max_deliveries(url: &str, ctl: impl AsyncFn(&[&str]) -> String) {
+    let u = common::uid();
+    let group = format!("limit-{u}@test");
+    // An old deployment's group queue: quorum, no delivery limit.
+    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let mut args = lapin::types::FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("quorum".into()),
+    );
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        lapin::types::AMQPValue::LongString("xmpp_dead_letter".into()),
+    );
+    let old = format!("xmpp_fanout:{group}");
+    ch.queue_declare(
+        old.as_str().into(),
+        lapin::options::QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .unwrap();
+    let s = common::start(
+        AmqpClaw::builder(url, format!("{group}/a").as_str())
+            .quorum_groups(true)
+            .max_deliveries(3)
+            .send_timeout(Duration::from_secs(20)),
+    )
+    .await;
+    let listing = ctl(&["-q", "list_queues", "name", "arguments"]).await;
+    let fresh = line(&listing, &format!("xmpp_direct:{group}"));
+    assert!(
+        fresh.contains("x-delivery-limit") && fresh.contains(",3}"),
+        "{fresh}"
+    );
+    let adopted = line(&listing, &old);
+    assert!(!adopted.contains("x-delivery-limit"), "{adopted}");
+    s.claw.close().await.unwrap();
+    for (q, _) in s.claw.topology().consumed() {
+        let _ = ch
+            .queue_delete(q.name.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = conn.close(200, "ok".into()).await;
+}
+
+#[tokio::test]
+async fn delivery_limit_is_max_deliveries_on_rabbitmq() {
+    delivery_limit_is_max_deliveries(&common::url(), async |args: &[&str]| {
+        let out = std::process::Command::new("rabbitmqctl")
+            .args(args)
+            .output()
+            .expect("rabbitmqctl (scripts/provision)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn delivery_limit_is_max_deliveries_on_rabbitmq4() {
+    let _alone = RABBITMQ4.lock().await;
+    claws_test::rabbitmq4::up()
+        .await
+        .expect("the RabbitMQ 4 node (scripts/provision)");
+    delivery_limit_is_max_deliveries(&claws_test::rabbitmq4::url(), async |args: &[&str]| {
+        claws_test::rabbitmq4::ctl(args)
+            .await
+            .expect("rabbitmqctl on the RabbitMQ 4 node")
+    })
+    .await;
 }

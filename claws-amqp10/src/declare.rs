@@ -10,7 +10,7 @@
 //! per-instance queues.
 
 use claws_amqp091::topology::{self as declarer, Declared, OnMismatch};
-use claws_core::topology::plan;
+use claws_core::topology::{plan, Topology};
 use claws_core::{Error, Result};
 use lapin::{Connection, ConnectionProperties};
 
@@ -30,10 +30,29 @@ async fn open(endpoint: &Endpoint, claw: &str) -> Result<Connection> {
 
 /// Declares the exchanges, the dead-letter queue, and each subscription's queue and binding,
 /// through `endpoint` (the node the 1.0 connection is being opened to). Queues whose node is
-/// down are listed in [`Declared::unavailable`] instead of failing.
+/// down are listed in [`Declared::unavailable`] instead of failing. A broker that refuses
+/// transient shared queues (RabbitMQ 4.3's default; it closes the connection) gets the plan
+/// without them on a second connection
+/// ([`Topology::without_transient_queues`](claws_core::topology::Topology::without_transient_queues)).
 pub(crate) async fn declare(shared: &Shared, endpoint: &Endpoint) -> Result<Declared> {
     let s = &shared.settings;
-    let topology = plan(&shared.jid, s.subscriptions, &s.queues)?;
+    let queues = s.queues.delivery_limit_or(s.max_deliveries);
+    let topology = plan(&shared.jid, s.subscriptions, &queues)?;
+    match declare_plan(shared, endpoint, &topology).await {
+        Err(e) if declarer::refuses_transient(&e) => {
+            let durable = topology.without_transient_queues(&queues);
+            declare_plan(shared, endpoint, &durable).await
+        }
+        other => other,
+    }
+}
+
+async fn declare_plan(
+    shared: &Shared,
+    endpoint: &Endpoint,
+    topology: &Topology,
+) -> Result<Declared> {
+    let s = &shared.settings;
     let work = async {
         let conn = open(endpoint, &shared.name).await?;
         let broker = |what: &str, e: lapin::Error| Error::Broker {
@@ -47,7 +66,7 @@ pub(crate) async fn declare(shared: &Shared, endpoint: &Endpoint) -> Result<Decl
                 .await
                 .map_err(|e| broker("opening a declaring channel", e))?;
             let declared =
-                declarer::declare(&shared.name, &conn, &mut ch, &topology, OnMismatch::Adopt)
+                declarer::declare(&shared.name, &conn, &mut ch, topology, OnMismatch::Adopt)
                     .await?;
             // Closed before the connection: a channel dropped open races the connection's
             // close, and lapin logs that race as an error.

@@ -39,8 +39,12 @@ pub struct TopologyOptions {
     /// Quorum queues: `x-quorum-initial-group-size`, the number of replicas (broker default:
     /// every node, up to its configured limit).
     pub quorum_size: Option<u16>,
-    /// Quorum queues: `x-delivery-limit`, after which the broker dead-letters a message it
-    /// has delivered that often (broker default: none on 3.x, 20 on 4.x).
+    /// Quorum queues: `x-delivery-limit`, the number of times the broker takes a message
+    /// back unsettled (its consumer's channel or connection died, or it was requeued) before
+    /// it dead-letters it. Unset, the claws use their `max_deliveries` (default 5; see
+    /// [`TopologyOptions::delivery_limit_or`]), so that a message which kills its consumer
+    /// (one the client library cannot decode) leaves the queue as a failing one does. The
+    /// broker's own default is none on 3.x and 20 on 4.x.
     pub delivery_limit: Option<u32>,
     /// Quorum queues: `x-queue-leader-locator`, the node that leads a new queue.
     pub leader_locator: Option<LeaderLocator>,
@@ -122,7 +126,7 @@ pub trait TopologyBuilder: Sized {
         self
     }
 
-    /// [`TopologyOptions::delivery_limit`] (default: the broker's, none on 3.x, 20 on 4.x).
+    /// [`TopologyOptions::delivery_limit`] (default: the claw's `max_deliveries`).
     fn delivery_limit(mut self, limit: u32) -> Self {
         self.topology_mut().delivery_limit = Some(limit);
         self
@@ -162,13 +166,30 @@ impl LeaderLocator {
 }
 
 impl TopologyOptions {
-    /// The `x-queue-type` and quorum arguments of a queue, when it is a quorum queue.
-    fn quorum_arguments(&self, arguments: &mut Vec<(&'static str, ArgValue)>) {
+    /// These options with [`delivery_limit`](Self::delivery_limit) set to `max_deliveries`
+    /// where it is unset: what the claws plan with.
+    ///
+    /// ```
+    /// use claws_core::topology::TopologyOptions;
+    /// let o = TopologyOptions::default().delivery_limit_or(5);
+    /// assert_eq!(o.delivery_limit, Some(5));
+    /// let mine = TopologyOptions { delivery_limit: Some(9), ..o };
+    /// assert_eq!(mine.delivery_limit_or(5).delivery_limit, Some(9));
+    /// ```
+    pub fn delivery_limit_or(mut self, max_deliveries: u32) -> Self {
+        self.delivery_limit.get_or_insert(max_deliveries);
+        self
+    }
+
+    /// The `x-queue-type` and quorum arguments of a queue, when it is a quorum queue. The
+    /// dead-letter queue (`consumed` false) gets no delivery limit: past it, a message there
+    /// would be dropped, having nowhere further to go.
+    fn quorum_arguments(&self, arguments: &mut Vec<(&'static str, ArgValue)>, consumed: bool) {
         arguments.push(("x-queue-type", ArgValue::Str("quorum")));
         if let Some(n) = self.quorum_size {
             arguments.push(("x-quorum-initial-group-size", ArgValue::Int(i64::from(n))));
         }
-        if let Some(n) = self.delivery_limit {
+        if let Some(n) = self.delivery_limit.filter(|_| consumed) {
             arguments.push(("x-delivery-limit", ArgValue::Int(i64::from(n))));
         }
         if let Some(l) = self.leader_locator {
@@ -267,6 +288,31 @@ impl Topology {
             .iter()
             .filter_map(|q| q.kind.as_ref().map(|k| (q, k)))
     }
+
+    /// This topology for a broker that refuses transient queues shared by connections
+    /// (RabbitMQ 4.3's default, `deprecated_features.permit.transient_nonexcl_queues = false`):
+    /// each transient queue is declared durable instead, and each consumed one expires when
+    /// unused (`x-expires` = `options.queue_expiry`), the nearest to a transient queue that
+    /// such a broker allows. Exchanges stay transient (that is not deprecated) and the claws
+    /// keep messages non-persistent, so `durable = false` still means "nothing survives for
+    /// long"; an exclusive queue instead would lose what was queued across a reconnect.
+    pub fn without_transient_queues(&self, options: &TopologyOptions) -> Topology {
+        let mut adapted = self.clone();
+        for q in adapted.queues.iter_mut().filter(|q| !q.durable) {
+            q.durable = true;
+            let expires = q.arguments.iter().any(|(k, _)| *k == "x-expires");
+            if let (Some(_), false, Some(ms)) = (&q.kind, expires, expiry_ms(options)) {
+                q.arguments.push(("x-expires", ArgValue::Int(ms)));
+            }
+        }
+        adapted
+    }
+}
+
+/// `options.queue_expiry` in milliseconds (`None`: no expiry).
+fn expiry_ms(options: &TopologyOptions) -> Option<i64> {
+    let expiry = options.queue_expiry.filter(|d| !d.is_zero())?;
+    Some(i64::try_from(expiry.as_millis()).unwrap_or(i64::MAX).max(1))
 }
 
 impl fmt::Display for Topology {
@@ -343,7 +389,7 @@ pub fn plan(
     ];
     let mut dead_letter_arguments = Vec::new();
     if options.quorum_groups {
-        options.quorum_arguments(&mut dead_letter_arguments);
+        options.quorum_arguments(&mut dead_letter_arguments, false);
     }
     let mut queues = vec![QueueDecl {
         name: DEAD_LETTER_QUEUE.to_owned(),
@@ -372,11 +418,10 @@ pub fn plan(
             options.quorum_instances
         };
         if quorum {
-            options.quorum_arguments(&mut arguments);
+            options.quorum_arguments(&mut arguments, true);
         }
         if !group {
-            if let Some(expiry) = options.queue_expiry.filter(|d| !d.is_zero()) {
-                let ms = i64::try_from(expiry.as_millis()).unwrap_or(i64::MAX).max(1);
+            if let Some(ms) = expiry_ms(options) {
                 arguments.push(("x-expires", ArgValue::Int(ms)));
             }
         }
@@ -456,6 +501,43 @@ mod tests {
         let t = plan(&jid, Subscriptions::all(), &options).unwrap();
         assert!(t.exchanges.iter().all(|e| !e.durable));
         assert!(t.queues.iter().all(|q| !q.durable));
+    }
+
+    #[test]
+    fn without_transient_queues_every_queue_is_durable_and_consumed_ones_expire() {
+        let jid = crate::jid::parse("n@d/r").unwrap();
+        let options = TopologyOptions {
+            durable: false,
+            queue_expiry: Some(Duration::from_secs(60)),
+            ..TopologyOptions::default()
+        };
+        let t = plan(&jid, Subscriptions::all(), &options)
+            .unwrap()
+            .without_transient_queues(&options);
+        assert!(t.exchanges.iter().all(|e| !e.durable), "exchanges stay");
+        assert!(t.queues.iter().all(|q| q.durable));
+        for (q, _) in t.consumed() {
+            let expiries: Vec<_> = q
+                .arguments
+                .iter()
+                .filter(|(k, _)| *k == "x-expires")
+                .collect();
+            assert_eq!(
+                expiries,
+                [&("x-expires", ArgValue::Int(60_000))],
+                "{}",
+                q.name
+            );
+        }
+        let dead_letter = &t.queues[0];
+        assert_eq!(dead_letter.name, DEAD_LETTER_QUEUE);
+        assert!(!dead_letter.arguments.iter().any(|(k, _)| *k == "x-expires"));
+        // Durable plans are unchanged.
+        let durable = plan(&jid, Subscriptions::all(), &TopologyOptions::default()).unwrap();
+        assert_eq!(
+            durable.without_transient_queues(&TopologyOptions::default()),
+            durable
+        );
     }
 
     #[test]
@@ -569,7 +651,9 @@ mod tests {
                 ("x-delivery-limit", ArgValue::Int(7)),
                 ("x-queue-leader-locator", ArgValue::Str("balanced")),
             ] {
-                assert!(q.arguments.contains(&arg), "{} lacks {arg:?}", q.name);
+                // Past a limit, a dead letter would have nowhere to go: none there.
+                let wanted = q.kind.is_some() || arg.0 != "x-delivery-limit";
+                assert_eq!(q.arguments.contains(&arg), wanted, "{} {arg:?}", q.name);
             }
             assert!(q.durable);
         }
