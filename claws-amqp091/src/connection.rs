@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use claws_core::runtime::{Endpoints, Reconnect};
+use claws_core::runtime::{Endpoints, Reconnect, Stint};
 use claws_core::{Error, Events, Result};
 use futures_util::StreamExt;
 use lapin::options::ConfirmSelectOptions;
@@ -17,6 +17,7 @@ use lapin::{Connection, ConnectionProperties};
 
 use crate::config::Endpoint;
 use crate::consumer::QueueInfo;
+use crate::hostile::poison;
 use crate::session::{Session, Shared};
 use crate::subscription;
 use crate::tls;
@@ -72,7 +73,46 @@ async fn connect(shared: &Shared, endpoint: &Endpoint) -> Result<Connection> {
 
 /// Builds a session on `endpoint`: connect, open channels, declare the topology, consume,
 /// report `Connected`.
+///
+/// A broker that refuses transient shared queues (RabbitMQ 4.3's default) closes the whole
+/// connection (541) at the first one; the claw then declares the plan without them from then
+/// on, on a new connection at once.
 pub(crate) async fn establish(
+    shared: &Arc<Shared>,
+    events: &Events,
+    endpoint: &Endpoint,
+) -> Result<Arc<Session>> {
+    match establish_swept(shared, events, endpoint).await {
+        Err(e) if topology::refuses_transient(&e) && shared.refuse_transient() => {
+            tracing::info!(claw = &*shared.name, %endpoint,
+                "the broker refuses transient queues: declaring them durable with x-expires");
+            establish_swept(shared, events, endpoint).await
+        }
+        other => other,
+    }
+}
+
+/// [`establish_once`], after sweeping the consumed queues for messages lapin cannot decode if
+/// a connection died of one (see `poison`); again at once (up to 3 times) if one killed this
+/// connection while it started consuming.
+async fn establish_swept(
+    shared: &Arc<Shared>,
+    events: &Events,
+    endpoint: &Endpoint,
+) -> Result<Arc<Session>> {
+    let mut tries = 0;
+    loop {
+        if shared.poison.take() {
+            poison::sweep_consumed(shared, endpoint).await;
+        }
+        match establish_once(shared, events, endpoint).await {
+            Err(_) if shared.poison.is_set() && tries < 3 => tries += 1,
+            other => return other,
+        }
+    }
+}
+
+async fn establish_once(
     shared: &Arc<Shared>,
     events: &Events,
     endpoint: &Endpoint,
@@ -90,7 +130,7 @@ pub(crate) async fn establish(
             &shared.name,
             &connection,
             &mut declaring,
-            &shared.topology,
+            shared.topology(),
             OnMismatch::Fail,
         )
         .await?;
@@ -104,7 +144,7 @@ pub(crate) async fn establish(
             .await
             .map_err(|e| shared.lapin_err("enabling publisher confirms", e))?;
         let mut consumers = Vec::new();
-        for (queue, kind) in shared.topology.consumed() {
+        for (queue, kind) in shared.topology().consumed() {
             let info = Arc::new(QueueInfo {
                 name: short("queue", &queue.name)?,
                 kind: kind.clone(),
@@ -143,6 +183,8 @@ pub(crate) async fn establish(
     let (publish, consumers) = match setup.await {
         Ok(parts) => parts,
         Err(err) => {
+            // A delivery lapin cannot decode may have killed the connection as consuming began.
+            poison::note_setup_failure(shared, &err, &mut conn_events);
             let _ = tokio::time::timeout(
                 Duration::from_secs(2),
                 connection.close(200, ShortString::from("claws: setup failed")),
@@ -181,11 +223,14 @@ pub(crate) async fn establish(
                         // A channel's error (a declaration refused, a queue's node down)
                         // comes here too: only a connection that is no longer up ends the
                         // session; channels recover on their own (`subscription`).
-                        Some(lapin::Event::Error(err)) if session.connection.status().connected() => {
+                        Some(lapin::Event::Error(err)) if session.connection.status().connected() && !poison::is_parse_error(&err) => {
                             tracing::debug!(claw = &*shared.name, error = %shared.settings.scrub(&err.to_string()), "channel error");
                         }
                         Some(lapin::Event::Error(err)) => {
-                            let reason = shared.settings.scrub(&err.to_string());
+                            let mut reason = shared.settings.scrub(&err.to_string());
+                            if shared.poison.note(&err) {
+                                reason.push_str(poison::DIED_OF_ONE);
+                            }
                             shared.mark_dead(&session, format!("connection lost: {reason}"));
                             return;
                         }
@@ -224,6 +269,8 @@ pub(crate) async fn supervise(
     mut retry: Reconnect<Endpoint>,
 ) {
     let stop = shared.closing.clone();
+    // The backoff starts over only after a connection that held (`Stint`).
+    let mut stint = Stint::watching(&shared.in_flight);
     loop {
         let reason = tokio::select! {
             reason = session.died() => reason,
@@ -239,6 +286,9 @@ pub(crate) async fn supervise(
             let old = session.clone();
             tokio::spawn(async move { old.shut("replaced").await });
         }
+        if !retry.after(&stint, &stop).await {
+            return;
+        }
         let next = retry
             .until(&stop, |endpoint| {
                 let (shared, events) = (&shared, &events);
@@ -247,7 +297,7 @@ pub(crate) async fn supervise(
             .await;
         match next {
             Some(new) => {
-                retry.reset();
+                stint = Stint::watching(&shared.in_flight);
                 session = new;
             }
             None => return,

@@ -9,6 +9,8 @@
 //! ([`header_depth`] over [`MAX_HEADER_DEPTH`]) and its headers freed on a thread with room for
 //! it ([`drop_deep`]).
 
+pub(crate) mod poison;
+
 use std::sync::Once;
 
 use lapin::types::{AMQPValue, FieldTable};
@@ -19,7 +21,7 @@ pub(crate) const MAX_HEADER_DEPTH: usize = 64;
 /// The stack size given to threads that do not choose one (lapin's I/O thread among them):
 /// room for the parser's recursion over the deepest table a frame can hold. Virtual memory:
 /// only the pages used are committed.
-const PARSER_STACK: usize = 256 << 20;
+pub(crate) const PARSER_STACK: usize = 256 << 20;
 
 /// Protects the process against messages whose headers nest thousands deep (see the crate
 /// docs, "Hostile publishers"): sets `RUST_MIN_STACK` to 256 MiB unless it is set already.

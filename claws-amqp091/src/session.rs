@@ -5,7 +5,7 @@
 //! supervisor, the consumers and the sends still waiting on it all learn at once. Ackers keep
 //! the session that delivered them, so an ack never reaches another connection.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -28,7 +28,14 @@ pub(crate) struct Shared {
     pub(crate) jid_short: ShortString,
     pub(crate) settings: Settings,
     pub(crate) subscriptions: Subscriptions,
-    pub(crate) topology: Topology,
+    /// The plan as configured.
+    planned: Topology,
+    /// The plan for a broker that refuses transient shared queues (the same as `planned`
+    /// unless `durable = false`).
+    durable_queues: Topology,
+    /// The broker refused a transient shared queue (RabbitMQ 4.3's default): declare
+    /// `durable_queues` from now on.
+    transient_refused: AtomicBool,
     /// The session that serves sends now.
     pub(crate) current: Current<Arc<Session>>,
     /// Cancelled by `close`: consumers stop taking deliveries; a dying session is not replaced.
@@ -37,6 +44,8 @@ pub(crate) struct Shared {
     pub(crate) in_flight: Arc<InFlight>,
     /// Sends waiting for their confirm.
     pub(crate) sends: Arc<InFlight>,
+    /// A connection died of a message lapin cannot decode: sweep before consuming again.
+    pub(crate) poison: crate::hostile::poison::Suspect,
     generation: AtomicU64,
 }
 
@@ -46,7 +55,8 @@ impl Shared {
         jid: Jid,
         settings: Settings,
         subscriptions: Subscriptions,
-        topology: Topology,
+        planned: Topology,
+        durable_queues: Topology,
     ) -> claws_core::Result<Self> {
         let jid_short = short("JID", jid.as_str())?;
         Ok(Self {
@@ -56,12 +66,32 @@ impl Shared {
             jid_short,
             settings,
             subscriptions,
-            topology,
+            planned,
+            durable_queues,
+            transient_refused: AtomicBool::new(false),
             closing: CancellationToken::new(),
             in_flight: InFlight::new(),
             sends: InFlight::new(),
+            poison: Default::default(),
             generation: AtomicU64::new(0),
         })
+    }
+
+    /// What the claw declares on its broker now: the plan, or, once the broker refused a
+    /// transient queue, the plan without transient queues
+    /// ([`Topology::without_transient_queues`]).
+    pub(crate) fn topology(&self) -> &Topology {
+        if self.transient_refused.load(Ordering::Acquire) {
+            &self.durable_queues
+        } else {
+            &self.planned
+        }
+    }
+
+    /// Switches to the plan without transient queues; false if that changes nothing (the
+    /// plan has none, or the switch was made before).
+    pub(crate) fn refuse_transient(&self) -> bool {
+        self.planned != self.durable_queues && !self.transient_refused.swap(true, Ordering::AcqRel)
     }
 
     pub(crate) fn next_generation(&self) -> u64 {

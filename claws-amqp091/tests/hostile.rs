@@ -29,6 +29,10 @@ fn main() {
                 .await
                 .unwrap();
             println!("test requeue_headers_from_a_publisher_do_not_redirect_replies ... ok");
+            tokio::spawn(undecodable_messages_are_dead_lettered_and_the_queue_goes_on())
+                .await
+                .unwrap();
+            println!("test undecodable_messages_are_dead_lettered_and_the_queue_goes_on ... ok");
         });
 }
 
@@ -122,6 +126,51 @@ async fn requeue_headers_from_a_publisher_do_not_redirect_replies() {
     assert_eq!(d.attempt, 1, "the headers counted as earlier deliveries");
     d.acker.ack().await.unwrap();
     let _ = conn.close(200, "done".into()).await;
+    s.claw.close().await.unwrap();
+    cleanup(&[&s.claw]).await;
+}
+
+/// Runs tests/interop/poison.py with `args`; its output, or `None` if it exited 1.
+fn poison_py(args: &[&str]) -> Option<String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/poison.py");
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("/usr/bin/python3 with pika (scripts/provision)");
+    match out.status.code() {
+        Some(0) => Some(String::from_utf8_lossy(&out.stdout).trim().to_owned()),
+        Some(1) => None,
+        _ => panic!("poison.py failed: {}", String::from_utf8_lossy(&out.stderr)),
+    }
+}
+
+/// A message lapin cannot decode (not UTF-8 where AMQP wants a short string) killed the
+/// connection on every delivery, and the broker delivered it first to every new one: the queue
+/// was blocked for good. Now the claw sweeps its queues after such a death: the message is
+/// dead-lettered after one delivery and the canary behind it arrives.
+async fn undecodable_messages_are_dead_lettered_and_the_queue_goes_on() {
+    let u = uid();
+    let me = format!("poison-{u}@test/a");
+    let mut s = start(builder(&me)).await;
+    for kind in ["correlation_id", "reply_to", "header_key"] {
+        let tag = format!("{u}-{kind}");
+        poison_py(&["publish", &url(), &me, kind, &tag]).expect("published");
+        let d = next(&mut s.rx, &format!("canary {tag}")).await;
+        d.acker.ack().await.unwrap();
+        let reason = poison_py(&["find", &url(), DEAD_LETTER_QUEUE, &tag])
+            .unwrap_or_else(|| panic!("the message with a bad {kind} is not dead-lettered"));
+        assert_eq!(reason, "rejected", "{kind}");
+    }
+    assert!(
+        nothing_more(
+            &mut s.rx,
+            &format!("poison {u}"),
+            std::time::Duration::from_millis(300)
+        )
+        .await,
+        "an undecodable message reached the handler"
+    );
     s.claw.close().await.unwrap();
     cleanup(&[&s.claw]).await;
 }

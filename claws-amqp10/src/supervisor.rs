@@ -20,7 +20,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use claws_core::runtime::{drain, CancellationToken, Endpoints, Reconnect};
+use claws_core::runtime::{drain, CancellationToken, Endpoints, Reconnect, Stint};
 use claws_core::{Error, Events, Result};
 use fe2o3_amqp::connection::ConnectionHandle;
 use fe2o3_amqp::link::Receiver;
@@ -390,7 +390,8 @@ pub(crate) async fn supervise(
             break gen.shutdown(&shared).await;
         }
         tracing::info!(claw = &*shared.name, jid = %shared.jid, endpoint = %gen.endpoint, generation = gen.number, "connected");
-        retry.reset();
+        // The backoff starts over only after a connection that held (`Stint`).
+        let stint = Stint::watching(&shared.in_flight);
         shared.current.up(gen.live.clone());
         events
             .connected_to(&shared.name, gen.endpoint.to_string())
@@ -406,6 +407,10 @@ pub(crate) async fn supervise(
         shared.current.down();
         gen.teardown(&reason).await;
         events.disconnected(&shared.name, reason).await;
+        if !retry.after(&stint, &stop).await {
+            shared.current.close();
+            return Ok(());
+        }
         match retry
             .until(&stop, |endpoint| attempt(&mut number, endpoint))
             .await

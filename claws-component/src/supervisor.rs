@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use claws_core::runtime::CancellationToken;
+use claws_core::runtime::{CancellationToken, Stint};
 use claws_core::Events;
 use tokio::sync::mpsc;
 use tokio::time::sleep;
@@ -24,6 +24,7 @@ pub(crate) async fn supervise(
 ) {
     let settings = &shared.settings;
     let mut backoff = settings.timing.backoff();
+    let mut stint = Stint::begin();
     loop {
         shared.set(State::Ready);
         let failure = match serve(&shared, &mut stream, &mut cmds, &events, &stop).await {
@@ -35,8 +36,9 @@ pub(crate) async fn supervise(
         tracing::warn!(claw = &*shared.name, server = %settings.server, reason = %failure, "component stream lost; reconnecting");
         events.disconnected(&shared.name, failure.to_string()).await;
 
-        // A stream that was up starts the waits from the shortest again.
-        backoff.reset();
+        // Only a stream that held starts the waits from the shortest again: one closed at
+        // once after each connect (a server refusing it after the handshake) slows down.
+        backoff.after(&stint);
         let mut attempt = 0u32;
         let mut delay = backoff.next_delay();
         stream = loop {
@@ -64,6 +66,7 @@ pub(crate) async fn supervise(
                 }
             }
         };
+        stint = Stint::begin();
         tracing::info!(claw = &*shared.name, server = %settings.server, attempt, "component stream re-established");
         events.connected(&shared.name).await;
     }

@@ -1,14 +1,96 @@
 //! Reconnecting: [`Backoff`] (jittered, exponential), [`Endpoints`] (a list walked from a
 //! shuffled start) and [`Reconnect`], which tries every endpoint once per round and backs off
-//! between rounds.
+//! between rounds; [`Stint`]: whether a connection held, the one rule for starting the delays
+//! over.
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::InFlight;
 use crate::{Error, Result};
+
+/// The shortest time a connection must stay up to count as held ([`Stint`]); the backoff's
+/// longest delay when that is longer.
+pub const STABLE: Duration = Duration::from_secs(10);
+
+/// One connection's stay, from when it was made ([`begin`](Self::begin),
+/// [`watching`](Self::watching)) to when it ended: whether it *held*, the only thing that
+/// starts the backoff over from its shortest delay ([`Backoff::after`], [`Reconnect::after`]).
+///
+/// A connection held when it stayed up for the stable period ([`STABLE`], 10 s, or the
+/// backoff's longest delay if that is longer) and, when it watches deliveries, it settled one
+/// or was handed none. A connection that dies at once on each connect (a broker that closes it
+/// after the handshake, a message that kills it each time it is delivered) never holds, so
+/// its reconnections slow down to the longest delay instead of starting over each time; nor
+/// does one that stayed up while its deliveries never settled.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// use std::time::Duration;
+/// use claws_core::runtime::{Backoff, InFlight, Stint};
+/// let deliveries = InFlight::new();
+/// let stint = Stint::watching(&deliveries);
+/// drop(deliveries.enter()); // a delivery handed out and settled
+/// let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+/// assert!(!backoff.after(&stint), "up for no time: did not hold");
+/// tokio::time::advance(Duration::from_secs(10)).await;
+/// assert!(backoff.after(&stint), "up 10 s, settled a delivery: held");
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Stint {
+    since: Instant,
+    /// The deliveries watched, how many had been handed out and how many finished at the start.
+    deliveries: Option<(Arc<InFlight>, u64, u64)>,
+}
+
+impl Stint {
+    /// A connection made now, judged by how long it stays up (a claw without deliveries to
+    /// settle, such as a component stream).
+    pub fn begin() -> Self {
+        Self {
+            since: Instant::now(),
+            deliveries: None,
+        }
+    }
+
+    /// A connection made now that hands out `deliveries`: it holds only if it also settled
+    /// one of them, or was handed none.
+    pub fn watching(deliveries: &Arc<InFlight>) -> Self {
+        let finished = deliveries.finished();
+        let handed = finished + deliveries.count() as u64;
+        Self {
+            since: Instant::now(),
+            deliveries: Some((deliveries.clone(), handed, finished)),
+        }
+    }
+
+    /// How long since the connection was made.
+    pub fn up_for(&self) -> Duration {
+        self.since.elapsed()
+    }
+
+    /// Whether the connection held for `stable`: up that long, and if it watches deliveries,
+    /// settled one of them or was handed none.
+    pub fn held(&self, stable: Duration) -> bool {
+        if self.up_for() < stable {
+            return false;
+        }
+        match &self.deliveries {
+            None => true,
+            Some((d, handed, finished)) => {
+                let finished_now = d.finished();
+                let handed_now = finished_now + d.count() as u64;
+                finished_now > *finished || handed_now == *handed
+            }
+        }
+    }
+}
 
 /// Exponential backoff with jitter: the n-th delay is drawn from `[d/2, d]` where
 /// `d = min × 2ⁿ` capped at `max`. The jitter spreads a fleet that lost the same node, so it
@@ -61,9 +143,26 @@ impl Backoff {
         half + Duration::from_nanos(fastrand::u64(0..=spread))
     }
 
-    /// Back to the first delay (after a connection that held).
+    /// Back to the first delay. Prefer [`after`](Self::after), which resets only after a
+    /// connection that held.
     pub fn reset(&mut self) {
         self.step = 0;
+    }
+
+    /// How long a connection must stay up to count as held: [`STABLE`], or the longest delay
+    /// if that is longer.
+    pub fn stable(&self) -> Duration {
+        self.max.max(STABLE)
+    }
+
+    /// The connection of `stint` ended: back to the first delay if it held ([`Stint`]), else
+    /// the delays go on growing. Whether it held.
+    pub fn after(&mut self, stint: &Stint) -> bool {
+        let held = stint.held(self.stable());
+        if held {
+            self.reset();
+        }
+        held
     }
 }
 
@@ -217,9 +316,30 @@ impl<T: fmt::Display + Clone> Reconnect<T> {
         }
     }
 
-    /// Back to the first, shortest delay (after a connection that held).
+    /// Back to the first, shortest delay. Prefer [`after`](Self::after), which resets only
+    /// after a connection that held.
     pub fn reset(&mut self) {
         self.backoff.reset();
+    }
+
+    /// Call when the connection made by the last [`until`](Self::until) or
+    /// [`round`](Self::round) ended, before reconnecting. If it held ([`Stint`]), the backoff
+    /// starts over and the next attempt comes at once; if not, this waits for the next delay
+    /// first, so that a connection that dies at once on each connect is made again no faster
+    /// than the backoff allows (without the wait, `until` would reconnect at once: its first
+    /// attempt succeeds). `false` if `stop` was cancelled while waiting.
+    pub async fn after(&mut self, stint: &Stint, stop: &CancellationToken) -> bool {
+        if self.backoff.after(stint) {
+            return !stop.is_cancelled();
+        }
+        let delay = self.backoff.next_delay();
+        tracing::warn!(claw = %self.claw, up_for = ?stint.up_for(), retry_in = ?delay,
+            "the connection did not hold; backing off before reconnecting");
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
+        }
     }
 }
 
@@ -331,6 +451,103 @@ mod tests {
             .await;
         assert!(got.is_none());
         canceller.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stint_holds_after_the_stable_period_with_settled_deliveries() {
+        let stable = Duration::from_secs(10);
+        let quiet = Stint::begin();
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(!quiet.held(stable), "9 s is short of the stable period");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(quiet.held(stable));
+
+        let d = InFlight::new();
+        let earlier = d.enter(); // handed out before the connection: not its own
+        let stint = Stint::watching(&d);
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert!(stint.held(stable), "up, and handed nothing: held");
+        let stuck = d.enter();
+        assert!(
+            !stint.held(stable),
+            "handed one, settled none: did not hold"
+        );
+        drop(stuck);
+        assert!(stint.held(stable), "settled one: held");
+        drop(earlier);
+
+        let b = Backoff::new(Duration::from_millis(100), Duration::from_secs(60));
+        assert_eq!(
+            b.stable(),
+            Duration::from_secs(60),
+            "never shorter than the longest delay"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_after_resets_only_a_connection_that_held() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        for _ in 0..4 {
+            b.next_delay();
+        }
+        let brief = Stint::begin();
+        tokio::time::advance(Duration::from_millis(50)).await;
+        assert!(!b.after(&brief));
+        // 100 ms doubled 4 times: the fifth delay's ceiling is 1.6 s, so at least 0.8 s.
+        assert!(b.next_delay() >= Duration::from_millis(800));
+        let long = Stint::begin();
+        tokio::time::advance(STABLE).await;
+        assert!(b.after(&long));
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    /// A connection that is made, then killed at once, over and over: the reconnections come
+    /// no faster than the backoff (before, the delay started over after every connect, and
+    /// `until`'s first attempt is immediate, so this was a tight loop).
+    #[tokio::test(start_paused = true)]
+    async fn connections_that_die_at_once_are_made_no_faster_than_the_backoff() {
+        let mut r = Reconnect::new(
+            "t",
+            Endpoints::in_order(vec!["a"]).unwrap(),
+            Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+        );
+        let stop = CancellationToken::new();
+        let started = tokio::time::Instant::now();
+        let mut connects = Vec::new();
+        for _ in 0..10 {
+            let c = r.until(&stop, |_| async { Ok(()) }).await;
+            assert!(c.is_some());
+            connects.push(started.elapsed());
+            let stint = Stint::begin(); // ... and the connection dies at once
+            assert!(r.after(&stint, &stop).await);
+        }
+        // The waits' floors: [d/2, d] with d = 0.1, 0.2, ... capped at 5 s.
+        let floor: Duration = [100u64, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]
+            .iter()
+            .map(|ms| Duration::from_millis(*ms) / 2)
+            .sum();
+        assert!(
+            connects[9] >= floor,
+            "10 connects in {:?}, under the backoff's {floor:?}: {connects:?}",
+            connects[9]
+        );
+        for pair in connects.windows(2).skip(6) {
+            assert!(
+                pair[1] - pair[0] >= Duration::from_millis(2500),
+                "{connects:?}"
+            );
+        }
+        // A connection that held: the next attempt comes at once, from the shortest delay.
+        let held = Stint::begin();
+        tokio::time::advance(STABLE).await;
+        let before = tokio::time::Instant::now();
+        assert!(r.after(&held, &stop).await);
+        assert_eq!(before.elapsed(), Duration::ZERO);
+        stop.cancel();
+        assert!(
+            !r.after(&Stint::begin(), &stop).await,
+            "stopped while waiting"
+        );
     }
 
     #[tokio::test]

@@ -1,6 +1,6 @@
 //! [`InFlight`]: how many deliveries or sends are not finished, and a wait for none.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::Notify;
@@ -21,6 +21,8 @@ use tokio::sync::Notify;
 #[derive(Debug, Default)]
 pub struct InFlight {
     count: AtomicUsize,
+    /// How many guards were ever dropped (for [`Stint`](crate::runtime::Stint)).
+    finished: AtomicU64,
     idle: Notify,
 }
 
@@ -44,6 +46,12 @@ impl InFlight {
     /// How many are in flight now.
     pub fn count(&self) -> usize {
         self.count.load(Ordering::Acquire)
+    }
+
+    /// How many operations ever finished (their guard dropped): with [`count`](Self::count),
+    /// what a connection handed out and settled since a moment ([`Stint`](crate::runtime::Stint)).
+    pub fn finished(&self) -> u64 {
+        self.finished.load(Ordering::Acquire)
     }
 
     /// Waits until nothing is in flight.
@@ -100,6 +108,7 @@ pub async fn drain(
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
+        self.0.finished.fetch_add(1, Ordering::Release);
         if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
         }

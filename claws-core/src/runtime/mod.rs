@@ -7,7 +7,7 @@
 //! | [`Current`] | the connection that serves sends now, and [`Current::wait_live`] | sends during an outage wait (bounded), then fail with [`Error::Disconnected`](crate::Error::Disconnected) |
 //! | [`Fuse`] | trips once, with the first reason; everyone waiting wakes | a connection generation that died |
 //! | [`InFlight`] | counts unsettled deliveries and unconfirmed sends | `close` waits for them |
-//! | [`Backoff`], [`Endpoints`], [`Reconnect`] | jittered exponential backoff per round over a list of endpoints | reconnecting without a tight loop or a stampede |
+//! | [`Backoff`], [`Endpoints`], [`Reconnect`], [`Stint`] | jittered exponential backoff per round over a list of endpoints, reset only by a connection that held | reconnecting without a tight loop or a stampede, also when each connection dies at once |
 //! | [`CancellationToken`] | one stop signal for every task of a claw | `close` |
 //! | [`redact_url`], [`scrub`] | URLs and messages without passwords | every log line and error |
 //!
@@ -21,7 +21,7 @@ mod in_flight;
 mod lifecycle;
 mod redact;
 
-pub use backoff::{Backoff, Endpoints, Reconnect};
+pub use backoff::{Backoff, Endpoints, Reconnect, Stint, STABLE};
 pub use current::{Alive, Current};
 pub use fuse::Fuse;
 pub use in_flight::{drain, InFlight, InFlightGuard};
