@@ -299,6 +299,10 @@ fn declare_error(claw: &str, what: &str, name: &str, err: &lapin::Error) -> Erro
             "set `amqp091.quorum_size`, `delivery_limit` and `leader_locator` to match it"
         }
         "type" => "another application uses this exchange name with another type; rename it there",
+        "x-dead-letter-exchange" => {
+            "claws always declares `x-dead-letter-exchange = xmpp_dead_letter`, so something \
+             else declared this queue; rename that application's queue"
+        }
         _ => "align the claw's options with it",
     };
     let arg_note = if arg.is_empty() {

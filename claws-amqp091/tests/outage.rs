@@ -46,9 +46,12 @@ async fn a_cut_is_reported_recovered_and_sends_wait_bounded() {
         .with_test_writer()
         .try_init();
     let u = uid();
-    let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], 5672)))
-        .await
-        .unwrap();
+    let proxy = FaultProxy::start(SocketAddr::from((
+        [127, 0, 0, 1],
+        claws_test::rabbitmq::port(),
+    )))
+    .await
+    .unwrap();
     let Started { claw, mut rx } =
         start(via(&proxy, &format!("cut-{u}@test/a")).send_timeout(Duration::from_millis(500)))
             .await;

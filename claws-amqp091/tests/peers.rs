@@ -46,6 +46,8 @@ async fn a_reply_to_a_peer_without_reply_to_goes_to_its_from_and_never_loops() {
     ch.queue_declare(
         ShortString::from(inbox.as_str()),
         QueueDeclareOptions {
+            // Exclusive: RabbitMQ 4.3 refuses transient queues shared by connections.
+            exclusive: true,
             auto_delete: true,
             ..Default::default()
         },

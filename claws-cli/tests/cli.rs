@@ -1,5 +1,5 @@
 //! The `claws` binary run as processes: on the mem transport, and against the real RabbitMQ at
-//! 127.0.0.1:5672 (guest/guest) with `listen` in one process and `send`/`publish` in others.
+//! 127.0.0.1:5672 (guest/guest; `TEST_RABBITMQ=4`: the RabbitMQ 4 node) with `listen` in one process and `send`/`publish` in others.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
@@ -919,7 +919,8 @@ impl Drop for Running {
 mod rabbitmq {
     use super::*;
 
-    const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+    /// The node under test (`TEST_RABBITMQ=4`: the RabbitMQ 4 node).
+    static URL: std::sync::LazyLock<String> = std::sync::LazyLock::new(claws_test::rabbitmq::url);
 
     /// Tests that consume or publish broadcasts take this lock: a broadcast reaches every
     /// fanout queue on the broker, so they must not see each other's.
@@ -930,7 +931,7 @@ mod rabbitmq {
             "--transport",
             "amqp091",
             "--url",
-            URL,
+            URL.as_str(),
             "--jid",
             jid,
             "--format",
@@ -965,7 +966,7 @@ mod rabbitmq {
             .build()
             .expect("runtime");
         rt.block_on(async {
-            let conn = lapin::Connection::connect(URL, lapin::ConnectionProperties::default())
+            let conn = lapin::Connection::connect(&URL, lapin::ConnectionProperties::default())
                 .await
                 .expect("connect to RabbitMQ to clean up");
             let channel = conn.create_channel().await.expect("channel");
@@ -1014,7 +1015,7 @@ mod rabbitmq {
             .build()
             .expect("runtime");
         rt.block_on(async {
-            let conn = lapin::Connection::connect(URL, lapin::ConnectionProperties::default())
+            let conn = lapin::Connection::connect(&URL, lapin::ConnectionProperties::default())
                 .await
                 .expect("connect to RabbitMQ");
             let mut left = Vec::new();
@@ -1050,7 +1051,10 @@ mod rabbitmq {
             "--transport",
             "amqp10",
             "--url",
-            "amqp://guest:guest@127.0.0.1:5672/",
+            &format!(
+                "amqp://guest:guest@127.0.0.1:{}/",
+                claws_test::rabbitmq::port()
+            ),
             "--format",
             "json",
             "test",
@@ -1435,17 +1439,14 @@ mod rabbitmq {
         // Nothing more: no second echo, no echo of the echo, nothing left queued.
         assert!(peer_lines.recv_timeout(Duration::from_secs(2)).is_err());
         assert!(echo_lines.recv_timeout(Duration::from_millis(100)).is_err());
-        let out = Command::new("rabbitmqctl")
-            .args([
-                "-q",
-                "list_queues",
-                "-p",
-                "claws-transient",
-                "name",
-                "messages",
-            ])
-            .output()
-            .unwrap();
+        let out = claws_test::rabbitmq::ctl(&[
+            "-q",
+            "list_queues",
+            "-p",
+            "claws-transient",
+            "name",
+            "messages",
+        ]);
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             if line.contains(&id) {
                 assert!(line.ends_with("\t0"), "left in a queue: {line}");
@@ -1460,15 +1461,13 @@ mod rabbitmq {
                 echo_jid.clone(),
                 echo_jid.trim_end_matches("/r1").to_owned(),
             ] {
-                let _ = Command::new("rabbitmqctl")
-                    .args([
-                        "-q",
-                        "delete_queue",
-                        "-p",
-                        "claws-transient",
-                        &format!("{q}:{j}"),
-                    ])
-                    .output();
+                let _ = claws_test::rabbitmq::ctl(&[
+                    "-q",
+                    "delete_queue",
+                    "-p",
+                    "claws-transient",
+                    &format!("{q}:{j}"),
+                ]);
             }
         }
     }
@@ -1696,7 +1695,7 @@ mod rabbitmq {
             .build()
             .expect("runtime");
         rt.block_on(async {
-            let conn = lapin::Connection::connect(URL, lapin::ConnectionProperties::default())
+            let conn = lapin::Connection::connect(&URL, lapin::ConnectionProperties::default())
                 .await
                 .expect("connect");
             let channel = conn.create_channel().await.expect("channel");
@@ -1739,8 +1738,37 @@ mod rabbitmq {
         assert!(lines[2]["throughput_ratio"].as_f64().unwrap() > 0.0);
     }
 
+    /// Issue 18: `--baseline` on amqp10 runs raw fe2o3-amqp.
+    #[cfg(feature = "amqp10")]
+    #[test]
+    fn amqp10_bench_with_baseline_runs_raw_fe2o3() {
+        let jid = format!("bench10-{}@test.claws/b", unique());
+        let out = claws(&[
+            "--transport",
+            "amqp10",
+            "--url",
+            URL.as_str(),
+            "--jid",
+            &jid,
+            "--format",
+            "json",
+            "bench",
+            "--messages",
+            "300",
+            "--size",
+            "32",
+            "--baseline",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let lines = json_lines(&stdout(&out));
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(lines[0]["run"], "claws (amqp10)");
+        assert_eq!(lines[1]["run"], "fe2o3-amqp (raw)");
+        assert!(lines[2]["throughput_ratio"].as_f64().unwrap() > 0.0);
+    }
+
     /// Issue 16, row 6: over AMQP 1.0 RabbitMQ 3.x accepts what no queue takes, so `send`
-    /// does not claim a confirmed route.
+    /// does not claim a confirmed route (RabbitMQ 4 says "released": no route, exit 1).
     #[cfg(feature = "amqp10")]
     #[test]
     fn amqp10_send_says_routing_is_not_verified() {
@@ -1752,7 +1780,7 @@ mod rabbitmq {
                 "--transport",
                 "amqp10",
                 "--url",
-                URL,
+                URL.as_str(),
                 "--jid",
                 &sender,
                 "--format",
@@ -1764,6 +1792,12 @@ mod rabbitmq {
             ])
         };
         let out = send("human");
+        if claws_test::rabbitmq::on_rabbitmq4() {
+            // RabbitMQ 4 releases what no queue takes: a verified "no route".
+            assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+            assert!(stderr(&out).contains("no route"), "{}", stderr(&out));
+            return;
+        }
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
         assert!(
             stdout(&out).contains("accepted; routing not verified on this broker"),
@@ -1784,7 +1818,7 @@ mod rabbitmq {
             "--transport",
             "amqp10",
             "--url",
-            URL,
+            URL.as_str(),
             "--format",
             "json",
             "demo",
@@ -1804,7 +1838,7 @@ mod rabbitmq {
             "--transport",
             "amqp091",
             "--url",
-            URL,
+            URL.as_str(),
             "--format",
             "json",
             "demo",
@@ -1894,7 +1928,10 @@ mod rabbitmq {
 
 /// A `connected` line of the amqp091 claw names the node it is connected to, without password.
 fn assert_connected_via_rabbitmq(line: &serde_json::Value) {
-    assert_connected_via(line, "amqp://guest@127.0.0.1:5672/");
+    assert_connected_via(
+        line,
+        &format!("amqp://guest@127.0.0.1:{}/", claws_test::rabbitmq::port()),
+    );
 }
 
 /// A `connected` line of the amqp091 claw whose endpoint starts with `prefix`.
@@ -1912,14 +1949,15 @@ mod robustness {
 
     use super::*;
 
-    const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+    /// The node under test (`TEST_RABBITMQ=4`: the RabbitMQ 4 node).
+    static URL: std::sync::LazyLock<String> = std::sync::LazyLock::new(claws_test::rabbitmq::url);
 
     fn listen_args(jid: &str, config: &str, rest: &[&str]) -> Vec<String> {
         let mut args: Vec<String> = [
             "--transport",
             "amqp091",
             "--url",
-            URL,
+            URL.as_str(),
             "--jid",
             jid,
             "--config",
@@ -1964,7 +2002,7 @@ mod robustness {
     fn publish(jid: &str, range: std::ops::Range<usize>) {
         use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
         runtime().block_on(async {
-            let conn = lapin::Connection::connect(URL, lapin::ConnectionProperties::default())
+            let conn = lapin::Connection::connect(&URL, lapin::ConnectionProperties::default())
                 .await
                 .expect("connect to RabbitMQ");
             let channel = conn.create_channel().await.expect("channel");
@@ -2001,7 +2039,7 @@ mod robustness {
     /// Messages ready in `queue`.
     fn ready(queue: &str) -> u32 {
         runtime().block_on(async {
-            let conn = lapin::Connection::connect(URL, lapin::ConnectionProperties::default())
+            let conn = lapin::Connection::connect(&URL, lapin::ConnectionProperties::default())
                 .await
                 .expect("connect");
             let channel = conn.create_channel().await.expect("channel");
@@ -2023,7 +2061,7 @@ mod robustness {
 
     fn delete_queues(jid: &str) {
         runtime().block_on(async {
-            let conn = lapin::Connection::connect(URL, lapin::ConnectionProperties::default())
+            let conn = lapin::Connection::connect(&URL, lapin::ConnectionProperties::default())
                 .await
                 .expect("connect");
             let channel = conn.create_channel().await.expect("channel");
@@ -2040,10 +2078,8 @@ mod robustness {
     /// Closes the broker connection of the amqp091 claw of `jid` (found by its connection
     /// name) with `rabbitmqctl`, as an operator or a failing node would.
     fn close_connection_of(jid: &str) {
-        let out = Command::new("rabbitmqctl")
-            .args(["-q", "list_connections", "pid", "client_properties"])
-            .output()
-            .expect("rabbitmqctl");
+        let out =
+            claws_test::rabbitmq::ctl(&["-q", "list_connections", "pid", "client_properties"]);
         let list = String::from_utf8_lossy(&out.stdout);
         let name = list
             .lines()
@@ -2051,10 +2087,8 @@ mod robustness {
             .and_then(|l| l.split('\t').next())
             .unwrap_or_else(|| panic!("no connection of {jid} in:\n{list}"))
             .to_owned();
-        let out = Command::new("rabbitmqctl")
-            .args(["-q", "close_connection", &name, "cut by the CLI test"])
-            .output()
-            .expect("rabbitmqctl close_connection");
+        let out =
+            claws_test::rabbitmq::ctl(&["-q", "close_connection", &name, "cut by the CLI test"]);
         assert!(out.status.success(), "{}", stderr(&out));
     }
 
@@ -2185,7 +2219,7 @@ mod robustness {
             "--transport",
             "amqp091",
             "--url",
-            URL,
+            URL.as_str(),
             "--jid",
             &jid,
             "--config",

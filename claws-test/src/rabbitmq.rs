@@ -1,21 +1,67 @@
-//! Faults for claws on the local RabbitMQ: [`restart_app`] restarts the broker the way an
-//! operator does, for [`ClawFactory::restart_broker`](crate::conformance::ClawFactory::restart_broker).
+//! The local RabbitMQ node the broker tests run against, and faults on it: [`restart_app`]
+//! restarts the broker the way an operator does, for
+//! [`ClawFactory::restart_broker`](crate::conformance::ClawFactory::restart_broker).
+//!
+//! `TEST_RABBITMQ=4` points [`url`], [`port`], [`ctl`], [`transient_url`] and
+//! [`restart_app`] at the RabbitMQ 4 node ([`crate::rabbitmq4`]) instead of the default 3.x node
+//! on 5672, so that one test suite runs on both (`scripts/test` runs the broker suites twice).
 //!
 //! ```no_run
 //! # async fn demo() -> claws_core::Result<()> {
+//! let url = claws_test::rabbitmq::url(); // amqp://guest:guest@127.0.0.1:5672/%2f by default
 //! claws_test::rabbitmq::restart_app().await?; // durable queues and persistent messages stay
-//! # Ok(()) }
+//! # let _ = url; Ok(()) }
 //! ```
 
 use claws_core::{Error, Result};
 
-/// Restarts the local RabbitMQ node's application (`rabbitmqctl stop_app`, `start_app`, then
+/// Whether the broker tests run against the RabbitMQ 4 node (`TEST_RABBITMQ=4`).
+pub fn on_rabbitmq4() -> bool {
+    std::env::var("TEST_RABBITMQ").is_ok_and(|v| v.trim() == "4")
+}
+
+/// The AMQP port of the node under test: 5672, or [`rabbitmq4::PORT`](crate::rabbitmq4::PORT).
+pub fn port() -> u16 {
+    if on_rabbitmq4() {
+        crate::rabbitmq4::PORT
+    } else {
+        5672
+    }
+}
+
+/// The AMQP URL of the node under test (guest/guest, vhost `/`).
+pub fn url() -> String {
+    format!("amqp://guest:guest@127.0.0.1:{}/%2f", port())
+}
+
+/// `rabbitmqctl ARGS...` against the node under test, blocking (tests call it from plain
+/// threads and `Drop`s too). Panics when the command cannot run at all.
+pub fn ctl(args: &[&str]) -> std::process::Output {
+    let mut command = if on_rabbitmq4() {
+        let mut c = std::process::Command::new(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/rabbitmq4"),
+        );
+        c.arg("ctl");
+        c
+    } else {
+        std::process::Command::new("rabbitmqctl")
+    };
+    command
+        .args(args)
+        .output()
+        .expect("rabbitmqctl of the node under test (run scripts/provision)")
+}
+
+/// Restarts the node under test's application (`rabbitmqctl stop_app`, `start_app`, then
 /// `await_startup`) and returns once it accepts connections again. Every connection is closed;
 /// durable queues, persistent messages and the configured listeners come back.
 ///
 /// The whole broker restarts: run it only where no other test uses RabbitMQ at the same time
 /// (a conformance run is sequential; cargo runs test binaries one after another).
 pub async fn restart_app() -> Result<()> {
+    if on_rabbitmq4() {
+        return crate::rabbitmq4::restart_app().await;
+    }
     tokio::task::spawn_blocking(|| {
         for args in [
             &["stop_app"][..],
@@ -44,31 +90,26 @@ pub async fn restart_app() -> Result<()> {
     .map_err(|e| Error::backend(format!("the rabbitmqctl task failed: {e}")))?
 }
 
-/// The URL of a vhost of the local RabbitMQ for transient (`durable = false`) instances,
+/// The URL of a vhost of the node under test for transient (`durable = false`) instances,
 /// whose exchanges are transient too and so cannot share the default vhost's durable ones.
 /// Created, with guest's permissions, when missing; panics with the reason when it cannot be.
 pub fn transient_url() -> String {
     const VHOST: &str = "claws-transient";
-    let _ = std::process::Command::new("rabbitmqctl")
-        .args(["-q", "add_vhost", VHOST])
-        .output();
-    let out = std::process::Command::new("rabbitmqctl")
-        .args([
-            "-q",
-            "set_permissions",
-            "-p",
-            VHOST,
-            "guest",
-            ".*",
-            ".*",
-            ".*",
-        ])
-        .output()
-        .expect("rabbitmqctl (scripts/provision)");
+    let _ = ctl(&["-q", "add_vhost", VHOST]);
+    let out = ctl(&[
+        "-q",
+        "set_permissions",
+        "-p",
+        VHOST,
+        "guest",
+        ".*",
+        ".*",
+        ".*",
+    ]);
     assert!(
         out.status.success(),
         "cannot give guest the vhost {VHOST}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    format!("amqp://guest:guest@127.0.0.1:5672/{VHOST}")
+    format!("amqp://guest:guest@127.0.0.1:{}/{VHOST}", port())
 }

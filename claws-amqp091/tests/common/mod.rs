@@ -7,15 +7,21 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use claws_amqp091::{AmqpClaw, AmqpClawBuilder, DEFAULT_URL};
+use claws_amqp091::{AmqpClaw, AmqpClawBuilder};
 use claws_core::{Claw, Delivery, Event, Events};
 use lapin::options::QueueDeleteOptions;
 use lapin::{Connection, ConnectionProperties};
 use tokio::sync::mpsc;
 
-/// The broker the tests use (`CLAWS_AMQP_URL`, default the local RabbitMQ).
+/// The broker the tests use (`CLAWS_AMQP_URL`, else the node under test:
+/// `claws_test::rabbitmq::url`, the RabbitMQ 4 node with `TEST_RABBITMQ=4`).
 pub fn url() -> String {
-    std::env::var("CLAWS_AMQP_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
+    std::env::var("CLAWS_AMQP_URL").unwrap_or_else(|_| claws_test::rabbitmq::url())
+}
+
+/// `rabbitmqctl ARGS...` on the node under test (see `claws_test::rabbitmq::ctl`).
+pub fn ctl(args: &[&str]) -> std::process::Output {
+    claws_test::rabbitmq::ctl(args)
 }
 
 /// The transient vhost's URL (see `claws_test::rabbitmq::transient_url`).
@@ -108,7 +114,7 @@ pub async fn raw() -> Connection {
     Connection::connect(&url(), ConnectionProperties::default())
         .await
         .expect(
-            "RabbitMQ must be running at CLAWS_AMQP_URL or 127.0.0.1:5672 (run scripts/provision)",
+            "RabbitMQ must be running at CLAWS_AMQP_URL or the node under test (run scripts/provision)",
         )
 }
 
@@ -129,11 +135,9 @@ pub async fn cleanup(claws: &[&AmqpClaw]) {
 /// The `rabbitmqctl list_connections` row of the connection whose properties contain `needle`:
 /// its client properties, then the columns asked for.
 pub fn connection_row(needle: &str, columns: &[&str]) -> String {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(["-q", "list_connections", "client_properties"])
-        .args(columns)
-        .output()
-        .expect("rabbitmqctl must be installed (scripts/provision)");
+    let mut args = vec!["-q", "list_connections", "client_properties"];
+    args.extend_from_slice(columns);
+    let out = ctl(&args);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.lines()
         .find(|l| l.contains(needle))
@@ -149,9 +153,6 @@ pub fn close_connection(needle: &str) {
         .last()
         .expect("a row ends with the pid column")
         .to_owned();
-    let status = std::process::Command::new("rabbitmqctl")
-        .args(["-q", "close_connection", &pid, "claws fault test"])
-        .status()
-        .expect("rabbitmqctl close_connection");
-    assert!(status.success(), "rabbitmqctl close_connection failed");
+    let out = ctl(&["-q", "close_connection", &pid, "claws fault test"]);
+    assert!(out.status.success(), "rabbitmqctl close_connection failed");
 }

@@ -24,7 +24,7 @@ ch.exchange_declare("xmpp_fanout", passive=True)
 own_direct = f"xmpp_direct:{me}"
 own_fanout = f"xmpp_fanout:{me}"
 for queue, exchange in ((own_direct, "xmpp_direct"), (own_fanout, "xmpp_fanout")):
-    ch.queue_declare(queue, auto_delete=True)
+    ch.queue_declare(queue, auto_delete=True, exclusive=True)
     ch.queue_bind(queue, exchange, routing_key=me)
 
 ch.confirm_delivery()
