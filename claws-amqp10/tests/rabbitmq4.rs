@@ -344,3 +344,64 @@ fn the_addresses_key_is_read_from_the_amqp10_table() {
         .to_string();
     assert!(e.contains("v3"), "{e}");
 }
+
+/// `durable = false` on a broker that refuses transient shared queues (4.3's default): the
+/// declarer's first connection is refused (541), the second declares the queues durable with
+/// `x-expires`, and stanzas flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_mode_declares_expiring_durable_queues_on_rabbitmq4() {
+    use claws_core::TopologyBuilder;
+    node().await;
+    // Transient exchanges cannot share the default vhost's durable ones.
+    for args in [
+        &["add_vhost", "claws-transient"][..],
+        &[
+            "set_permissions",
+            "-p",
+            "claws-transient",
+            "guest",
+            ".*",
+            ".*",
+            ".*",
+        ][..],
+    ] {
+        let _ = rabbitmq4::ctl(args).await;
+    }
+    let url = format!(
+        "amqp://guest:guest@127.0.0.1:{}/claws-transient",
+        rabbitmq4::PORT
+    );
+    let s = unique("");
+    let b = Amqp10Claw::builder(
+        &url,
+        format!("tr{s}@example.com/r1"),
+        AddressScheme::RabbitMq,
+    )
+    .durable(false)
+    .queue_expiry(Duration::from_secs(90));
+    let (c, mut inbox) = started(b).await;
+    let t = unique("transient-");
+    c.send(c.jid(), None, Packet::from(t.clone()))
+        .await
+        .unwrap();
+    inbox.delivery(&t).await.acker.ack().await.unwrap();
+    let listing = rabbitmq4::ctl(&[
+        "-q",
+        "list_queues",
+        "-p",
+        "claws-transient",
+        "name",
+        "durable",
+        "arguments",
+    ])
+    .await
+    .unwrap();
+    let own = listing
+        .lines()
+        .find(|l| l.starts_with(&format!("xmpp_direct:tr{s}@example.com/r1\t")))
+        .unwrap_or_else(|| panic!("not listed:\n{listing}"));
+    assert!(own.contains("\ttrue\t") && own.contains("90000"), "{own}");
+    drop(inbox);
+    c.close().await.unwrap();
+    c.delete_queues().await.unwrap();
+}
