@@ -26,7 +26,7 @@ pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// quorum_groups = true          # group queues and xmpp_dead_letter are quorum queues
 /// quorum_instances = false      # the instance's own queues too (a Raft group each)
 /// # quorum_size = 3             # x-quorum-initial-group-size
-/// # delivery_limit = 20         # x-delivery-limit
+/// # delivery_limit = 5          # x-delivery-limit (default: max_deliveries)
 /// # leader_locator = "balanced" # or "client-local"
 /// # layout = "erlang"           # mixed Erlang/claws groups (see the crate docs)
 /// # TLS, with an amqps:// URL and the `tls` feature:

@@ -24,7 +24,7 @@ use crate::address::{AddressScheme, Addresses};
 /// quorum_groups = true          # group queues and xmpp_dead_letter are quorum queues
 /// quorum_instances = false      # the instance's own queues too (a Raft group each)
 /// # quorum_size = 3             # x-quorum-initial-group-size
-/// # delivery_limit = 20         # x-delivery-limit
+/// # delivery_limit = 5          # x-delivery-limit (default: max_deliveries)
 /// # leader_locator = "balanced" # or "client-local"
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
