@@ -67,6 +67,7 @@ pub mod router;
 pub mod runtime;
 pub mod stanza;
 pub mod topology;
+pub mod trace;
 mod via;
 
 pub use async_trait::async_trait;

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::jid::Jid;
 use crate::topology::QueueKind;
+use crate::trace::TraceContext;
 
 /// How a packet arrived. It carries everything snatch's `#via{jid, exchange, claws, id}` did, plus
 /// the subscription (`queue`) and the sender (`from`).
@@ -27,6 +28,9 @@ pub struct Via {
     /// XMPP peer writes it; peers such as the Erlang claw never set `reply_to`). The router
     /// learns a route to it.
     pub from: Option<Jid>,
+    /// The W3C trace context the sender put on the message (`traceparent`), if a valid one:
+    /// the router's delivery span continues that trace (see [`crate::trace`]).
+    pub trace: Option<TraceContext>,
 }
 
 impl Via {
@@ -39,6 +43,7 @@ impl Via {
             id: None,
             queue,
             from: None,
+            trace: None,
         }
     }
 
@@ -60,6 +65,14 @@ impl Via {
     #[must_use]
     pub fn with_from(mut self, from: Option<Jid>) -> Self {
         self.from = from;
+        self
+    }
+
+    /// Sets the trace context from a `traceparent` value (ignored unless valid: a peer's
+    /// malformed header starts a new trace, it does not fail the delivery).
+    #[must_use]
+    pub fn with_traceparent(mut self, traceparent: Option<&str>) -> Self {
+        self.trace = traceparent.and_then(TraceContext::parse);
         self
     }
 
