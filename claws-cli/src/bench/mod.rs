@@ -2,6 +2,8 @@
 
 #[cfg(feature = "amqp091")]
 mod baseline;
+#[cfg(all(feature = "amqp091", feature = "amqp10"))]
+mod baseline10;
 mod claw;
 mod stats;
 
@@ -21,9 +23,10 @@ use stats::Stats;
 /// latency percentiles (p50, p99), with a progress bar on stderr. Latency runs from the send
 /// to the receipt under full load, so it includes the time stanzas wait in the queue.
 ///
-/// --baseline runs raw lapin doing the same work (persistent messages, publisher confirms,
-/// manual acks, the same prefetch) in the same run and prints the ratio; it needs
-/// --transport amqp091.
+/// --baseline runs the raw client doing the same work in the same run and prints the ratio:
+/// on amqp091 raw lapin (persistent messages, publisher confirms, manual acks, the same
+/// prefetch), on amqp10 raw fe2o3-amqp (durable messages sent unsettled, each awaiting its
+/// outcome, every delivery accepted, the prefetch as credit; RabbitMQ 3.x addresses).
 ///
 /// --repeat N runs each side N times (claws and lapin taking turns), prints every run, then a
 /// table of the throughput's min, median and max per side and the ratio of the medians; it
@@ -42,7 +45,8 @@ pub(crate) struct Args {
     /// Unconfirmed sends allowed at once.
     #[arg(long, default_value_t = 64, value_name = "N", value_parser = in_flight)]
     in_flight: usize,
-    /// Also run raw lapin doing the same work, and print the ratio (amqp091 only).
+    /// Also run the raw client doing the same work (lapin on amqp091, fe2o3-amqp on amqp10),
+    /// and print the ratio.
     #[arg(long)]
     baseline: bool,
     /// Run each side this many times and print min/median/max (warning when runs disagree
@@ -71,12 +75,17 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<(), Failure> {
         ));
     }
     let config = global.config()?;
-    if args.baseline && config.transport != Transport::Amqp091 {
+    if args.baseline && !matches!(config.transport, Transport::Amqp091 | Transport::Amqp10) {
         return Err(Failure::usage(format!(
-            "--baseline compares with raw lapin and needs --transport amqp091 (the transport is {})",
+            "--baseline compares with the raw client (lapin or fe2o3-amqp) and needs --transport \
+             amqp091 or amqp10 (the transport is {})",
             config.transport.as_str()
         )));
     }
+    let raw_label = match config.transport {
+        Transport::Amqp10 => "fe2o3-amqp (raw)",
+        _ => RAW,
+    };
     let work = Work {
         messages: args.messages,
         size: args.size.max(stats::MIN_SIZE),
@@ -101,14 +110,25 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<(), Failure> {
         if args.baseline {
             #[cfg(feature = "amqp091")]
             {
-                let raw = baseline::run(&config, work, progress(work.messages, "lapin")).await?;
-                report(&printer, RAW, &raw, work, (repeat > 1).then_some(round));
+                let bar = progress(work.messages, raw_label);
+                let raw = match config.transport {
+                    #[cfg(feature = "amqp10")]
+                    Transport::Amqp10 => baseline10::run(&config, work, bar).await?,
+                    _ => baseline::run(&config, work, bar).await?,
+                };
+                report(
+                    &printer,
+                    raw_label,
+                    &raw,
+                    work,
+                    (repeat > 1).then_some(round),
+                );
                 raw_runs.push(raw.throughput());
             }
         }
     }
     let claws_side = Side::new(&label, &claws_runs);
-    let raw_side = (!raw_runs.is_empty()).then(|| Side::new(RAW, &raw_runs));
+    let raw_side = (!raw_runs.is_empty()).then(|| Side::new(raw_label, &raw_runs));
     if repeat > 1 {
         table(&printer, &[Some(&claws_side), raw_side.as_ref()]);
     }
@@ -118,7 +138,7 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<(), Failure> {
             || {
                 let of = if repeat > 1 { "median " } else { "" };
                 format!(
-                    "ratio: claws reaches {:.0}% of raw lapin's {of}throughput",
+                    "ratio: claws reaches {:.0}% of {raw_label}'s {of}throughput",
                     ratio * 100.0
                 )
             },
