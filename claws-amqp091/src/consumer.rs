@@ -152,7 +152,9 @@ fn to_delivery(
     let mut exchange = exchange;
     let mut routing_key = routing_key;
     let mut previous = 0;
+    let mut traceparent = None;
     if let Some(headers) = properties.headers() {
+        traceparent = header_str(headers, claws_core::trace::TRACEPARENT);
         // A copy the claw re-queued after a failure carries its original address. Only such a
         // copy is believed: it came through the default exchange straight to this queue. The
         // same headers on a message published to xmpp_direct (anyone can set headers) would
@@ -190,7 +192,8 @@ fn to_delivery(
             .reply_to()
             .as_ref()
             .and_then(|s| last_from.parse(s.as_str())),
-    );
+    )
+    .with_traceparent(traceparent.as_ref().map(|t| t.as_str()));
     let attempt = previous.saturating_add(1);
     Delivery {
         packet: Packet::new(payload.clone()),

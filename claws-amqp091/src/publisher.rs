@@ -11,7 +11,9 @@ use claws_core::jid::Jid;
 use claws_core::topology::{DIRECT_EXCHANGE, FANOUT_EXCHANGE};
 use claws_core::{Error, Packet, Result};
 use lapin::options::BasicPublishOptions;
-use lapin::types::ShortString;
+use claws_core::trace::TRACEPARENT;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use tracing::Instrument;
 use lapin::{BasicProperties, Confirmation};
 use tokio::time::Instant;
 
@@ -26,12 +28,30 @@ pub(crate) enum Target<'a> {
     Fanout,
 }
 
-/// Publishes `packet` and waits for the broker's confirm.
+/// Publishes `packet` and waits for the broker's confirm, in a `claws.send` span; the trace
+/// context current on the task, if any, travels in a `traceparent` header.
 pub(crate) async fn publish(
     shared: &Arc<Shared>,
     target: Target<'_>,
     id: Option<&str>,
     packet: Packet,
+) -> Result<()> {
+    let to = match &target {
+        Target::Direct(jid) => jid.as_str(),
+        Target::Fanout => "broadcast",
+    };
+    let (span, traceparent) = claws_core::trace::outgoing(&shared.name, to);
+    confirmed(shared, target, id, packet, traceparent)
+        .instrument(span)
+        .await
+}
+
+async fn confirmed(
+    shared: &Arc<Shared>,
+    target: Target<'_>,
+    id: Option<&str>,
+    packet: Packet,
+    traceparent: Option<String>,
 ) -> Result<()> {
     let started = Instant::now();
     let (exchange, routing_key, mandatory, to) = match target {
@@ -53,6 +73,14 @@ pub(crate) async fn publish(
         .with_reply_to(shared.jid_short.clone());
     if let Some(id) = id {
         properties = properties.with_correlation_id(short("correlation id", id)?);
+    }
+    if let Some(traceparent) = traceparent {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            ShortString::from(TRACEPARENT),
+            AMQPValue::LongString(traceparent.into()),
+        );
+        properties = properties.with_headers(headers);
     }
     let options = BasicPublishOptions {
         mandatory,
