@@ -204,7 +204,8 @@ pub(crate) fn escape_line(text: &str) -> String {
     out
 }
 
-/// `{"jid":..,"exchange":..,"claw":..,"id":..,"queue":..}`, absent values null.
+/// `{"jid":..,"exchange":..,"claw":..,"id":..,"queue":..}`, absent values null; `from` and
+/// `traceparent` (the sender's trace context) when the delivery carried them.
 pub(crate) fn via_json(via: &Via) -> Value {
     let mut v = json!({
         "jid": via.jid,
@@ -215,6 +216,9 @@ pub(crate) fn via_json(via: &Via) -> Value {
     });
     if let Some(from) = &via.from {
         v["from"] = json!(from.as_str());
+    }
+    if let Some(trace) = &via.trace {
+        v["traceparent"] = json!(trace.to_string());
     }
     v
 }

@@ -1,9 +1,7 @@
 //! [`Router`]: holds claws, dispatches what they receive to a [`Handler`], and sends replies back
 //! the way packets came.
 
-use std::collections::hash_map::DefaultHasher;
 use std::fmt;
-use std::hash::{Hash, Hasher};
 use std::num::NonZeroUsize;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
@@ -15,11 +13,13 @@ use futures_util::FutureExt;
 use lru::LruCache;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::claw::{Claw, Delivery, Event, Events};
 use crate::handler::{Context, Handler};
 use crate::jid::Jid;
 use crate::metrics::Meters;
+use crate::trace::TraceContext;
 use crate::{Error, Packet, Result, Via};
 
 /// Builds a [`Router`]. Validation happens once, in [`build`](RouterBuilder::build).
@@ -318,11 +318,14 @@ impl Router {
         let Some(index) = self.inner.claws.iter().position(|c| c.name() == &*via.claw) else {
             return;
         };
-        self.inner
-            .routes
-            .lock()
-            .expect("route table lock poisoned")
-            .put(from.to_string(), (index, Instant::now()));
+        let now = Instant::now();
+        let mut routes = self.inner.routes.lock().expect("route table lock poisoned");
+        // A sender seen before (most are) is refreshed in place: no key allocated.
+        if let Some(route) = routes.get_mut(from.as_str()) {
+            *route = (index, now);
+        } else {
+            routes.put(from.to_string(), (index, now));
+        }
     }
 
     /// Closes every claw (each stops consuming and lets in-flight handler calls finish and be
@@ -421,12 +424,22 @@ fn lane_of(via: &Via, lanes: usize) -> usize {
     if lanes == 1 {
         return 0;
     }
-    let mut h = DefaultHasher::new();
-    match &via.from {
-        Some(from) => from.as_str().hash(&mut h),
-        None => via.jid.hash(&mut h),
+    let key = match &via.from {
+        Some(from) => from.as_str(),
+        None => via.jid.as_str(),
+    };
+    (fnv1a(key.as_bytes()) % lanes as u64) as usize
+}
+
+/// FNV-1a: spreads senders over lanes. A sender who picks JIDs to collide only slows
+/// themselves down (their stanzas share a lane), so no keyed hash is needed here.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    (h.finish() % lanes as u64) as usize
+    h
 }
 
 async fn lane(
@@ -450,30 +463,72 @@ async fn lane(
                 std::time::Instant::now(),
             )
         });
-        let outcome = AssertUnwindSafe(handler.received(packet, via, &ctx))
-            .catch_unwind()
-            .await;
-        if let Some((timer, started)) = timer {
-            timer.handled(started);
+        let (span, trace) = delivery_span(&via, attempt);
+        let work = async {
+            let outcome = AssertUnwindSafe(handler.received(packet, via, &ctx))
+                .catch_unwind()
+                .await;
+            if let Some((timer, started)) = timer {
+                timer.handled(started);
+            }
+            let (settled, result) = match outcome {
+                Ok(Ok(())) => (acker.ack().await, "acked"),
+                Ok(Err(err)) => {
+                    tracing::warn!(claw = &*claw, attempt, %err, "handler failed; the packet will be redelivered");
+                    (acker.reject(&Error::Handler(err)).await, "rejected")
+                }
+                Err(panic) => {
+                    let msg = panic_message(&panic);
+                    tracing::error!(claw = &*claw, attempt, panic = %msg, "handler panicked; the packet will be redelivered");
+                    let err = Error::Handler(format!("handler panicked: {msg}").into());
+                    (acker.reject(&err).await, "panicked")
+                }
+            };
+            if let Err(err) = settled {
+                tracing::warn!(claw = &*claw, %err, "could not settle a delivery; the broker will redeliver it");
+                tracing::Span::current().record("outcome", "unsettled");
+            } else {
+                tracing::Span::current().record("outcome", result);
+            }
         }
-        let settled = match outcome {
-            Ok(Ok(())) => acker.ack().await,
-            Ok(Err(err)) => {
-                tracing::warn!(claw = &*claw, attempt, %err, "handler failed; the packet will be redelivered");
-                acker.reject(&Error::Handler(err)).await
-            }
-            Err(panic) => {
-                let msg = panic_message(&panic);
-                tracing::error!(claw = &*claw, attempt, panic = %msg, "handler panicked; the packet will be redelivered");
-                acker
-                    .reject(&Error::Handler(format!("handler panicked: {msg}").into()))
-                    .await
-            }
-        };
-        if let Err(err) = settled {
-            tracing::warn!(claw = &*claw, %err, "could not settle a delivery; the broker will redeliver it");
+        .instrument(span);
+        match trace {
+            Some(trace) => crate::trace::scope(trace, work).await,
+            None => work.await,
         }
     }
+}
+
+/// The `claws.delivery` span of one delivery (handler and settlement) and the trace context
+/// current while it runs: the sender's trace continued, else a new trace when someone collects
+/// the span, else none (nothing to carry, nothing spent).
+fn delivery_span(via: &Via, attempt: u32) -> (tracing::Span, Option<TraceContext>) {
+    let span = tracing::info_span!(
+        "claws.delivery",
+        claw = &*via.claw,
+        queue = via.queue.as_str(),
+        jid = %via.jid,
+        id = via.id.as_deref(),
+        attempt,
+        from = via.from.as_ref().map(|f| f.as_str()),
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+        parent_id = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    );
+    let context = match &via.trace {
+        Some(parent) => {
+            span.record("parent_id", parent.span_id());
+            Some(parent.child())
+        }
+        None if !span.is_disabled() => Some(TraceContext::new_root()),
+        None => None,
+    };
+    if let Some(c) = &context {
+        span.record("trace_id", c.trace_id());
+        span.record("span_id", c.span_id());
+    }
+    (span, context)
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
