@@ -29,8 +29,9 @@ use claws_core::runtime::{CancellationToken, InFlightGuard};
 use claws_core::topology::DEAD_LETTER_QUEUE;
 use claws_core::{Acker, Delivery, Error, Events, Packet, Result, Via};
 use fe2o3_amqp::link::delivery::DeliveryInfo;
-use fe2o3_amqp::link::{CreditMode, Receiver};
+use fe2o3_amqp::link::{CreditMode, Receiver, RecvError};
 use fe2o3_amqp::session::SessionHandle;
+use fe2o3_amqp::types::definitions::{self, AmqpError};
 use fe2o3_amqp::types::messaging::annotations::OwnedKey;
 use fe2o3_amqp::types::messaging::{AmqpValue, Body, Message, MessageAnnotations, MessageId};
 use fe2o3_amqp::types::primitives::{Symbol, Value};
@@ -186,7 +187,7 @@ pub(crate) async fn run_link(
             r = receiver.recv::<Body<Value>>() => match r {
                 Ok(delivery) => {
                     unsettled += 1;
-                    let d = make_delivery(&shared, index, delivery, &settle_tx, &mut jids);
+                    let (d, undecodable) = make_delivery(&shared, index, delivery, &settle_tx, &mut jids);
                     if !stopping {
                         if let Err(e) = top_up(&mut receiver, credit, unsettled).await {
                             live.fail(e);
@@ -195,6 +196,22 @@ pub(crate) async fn run_link(
                     }
                     if stopping {
                         drop(d); // released (or sent back) by the acker's drop
+                    } else if let Some(why) = undecodable {
+                        // Not a stanza's bytes: never handed to the handler (an empty payload
+                        // would be acked and the content lost), dead-lettered with its reason.
+                        let reason = Error::Unsupported {
+                            claw: shared.name.to_string(),
+                            what: "take a message whose body is not a data section",
+                            why: format!(
+                                "{why} (from `{}`); the publisher must send the stanza as a data section",
+                                shared.sources[index].address(live.dialect)
+                            ),
+                        };
+                        tracing::warn!(claw = &*shared.name, %reason, "dead-lettering a message whose body is not a data section");
+                        // Settled through this task's own settle queue: not awaited here.
+                        tokio::spawn(async move {
+                            let _ = d.acker.reject(&reason).await;
+                        });
                     } else {
                         let d = if queued.load(Ordering::Acquire) == 0 {
                             match events.try_received(d) {
@@ -207,6 +224,28 @@ pub(crate) async fn run_link(
                         queued.fetch_add(1, Ordering::AcqRel);
                         if let Err(e) = fwd_tx.send(d) {
                             drop(e.0);
+                        }
+                    }
+                }
+                Err(RecvError::MessageDecode(e)) => {
+                    // A message fe2o3 cannot decode (garbage sections; RabbitMQ 3.x hands a
+                    // 0-9-1 publisher's `x-amqp-1.0-*` headers over as the message's own): the
+                    // link stays usable, so it is rejected (dead-lettered) here with its reason,
+                    // instead of failing the link and getting it back first, forever.
+                    let why = format!("the AMQP 1.0 client cannot decode it: {}", e.source);
+                    tracing::error!(claw = &*shared.name,
+                        address = %shared.sources[index].address(live.dialect), %why,
+                        "dead-lettering an undecodable message; fix its publisher");
+                    let error = definitions::Error::new(AmqpError::DecodeError, Some(why), None);
+                    if let Err(e) = receiver.reject(e.info, error).await {
+                        live.fail(format!("rejecting an undecodable message: {e}"));
+                        return;
+                    }
+                    claws_core::metrics::dead_lettered(&shared.name, shared.sources[index].kind());
+                    if !stopping {
+                        if let Err(e) = top_up(&mut receiver, credit, unsettled).await {
+                            live.fail(e);
+                            return;
                         }
                     }
                 }
@@ -262,9 +301,20 @@ fn payload(body: Body<Value>) -> std::result::Result<Bytes, String> {
         Body::Value(AmqpValue(Value::Binary(b))) => Ok(Bytes::from(b.into_vec())),
         Body::Value(AmqpValue(Value::String(s))) => Ok(Bytes::from(s)),
         Body::Empty => Ok(Bytes::new()),
-        Body::Value(AmqpValue(v)) => Err(format!(
-            "an amqp-value body holding {v:?}; claws expects a data section (or a string)"
-        )),
+        Body::Value(AmqpValue(v)) => {
+            let mut shown = format!("{v:?}");
+            if shown.len() > 80 {
+                let mut end = 80;
+                while !shown.is_char_boundary(end) {
+                    end -= 1;
+                }
+                shown.truncate(end);
+                shown.push_str("...");
+            }
+            Err(format!(
+                "an amqp-value body holding {shown}; claws expects a data section (or a string)"
+            ))
+        }
         Body::Sequence(_) => {
             Err("an amqp-sequence body; claws expects a data section (or a string)".into())
         }
@@ -296,7 +346,7 @@ fn make_delivery(
     delivery: fe2o3_amqp::link::delivery::Delivery<Body<Value>>,
     settle_tx: &mpsc::UnboundedSender<SettleRequest>,
     jids: &mut JidCache,
-) -> Delivery {
+) -> (Delivery, Option<String>) {
     let source = &shared.sources[index];
     let scheme = shared.settings.scheme;
     let info = DeliveryInfo::from(&delivery);
@@ -374,12 +424,14 @@ fn make_delivery(
         undecodable: body.as_ref().err().cloned(),
         guard: Some(shared.in_flight.enter()),
     };
-    Delivery {
+    let undecodable = acker.undecodable.clone();
+    let delivery = Delivery {
         packet: Packet::new(bytes),
         via,
         attempt,
         acker: Box::new(acker),
-    }
+    };
+    (delivery, undecodable)
 }
 
 /// Settles one delivery on the link that delivered it.

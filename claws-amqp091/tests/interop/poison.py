@@ -2,7 +2,8 @@
 """Messages the 0-9-1 client library cannot decode, as a hostile peer would publish them.
 
 poison.py publish URL TO KIND TAG: publishes a message with a property or header key that is
-  not UTF-8 (KIND one of correlation_id, reply_to, header_key), then a canary, to xmpp_direct
+  not UTF-8 (KIND one of correlation_id, reply_to, header_key, or for AMQP 1.0
+  consumers amqp10_properties, amqp10_type), then a canary, to xmpp_direct
   with routing key TO.
 poison.py find URL QUEUE TAG: takes the message containing `poison TAG` from QUEUE (the others
   go back), prints its x-death reason and exits 0; exits 1 if it is not there."""
@@ -20,6 +21,9 @@ if mode == "publish":
         "correlation_id": pika.BasicProperties(correlation_id=bad),
         "reply_to": pika.BasicProperties(reply_to=bad),
         "header_key": pika.BasicProperties(headers={bad: 1}),
+        # RabbitMQ 3.x hands these to an AMQP 1.0 consumer as the message's own sections.
+        "amqp10_properties": pika.BasicProperties(headers={"x-amqp-1.0-properties": b"\x00\x53\x73\xc0\xff\xff" + bad}),
+        "amqp10_type": pika.BasicProperties(type="amqp-1.0", headers={"x-amqp-1.0-properties": bad}),
     }[kind]
     ch.confirm_delivery()
     ch.basic_publish("xmpp_direct", to, f"<message><body>poison {tag}</body></message>".encode(),

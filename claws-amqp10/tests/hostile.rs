@@ -1,0 +1,170 @@
+//! Messages built to hurt, against the real RabbitMQ (127.0.0.1:5672, AMQP 1.0 plugin): none may
+//! block the queue or lose its content silently.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use claws_amqp10::{AddressScheme, Amqp10Claw};
+use claws_core::topology::DEAD_LETTER_QUEUE;
+use claws_core::Claw;
+use common::{unique, Inbox, URL};
+use fe2o3_amqp::types::messaging::{AmqpValue, Message, Properties};
+use fe2o3_amqp::types::primitives::{Binary, Value};
+use lapin::options::{BasicAckOptions, BasicGetOptions};
+
+async fn started(jid: &str) -> (Arc<Amqp10Claw>, Inbox) {
+    let c = Arc::new(
+        Amqp10Claw::builder(URL, jid, AddressScheme::RabbitMq)
+            .build()
+            .expect("valid claw"),
+    );
+    let (events, mut inbox) = Inbox::new();
+    c.start(events).await.expect("start against RabbitMQ");
+    inbox.until_connected().await;
+    (c, inbox)
+}
+
+async fn finish(c: Arc<Amqp10Claw>, inbox: Inbox) {
+    drop(inbox);
+    c.close().await.expect("clean close");
+    c.delete_queues().await.expect("delete queues");
+}
+
+/// Takes the message containing `needle` from the dead-letter queue (the others go back);
+/// false if it is not there.
+async fn take_dead_letter(needle: &str) -> bool {
+    let conn =
+        lapin::Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f", Default::default())
+            .await
+            .expect("0-9-1 connection");
+    let ch = conn.create_channel().await.unwrap();
+    let mut found = false;
+    for _ in 0..100_000 {
+        let Ok(Some(m)) = ch
+            .basic_get(DEAD_LETTER_QUEUE.into(), BasicGetOptions::default())
+            .await
+        else {
+            break;
+        };
+        if String::from_utf8_lossy(&m.delivery.data).contains(needle) {
+            m.delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .unwrap();
+            found = true;
+            break;
+        }
+    }
+    let _ = conn.close(200, "done".into()).await;
+    found
+}
+
+/// An amqp-value body other than a string or binary is not a stanza's bytes: it became an empty payload and was acked (its
+/// content lost). Now it is dead-lettered unread, with its reason, and the queue goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_is_not_data_is_dead_lettered_not_emptied() {
+    let s = unique("");
+    let me = format!("value{s}@example.com/r");
+    let (c, mut inbox) = started(&me).await;
+    let token = unique("amqp-value-");
+    let mut conn = fe2o3_amqp::Connection::open("hostile-sender", URL)
+        .await
+        .unwrap();
+    let mut session = fe2o3_amqp::Session::begin(&mut conn).await.unwrap();
+    let mut tx = fe2o3_amqp::Sender::attach(&mut session, "hostile", "/exchange/xmpp_direct")
+        .await
+        .unwrap();
+    // RabbitMQ 3.x: the routing key is the subject.
+    let props = || Properties::builder().subject(me.clone()).build();
+    let value = Message::builder()
+        .properties(props())
+        .body(AmqpValue(Value::List(vec![Value::String(format!(
+            "<message>{token}</message>"
+        ))])))
+        .build();
+    tx.send(value)
+        .await
+        .unwrap()
+        .accepted_or_else(|o| o)
+        .unwrap();
+    let canary = Message::builder()
+        .properties(props())
+        .data(Binary::from(
+            format!("<message>canary {token}</message>").into_bytes(),
+        ))
+        .build();
+    tx.send(canary)
+        .await
+        .unwrap()
+        .accepted_or_else(|o| o)
+        .unwrap();
+    // The canary is the first delivery: the amqp-value message never reaches the handler.
+    let canary = loop {
+        if let claws_core::Event::Received(d) = inbox.event().await {
+            break d;
+        }
+    };
+    assert_eq!(
+        canary.packet.as_str(),
+        Some(&*format!("<message>canary {token}</message>")),
+        "the amqp-value message reached the handler"
+    );
+    canary.acker.ack().await.unwrap();
+    assert!(
+        inbox
+            .nothing_within("", Duration::from_millis(300))
+            .await
+            .is_none(),
+        "the amqp-value message reached the handler"
+    );
+    assert!(
+        take_dead_letter(&token).await,
+        "the amqp-value message is not dead-lettered"
+    );
+    let _ = tx.close().await;
+    let _ = session.end().await;
+    let _ = conn.close().await;
+    finish(c, inbox).await;
+}
+
+/// A message whose AMQP 1.0 sections do not decode (RabbitMQ 3.x hands a 0-9-1 publisher's
+/// `x-amqp-1.0-properties` header to a 1.0 consumer as the message's properties section).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_sections_do_not_block_the_queue() {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../claws-amqp091/tests/interop/poison.py"
+    );
+    for kind in ["amqp10_properties", "amqp10_type"] {
+        let s = unique("");
+        let me = format!("sections{s}@example.com/r");
+        let (c, mut inbox) = started(&me).await;
+        let tag = unique(kind);
+        let out = std::process::Command::new("/usr/bin/python3")
+            .args([
+                script,
+                "publish",
+                "amqp://guest:guest@127.0.0.1:5672/%2f",
+                &me,
+                kind,
+                &tag,
+            ])
+            .output()
+            .expect("/usr/bin/python3 with pika");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let canary = inbox.delivery(&format!("canary {tag}")).await;
+        canary.acker.ack().await.unwrap();
+        assert!(
+            take_dead_letter(&format!("poison {tag}")).await,
+            "{kind}: not dead-lettered"
+        );
+        finish(c, inbox).await;
+    }
+}
