@@ -196,6 +196,7 @@ async fn establish_once(
     let session = Arc::new(Session {
         generation,
         endpoint: endpoint.shown.clone(),
+        user: crate::session::verified_user(&endpoint.uri),
         connection,
         publish: RwLock::new(Arc::new(publish)),
         consumers: Mutex::new(Vec::new()),

@@ -29,6 +29,11 @@ use crate::hostile;
 use crate::session::{Session, Shared};
 use crate::topology::{DELIVERIES_HEADER, EXCHANGE_HEADER, ROUTING_KEY_HEADER};
 
+/// On a copy the claw re-queued after a failure: the original's broker-verified user (the
+/// copy's own `user_id` is the claw's, the connection that published it). Believed only on
+/// such a copy whose `user_id` is this claw's user: nobody else can publish one.
+pub(crate) const USER_HEADER: &str = "x-claws-user-id";
+
 /// A consumed queue.
 #[derive(Debug)]
 pub(crate) struct QueueInfo {
@@ -61,6 +66,7 @@ pub(crate) async fn run(
     // The last sender, parsed: most deliveries come from a sender seen just before, and parsing
     // (normalising) a JID costs more than comparing a string.
     let mut last_from = LastJid::default();
+    let mut last_user = LastUser::default();
     loop {
         let next = tokio::select! {
             biased;
@@ -87,7 +93,15 @@ pub(crate) async fn run(
                     let _ = acker.reject(BasicRejectOptions { requeue: false }).await;
                     continue;
                 }
-                let delivery = to_delivery(shared, session, queue, channel, d, &mut last_from);
+                let delivery = to_delivery(
+                    shared,
+                    session,
+                    queue,
+                    channel,
+                    d,
+                    &mut last_from,
+                    &mut last_user,
+                );
                 tokio::select! {
                     biased;
                     // A delivery not handed over is dropped: its acker requeues it.
@@ -105,6 +119,19 @@ pub(crate) async fn run(
                 queue.name
             ))
             }
+        }
+    }
+}
+
+/// The last publishing user seen, shared: most deliveries come from the user seen just before.
+#[derive(Default)]
+pub(crate) struct LastUser(Option<Arc<str>>);
+
+impl LastUser {
+    fn get(&mut self, user: &str) -> Arc<str> {
+        match &self.0 {
+            Some(last) if &**last == user => last.clone(),
+            _ => self.0.insert(Arc::from(user)).clone(),
         }
     }
 }
@@ -140,6 +167,7 @@ fn to_delivery(
     channel: &Arc<Channel>,
     d: lapin::message::Delivery,
     last_from: &mut LastJid,
+    last_user: &mut LastUser,
 ) -> Delivery {
     let lapin::message::Delivery {
         exchange,
@@ -153,6 +181,8 @@ fn to_delivery(
     let mut routing_key = routing_key;
     let mut previous = 0;
     let mut traceparent = None;
+    // RabbitMQ refused the publish unless this is the publishing connection's user.
+    let mut user = properties.user_id().as_ref().map(|u| u.as_str());
     if let Some(headers) = properties.headers() {
         traceparent = header_str(headers, claws_core::trace::TRACEPARENT);
         // A copy the claw re-queued after a failure carries its original address. Only such a
@@ -162,6 +192,14 @@ fn to_delivery(
         let requeued_copy = exchange.as_str().is_empty() && routing_key == queue.name;
         if let Some(n) = header_u32(headers, DELIVERIES_HEADER).filter(|_| requeued_copy) {
             previous = n;
+            // Published by this claw's user: the original's user is in the header (or it
+            // had none).
+            if user.is_some() && user == session.user.as_ref().map(|u| u.as_str()) {
+                user = match headers.inner().get(USER_HEADER) {
+                    Some(AMQPValue::LongString(s)) => std::str::from_utf8(s.as_bytes()).ok(),
+                    _ => None,
+                };
+            }
             if let Some(x) = header_str(headers, EXCHANGE_HEADER) {
                 exchange = x;
             }
@@ -174,6 +212,7 @@ fn to_delivery(
             previous = previous.max(n);
         }
     }
+    let user = user.map(|u| last_user.get(u));
     let payload = Bytes::from(data);
     let via = Via::new(
         shared.name.clone(),
@@ -193,7 +232,8 @@ fn to_delivery(
             .as_ref()
             .and_then(|s| last_from.parse(s.as_str())),
     )
-    .with_traceparent(traceparent.as_ref().map(|t| t.as_str()));
+    .with_traceparent(traceparent.as_ref().map(|t| t.as_str()))
+    .with_user(user.clone());
     let attempt = previous.saturating_add(1);
     Delivery {
         packet: Packet::new(payload.clone()),
@@ -209,6 +249,7 @@ fn to_delivery(
                 routing_key,
                 properties,
                 payload,
+                user,
             },
             attempt,
             max_deliveries: shared.settings.max_deliveries,
@@ -223,6 +264,8 @@ struct Original {
     routing_key: ShortString,
     properties: BasicProperties,
     payload: Bytes,
+    /// Its broker-verified publisher (`Via::user`), carried by the copy in [`USER_HEADER`].
+    user: Option<Arc<str>>,
 }
 
 /// Settles one delivery on the channel that delivered it.
@@ -279,7 +322,23 @@ impl AmqpAcker {
             ShortString::from(ROUTING_KEY_HEADER),
             AMQPValue::LongString(self.original.routing_key.as_str().into()),
         );
-        let properties = self.original.properties.clone().with_headers(headers);
+        match &self.original.user {
+            Some(user) => {
+                headers.insert(
+                    ShortString::from(USER_HEADER),
+                    AMQPValue::LongString(user.as_bytes().into()),
+                );
+            }
+            // The original named none: void, not the claw's user of the copy.
+            None => {
+                headers.insert(ShortString::from(USER_HEADER), AMQPValue::Void);
+            }
+        }
+        let mut properties = self.original.properties.clone().with_headers(headers);
+        // This connection publishes the copy: the broker checks user_id against its user.
+        if let Some(user) = &self.session.user {
+            properties = properties.with_user_id(user.clone());
+        }
         let confirm = self
             .session
             .publisher()

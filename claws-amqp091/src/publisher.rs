@@ -9,13 +9,13 @@ use std::sync::Arc;
 
 use claws_core::jid::Jid;
 use claws_core::topology::{DIRECT_EXCHANGE, FANOUT_EXCHANGE};
+use claws_core::trace::TRACEPARENT;
 use claws_core::{Error, Packet, Result};
 use lapin::options::BasicPublishOptions;
-use claws_core::trace::TRACEPARENT;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use tracing::Instrument;
 use lapin::{BasicProperties, Confirmation};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::session::Shared;
 use crate::topology::short;
@@ -95,6 +95,11 @@ async fn confirmed(
             .wait_live(started, shared.settings.timing.send_timeout)
             .await?;
         let channel = session.publisher();
+        // The connection's user, which the broker checks: the receiver's `Via::user`.
+        let properties = match &session.user {
+            Some(user) => properties.clone().with_user_id(user.clone()),
+            None => properties.clone(),
+        };
         let attempt = async {
             channel
                 .basic_publish(
@@ -102,7 +107,7 @@ async fn confirmed(
                     routing_key.clone(),
                     options,
                     packet.as_bytes(),
-                    properties.clone(),
+                    properties,
                 )
                 .await?
                 .await

@@ -135,6 +135,9 @@ pub(crate) struct Session {
     pub(crate) generation: u64,
     /// Where it is connected (no password).
     pub(crate) endpoint: String,
+    /// The user the connection logged in as, set as `user_id` on everything it publishes
+    /// (RabbitMQ checks it; see [`verified_user`]).
+    pub(crate) user: Option<ShortString>,
     pub(crate) connection: Connection,
     /// Publishes (with confirms); replaced by [`Session::renew_publisher`].
     pub(crate) publish: RwLock<Arc<Channel>>,
@@ -196,4 +199,17 @@ impl Session {
         .await;
         tracing::debug!(generation = self.generation, reason, "connection closed");
     }
+}
+
+/// The user a connection to `uri` logs in as, which RabbitMQ will accept as the `user_id` of
+/// what it publishes; `None` with `auth_mechanism=external` (the certificate names the user,
+/// not the URL) or a name over 255 bytes.
+pub(crate) fn verified_user(uri: &lapin::uri::AMQPUri) -> Option<ShortString> {
+    if matches!(
+        uri.query.auth_mechanism,
+        Some(lapin::uri::SASLMechanism::External)
+    ) {
+        return None;
+    }
+    ShortString::try_new(uri.authority.userinfo.username.clone()).ok()
 }

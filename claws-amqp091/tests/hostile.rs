@@ -33,6 +33,10 @@ fn main() {
                 .await
                 .unwrap();
             println!("test undecodable_messages_are_dead_lettered_and_the_queue_goes_on ... ok");
+            tokio::spawn(the_publishing_user_is_verified_and_carried())
+                .await
+                .unwrap();
+            println!("test the_publishing_user_is_verified_and_carried ... ok");
         });
 }
 
@@ -173,4 +177,85 @@ async fn undecodable_messages_are_dead_lettered_and_the_queue_goes_on() {
     );
     s.claw.close().await.unwrap();
     cleanup(&[&s.claw]).await;
+}
+
+fn user_id_py(url: &str, to: &str, claim: &str, tag: &str) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/user_id.py");
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args([script, url, to, claim, tag])
+        .output()
+        .expect("/usr/bin/python3 with pika (scripts/provision)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// RabbitMQ refuses a publish whose `user_id` is not its connection's user; claws sets it on
+/// everything it publishes, and `Via::user` carries it: a handler knows who sent a stanza.
+async fn the_publishing_user_is_verified_and_carried() {
+    let u = uid();
+    let user = format!("claws-pub-{u}");
+    assert!(ctl(&["add_user", &user, "pw"]).status.success());
+    assert!(
+        ctl(&["set_permissions", "-p", "/", &user, ".*", ".*", ".*"])
+            .status
+            .success()
+    );
+    let as_user = url().replace("guest:guest", &format!("{user}:pw"));
+    let me = format!("verified-{u}@test/a");
+    let mut s = start(builder(&me)).await;
+
+    // Claiming to be someone else is refused by the broker.
+    let spoof = user_id_py(&as_user, &me, "guest", &u);
+    assert!(spoof.starts_with("refused 406"), "{spoof}");
+    // Its own name: delivered, and Via says who.
+    assert_eq!(user_id_py(&as_user, &me, &user, &u), "published");
+    let d = next(&mut s.rx, &format!("claims {user} {u}")).await;
+    assert_eq!(d.via.user(), Some(user.as_str()));
+    // A handler's failure: the claw's copy is published as the claw's user (guest), yet the
+    // redelivery still names the original publisher.
+    d.acker
+        .reject(&claws_core::Error::Handler("try again".into()))
+        .await
+        .unwrap();
+    let d = next(&mut s.rx, &format!("claims {user} {u}")).await;
+    assert_eq!(d.attempt, 2);
+    assert_eq!(
+        d.via.user(),
+        Some(user.as_str()),
+        "the copy lost the publisher"
+    );
+    d.acker.ack().await.unwrap();
+    // No claim: no user (nothing says who sent it), also on the claw's copy.
+    assert_eq!(user_id_py(&as_user, &me, "-", &u), "published");
+    let d = next(&mut s.rx, &format!("claims - {u}")).await;
+    assert_eq!(d.via.user(), None);
+    d.acker
+        .reject(&claws_core::Error::Handler("try again".into()))
+        .await
+        .unwrap();
+    let d = next(&mut s.rx, &format!("claims - {u}")).await;
+    assert_eq!(d.via.user(), None, "the copy named the claw's own user");
+    d.acker.ack().await.unwrap();
+    // A claw's sends carry its connection's user.
+    let peer = start(builder(&format!("verified-peer-{u}@test/b"))).await;
+    peer.claw
+        .send(
+            &claws_core::jid::parse(&me).unwrap(),
+            None,
+            claws_core::Packet::from(format!("<message><body>from a claw {u}</body></message>")),
+        )
+        .await
+        .unwrap();
+    let d = next(&mut s.rx, &format!("from a claw {u}")).await;
+    assert_eq!(d.via.user(), Some("guest"));
+    d.acker.ack().await.unwrap();
+
+    peer.claw.close().await.unwrap();
+    s.claw.close().await.unwrap();
+    cleanup(&[&s.claw, &peer.claw]).await;
+    ctl(&["delete_user", &user]);
 }

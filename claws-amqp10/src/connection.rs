@@ -432,6 +432,9 @@ pub(crate) struct Live {
     pub(crate) dialect: Dialect,
     /// The broker is RabbitMQ 4 or later: `released` means that no queue took a message.
     pub(crate) broker4: bool,
+    /// The user this connection logged in as, set as `user-id` on everything it sends
+    /// (RabbitMQ checks it: the receiver's `Via::user`); `None` on the queue scheme.
+    pub(crate) user: Option<String>,
     pub(crate) session: Mutex<SessionHandle<()>>,
     /// Sending links by target address. A std mutex: looked up on every send, never held
     /// across an await (contended async locks cost a task switch per send).
@@ -467,12 +470,14 @@ impl Live {
         generation: u64,
         dialect: Dialect,
         broker4: bool,
+        user: Option<String>,
         session: SessionHandle<()>,
     ) -> Self {
         Self {
             generation,
             dialect,
             broker4,
+            user,
             session: Mutex::new(session),
             senders: StdMutex::new(HashMap::new()),
             attaching: Mutex::new(()),

@@ -354,6 +354,15 @@ fn make_delivery(
     let redelivered = message.header.as_ref().is_some_and(|h| !h.first_acquirer);
     let header = message.header.unwrap_or_default();
     let props = message.properties.unwrap_or_default();
+    // RabbitMQ refused the message unless this is its publisher's user.
+    let user = match scheme {
+        AddressScheme::RabbitMq => props
+            .user_id
+            .as_ref()
+            .and_then(|u| std::str::from_utf8(u.as_slice()).ok())
+            .map(Arc::from),
+        AddressScheme::Queue => None,
+    };
     let body = payload(message.body);
     let subject = props.subject.clone();
     // RabbitMQ 4 gives a 0-9-1 publisher's routing key as the `x-routing-key` annotation, not
@@ -400,7 +409,8 @@ fn make_delivery(
 
     let mut via = Via::new(shared.name.clone(), source.kind().clone(), jid)
         .with_id(id.clone())
-        .with_from(from);
+        .with_from(from)
+        .with_user(user);
     if scheme == AddressScheme::RabbitMq {
         via = via.with_exchange(source.spec.exchange);
     }

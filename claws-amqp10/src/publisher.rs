@@ -51,8 +51,12 @@ impl Outgoing {
         &self,
         to: Option<&str>,
         reply_to: Option<String>,
+        user: Option<&str>,
     ) -> Message<fe2o3_amqp::types::messaging::Data> {
         let mut props = Properties::builder();
+        if let Some(user) = user {
+            props = props.user_id(Binary::from(user.as_bytes().to_vec()));
+        }
         if let Some(id) = &self.message_id {
             props = props.message_id(id.clone());
         }
@@ -127,7 +131,7 @@ impl Shared {
                 ReplyTo::Me => Some(self.settings.scheme.reply_to(&self.jid, live.dialect)),
                 ReplyTo::Copy(r) => r.clone(),
             };
-            let message = out.to_message(spelt.to.as_deref(), reply_to);
+            let message = out.to_message(spelt.to.as_deref(), reply_to, live.user.as_deref());
             let attempt = async {
                 let link = live.sender(spelt.link.as_deref(), &self.name).await?;
                 let fut = {

@@ -184,11 +184,16 @@ async fn connect(shared: &Arc<Shared>, endpoint: Endpoint, number: u64) -> Resul
         }
     }
     let (sessions_tx, sessions) = mpsc::channel(shared.sources.len().max(1));
+    // RabbitMQ verifies a message's user-id against the connection's user (Via::user).
+    let user = match shared.settings.scheme {
+        AddressScheme::RabbitMq => endpoint.user.clone(),
+        AddressScheme::Queue => None,
+    };
     Ok(Generation {
         number,
         endpoint,
         connection: conn,
-        live: Arc::new(Live::new(number, dialect, broker4, session)),
+        live: Arc::new(Live::new(number, dialect, broker4, user, session)),
         links,
         tasks: Vec::new(),
         link_sessions: LinkSessions::default(),

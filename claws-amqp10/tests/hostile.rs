@@ -168,3 +168,25 @@ async fn undecodable_sections_do_not_block_the_queue() {
         finish(c, inbox).await;
     }
 }
+
+/// The 1.0 claw sets `user-id` (RabbitMQ refuses one that is not the connection's user), and
+/// `Via::user` carries it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publishing_user_is_carried() {
+    let s = unique("");
+    let (a, ia) = started(&format!("ua{s}@example.com/r")).await;
+    let (b, mut ib) = started(&format!("ub{s}@example.com/r")).await;
+    let token = unique("user-");
+    a.send(
+        b.jid(),
+        None,
+        claws_core::Packet::from(format!("<message>{token}</message>")),
+    )
+    .await
+    .expect("accepted");
+    let d = ib.delivery(&token).await;
+    assert_eq!(d.via.user(), Some("guest"));
+    d.acker.ack().await.unwrap();
+    finish(a, ia).await;
+    finish(b, ib).await;
+}

@@ -31,6 +31,13 @@ pub struct Via {
     /// The W3C trace context the sender put on the message (`traceparent`), if a valid one:
     /// the router's delivery span continues that trace (see [`crate::trace`]).
     pub trace: Option<TraceContext>,
+    /// The broker-verified user that published the message: the AMQP `user_id` property
+    /// (0-9-1) / `user-id` (1.0). RabbitMQ refuses a publish whose `user_id` is not its
+    /// connection's user (unless that user has the `impersonator` tag), and every claw sets
+    /// it, so a handler can authorise a request by it, or refuse a spoofed one. `None` when
+    /// the publisher set none (a peer that is not a claw, or `auth_mechanism=external`):
+    /// then nothing says who sent it. See docs/SECURITY.md.
+    pub user: Option<Arc<str>>,
 }
 
 impl Via {
@@ -44,6 +51,7 @@ impl Via {
             queue,
             from: None,
             trace: None,
+            user: None,
         }
     }
 
@@ -66,6 +74,19 @@ impl Via {
     pub fn with_from(mut self, from: Option<Jid>) -> Self {
         self.from = from;
         self
+    }
+
+    /// Sets the broker-verified publishing user ([`user`](Self::user)).
+    #[must_use]
+    pub fn with_user(mut self, user: Option<Arc<str>>) -> Self {
+        self.user = user;
+        self
+    }
+
+    /// The broker-verified user that published the message, if it carried one
+    /// ([`user`](Self::user)).
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
     }
 
     /// Sets the trace context from a `traceparent` value (ignored unless valid: a peer's

@@ -302,7 +302,8 @@ pub(crate) struct Got {
 /// What an instance reports.
 #[derive(Debug)]
 pub(crate) enum Seen {
-    Packet(Got),
+    /// Boxed: a `Via` is much larger than the other variants.
+    Packet(Box<Got>),
     Connected(usize),
     Disconnected(usize, String),
     /// A held delivery was acked (`Ok`) or the ack failed (`Err`).
@@ -358,7 +359,7 @@ async fn collect(
         };
         let key = got.key.clone();
         let attempt = got.attempt;
-        let _ = tx.send(Seen::Packet(got));
+        let _ = tx.send(Seen::Packet(Box::new(got)));
         let acker = delivery.acker;
         let failed =
             || claws_core::Error::Handler("conformance: this handler fails on purpose".into());
@@ -437,7 +438,7 @@ impl Inbox {
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, self.rx.recv()).await {
                 Ok(Some(Seen::Packet(g))) => {
-                    got.push(g);
+                    got.push(*g);
                     if done(&got) {
                         return (got, true);
                     }
@@ -474,7 +475,7 @@ impl Inbox {
                 Ok(Some(Seen::Disconnected(i, reason))) => {
                     tracing::info!(instance = i, %reason, "disconnected");
                 }
-                Ok(Some(Seen::Packet(g))) => kept.push(g),
+                Ok(Some(Seen::Packet(g))) => kept.push(*g),
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => {
                     return Err(CaseError::Fail(format!(
