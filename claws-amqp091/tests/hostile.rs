@@ -37,6 +37,8 @@ fn main() {
                 .await
                 .unwrap();
             println!("test the_publishing_user_is_verified_and_carried ... ok");
+            tokio::spawn(the_hostile_input_suite_holds()).await.unwrap();
+            println!("test the_hostile_input_suite_holds ... ok");
         });
 }
 
@@ -258,4 +260,109 @@ async fn the_publishing_user_is_verified_and_carried() {
     s.claw.close().await.unwrap();
     cleanup(&[&s.claw, &peer.claw]).await;
     ctl(&["delete_user", &user]);
+}
+
+/// The instances the hostile-input suite runs against.
+struct Factory;
+
+#[claws_core::async_trait]
+impl claws_test::conformance::ClawFactory for Factory {
+    fn name(&self) -> String {
+        "amqp091 on RabbitMQ".into()
+    }
+
+    async fn make(
+        &self,
+        jid: &str,
+        opts: &claws_test::conformance::Options,
+    ) -> claws_core::Result<std::sync::Arc<dyn Claw>> {
+        let claw = builder(jid)
+            .max_deliveries(opts.max_deliveries)
+            .prefetch(opts.prefetch)
+            .subscriptions(opts.subscriptions)
+            .build()?;
+        Ok(std::sync::Arc::new(claw))
+    }
+
+    async fn cleanup(&self, jids: &[String]) {
+        delete_queues(jids).await;
+    }
+}
+
+/// Deletes the queues of `jids` (each full JID's and its bare JID's).
+async fn delete_queues(jids: &[String]) {
+    use lapin::options::QueueDeleteOptions;
+    let conn = raw().await;
+    let ch = conn.create_channel().await.unwrap();
+    for jid in jids {
+        let bare = jid.split('/').next().unwrap_or(jid);
+        for q in [
+            format!("xmpp_direct:{jid}"),
+            format!("xmpp_fanout:{jid}"),
+            format!("xmpp_direct:{bare}"),
+            format!("xmpp_fanout:{bare}"),
+        ] {
+            let _ = ch
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+    }
+    let _ = conn.close(200, "done".into()).await;
+}
+
+/// Publishes with a plain lapin connection, as a hostile peer would.
+struct LapinRaw(lapin::Channel, lapin::Connection);
+
+#[claws_core::async_trait]
+impl claws_test::hostile::RawPublisher for LapinRaw {
+    async fn publish(
+        &self,
+        to: &str,
+        body: &[u8],
+        headers: &[(String, claws_test::hostile::Header)],
+    ) -> Result<(), String> {
+        use claws_test::hostile::Header;
+        use lapin::options::BasicPublishOptions;
+        use lapin::types::{AMQPValue, FieldTable, ShortString};
+        let mut table = FieldTable::default();
+        for (k, v) in headers {
+            let v = match v {
+                Header::Str(s) => AMQPValue::LongString(s.as_str().into()),
+                Header::Int(i) => AMQPValue::LongLongInt(*i),
+                Header::Bytes(b) => AMQPValue::LongString(b.clone().into()),
+            };
+            table.insert(ShortString::from(k.as_str()), v);
+        }
+        self.0
+            .basic_publish(
+                ShortString::from("xmpp_direct"),
+                ShortString::from(to),
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
+                body,
+                lapin::BasicProperties::default().with_headers(table),
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())
+            .map(drop)
+    }
+}
+
+/// Every input of claws_test::hostile against a running 0-9-1 instance.
+async fn the_hostile_input_suite_holds() {
+    use lapin::options::ConfirmSelectOptions;
+    let conn = raw().await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let raw = LapinRaw(ch, conn);
+    let report = claws_test::hostile::run(&Factory, &raw).await;
+    println!("{report}");
+    let _ = raw.1.close(200, "done".into()).await;
+    report.assert_passed();
 }

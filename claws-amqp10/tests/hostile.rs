@@ -190,3 +190,109 @@ async fn the_publishing_user_is_carried() {
     finish(a, ia).await;
     finish(b, ib).await;
 }
+
+/// The instances the hostile-input suite runs against (their queues deleted by name after).
+struct Factory;
+
+#[claws_core::async_trait]
+impl claws_test::conformance::ClawFactory for Factory {
+    fn name(&self) -> String {
+        "amqp10 on RabbitMQ".into()
+    }
+
+    async fn make(
+        &self,
+        jid: &str,
+        opts: &claws_test::conformance::Options,
+    ) -> claws_core::Result<Arc<dyn Claw>> {
+        let claw = Amqp10Claw::builder(URL, jid, AddressScheme::RabbitMq)
+            .max_deliveries(opts.max_deliveries)
+            .prefetch(opts.prefetch)
+            .subscriptions(opts.subscriptions)
+            .build()?;
+        Ok(Arc::new(claw))
+    }
+
+    async fn cleanup(&self, jids: &[String]) {
+        use lapin::options::QueueDeleteOptions;
+        let conn = raw().await;
+        let ch = conn.create_channel().await.unwrap();
+        for jid in jids {
+            let bare = jid.split('/').next().unwrap_or(jid);
+            for q in [
+                format!("xmpp_direct:{jid}"),
+                format!("xmpp_fanout:{jid}"),
+                format!("xmpp_direct:{bare}"),
+                format!("xmpp_fanout:{bare}"),
+            ] {
+                let _ = ch
+                    .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                    .await;
+            }
+        }
+        let _ = conn.close(200, "done".into()).await;
+    }
+}
+
+async fn raw() -> lapin::Connection {
+    lapin::Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f", Default::default())
+        .await
+        .expect("0-9-1 connection")
+}
+
+/// Publishes with a plain 0-9-1 connection, as a hostile peer would.
+struct LapinRaw(lapin::Channel);
+
+#[claws_core::async_trait]
+impl claws_test::hostile::RawPublisher for LapinRaw {
+    async fn publish(
+        &self,
+        to: &str,
+        body: &[u8],
+        headers: &[(String, claws_test::hostile::Header)],
+    ) -> Result<(), String> {
+        use claws_test::hostile::Header;
+        use lapin::options::BasicPublishOptions;
+        use lapin::types::{AMQPValue, FieldTable, ShortString};
+        let mut table = FieldTable::default();
+        for (k, v) in headers {
+            let v = match v {
+                Header::Str(s) => AMQPValue::LongString(s.as_str().into()),
+                Header::Int(i) => AMQPValue::LongLongInt(*i),
+                Header::Bytes(b) => AMQPValue::LongString(b.clone().into()),
+            };
+            table.insert(ShortString::from(k.as_str()), v);
+        }
+        self.0
+            .basic_publish(
+                ShortString::from("xmpp_direct"),
+                ShortString::from(to),
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
+                body,
+                lapin::BasicProperties::default().with_headers(table),
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())
+            .map(drop)
+    }
+}
+
+/// Every input of claws_test::hostile against a running 1.0 instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hostile_input_suite_holds() {
+    use lapin::options::ConfirmSelectOptions;
+    let conn = raw().await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let report = claws_test::hostile::run(&Factory, &LapinRaw(ch)).await;
+    println!("{report}");
+    let _ = conn.close(200, "done".into()).await;
+    report.assert_passed();
+}

@@ -146,6 +146,7 @@
 pub mod cluster;
 pub mod conformance;
 pub mod fault;
+pub mod hostile;
 pub mod mem;
 pub mod rabbitmq;
 pub mod rabbitmq4;
