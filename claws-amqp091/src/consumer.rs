@@ -160,6 +160,75 @@ fn header_u32(headers: &FieldTable, key: &str) -> Option<u32> {
     u32::try_from(v).ok()
 }
 
+/// What a delivery's envelope says, as claws believes it: where it was sent, how often it was
+/// delivered before, and who published it. Pure, so that arbitrary properties and headers can
+/// be fed to it (the property tests below).
+#[derive(Debug)]
+pub(crate) struct Envelope<'a> {
+    pub(crate) exchange: ShortString,
+    pub(crate) routing_key: ShortString,
+    /// Earlier deliveries (the claw's own count on its copies, or a quorum queue's).
+    pub(crate) previous: u32,
+    pub(crate) traceparent: Option<ShortString>,
+    /// The broker-verified publishing user.
+    pub(crate) user: Option<&'a str>,
+}
+
+impl<'a> Envelope<'a> {
+    /// Decodes the envelope of a delivery from `exchange` with `routing_key` to `queue`,
+    /// consumed by a connection logged in as `own_user`.
+    pub(crate) fn decode(
+        exchange: ShortString,
+        routing_key: ShortString,
+        properties: &'a BasicProperties,
+        queue: &ShortString,
+        own_user: Option<&str>,
+    ) -> Self {
+        let mut exchange = exchange;
+        let mut routing_key = routing_key;
+        let mut previous = 0;
+        let mut traceparent = None;
+        // RabbitMQ refused the publish unless this is the publishing connection's user.
+        let mut user = properties.user_id().as_ref().map(|u| u.as_str());
+        if let Some(headers) = properties.headers() {
+            traceparent = header_str(headers, claws_core::trace::TRACEPARENT);
+            // A copy the claw re-queued after a failure carries its original address. Only
+            // such a copy is believed: it came through the default exchange straight to this
+            // queue. The same headers on a message published to xmpp_direct (anyone can set
+            // headers) would otherwise rewrite where its reply goes.
+            let requeued_copy = exchange.as_str().is_empty() && routing_key == *queue;
+            if let Some(n) = header_u32(headers, DELIVERIES_HEADER).filter(|_| requeued_copy) {
+                previous = n;
+                // Published by this claw's user: the original's user is in the header (or
+                // it had none).
+                if user.is_some() && user == own_user {
+                    user = match headers.inner().get(USER_HEADER) {
+                        Some(AMQPValue::LongString(s)) => std::str::from_utf8(s.as_bytes()).ok(),
+                        _ => None,
+                    };
+                }
+                if let Some(x) = header_str(headers, EXCHANGE_HEADER) {
+                    exchange = x;
+                }
+                if let Some(k) = header_str(headers, ROUTING_KEY_HEADER) {
+                    routing_key = k;
+                }
+            }
+            // Quorum queues count requeues themselves.
+            if let Some(n) = header_u32(headers, "x-delivery-count") {
+                previous = previous.max(n);
+            }
+        }
+        Self {
+            exchange,
+            routing_key,
+            previous,
+            traceparent,
+            user,
+        }
+    }
+}
+
 fn to_delivery(
     shared: &Arc<Shared>,
     session: &Arc<Session>,
@@ -177,41 +246,19 @@ fn to_delivery(
         acker,
         ..
     } = d;
-    let mut exchange = exchange;
-    let mut routing_key = routing_key;
-    let mut previous = 0;
-    let mut traceparent = None;
-    // RabbitMQ refused the publish unless this is the publishing connection's user.
-    let mut user = properties.user_id().as_ref().map(|u| u.as_str());
-    if let Some(headers) = properties.headers() {
-        traceparent = header_str(headers, claws_core::trace::TRACEPARENT);
-        // A copy the claw re-queued after a failure carries its original address. Only such a
-        // copy is believed: it came through the default exchange straight to this queue. The
-        // same headers on a message published to xmpp_direct (anyone can set headers) would
-        // otherwise rewrite where its reply goes.
-        let requeued_copy = exchange.as_str().is_empty() && routing_key == queue.name;
-        if let Some(n) = header_u32(headers, DELIVERIES_HEADER).filter(|_| requeued_copy) {
-            previous = n;
-            // Published by this claw's user: the original's user is in the header (or it
-            // had none).
-            if user.is_some() && user == session.user.as_ref().map(|u| u.as_str()) {
-                user = match headers.inner().get(USER_HEADER) {
-                    Some(AMQPValue::LongString(s)) => std::str::from_utf8(s.as_bytes()).ok(),
-                    _ => None,
-                };
-            }
-            if let Some(x) = header_str(headers, EXCHANGE_HEADER) {
-                exchange = x;
-            }
-            if let Some(k) = header_str(headers, ROUTING_KEY_HEADER) {
-                routing_key = k;
-            }
-        }
-        // Quorum queues count requeues themselves.
-        if let Some(n) = header_u32(headers, "x-delivery-count") {
-            previous = previous.max(n);
-        }
-    }
+    let Envelope {
+        exchange,
+        routing_key,
+        previous,
+        traceparent,
+        user,
+    } = Envelope::decode(
+        exchange,
+        routing_key,
+        &properties,
+        &queue.name,
+        session.user.as_ref().map(|u| u.as_str()),
+    );
     let user = user.map(|u| last_user.get(u));
     let payload = Bytes::from(data);
     let via = Via::new(
@@ -443,6 +490,130 @@ impl Drop for AmqpAcker {
                     })
                     .await;
             });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hostile;
+    use lapin::types::{FieldArray, LongString};
+    use proptest::prelude::*;
+
+    const QUEUE: &str = "xmpp_direct:me@x/r";
+    const OWN: &str = "claws";
+
+    fn value() -> impl Strategy<Value = AMQPValue> {
+        let leaf = prop_oneof![
+            any::<i8>().prop_map(AMQPValue::ShortShortInt),
+            any::<u8>().prop_map(AMQPValue::ShortShortUInt),
+            any::<i16>().prop_map(AMQPValue::ShortInt),
+            any::<u16>().prop_map(AMQPValue::ShortUInt),
+            any::<i32>().prop_map(AMQPValue::LongInt),
+            any::<u32>().prop_map(AMQPValue::LongUInt),
+            any::<i64>().prop_map(AMQPValue::LongLongInt),
+            any::<bool>().prop_map(AMQPValue::Boolean),
+            proptest::collection::vec(any::<u8>(), 0..40)
+                .prop_map(|b| AMQPValue::LongString(LongString::from(b))),
+            "\\PC{0,40}".prop_map(|s| AMQPValue::ShortString(ShortString::from(s))),
+            Just(AMQPValue::Void),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|v| AMQPValue::FieldArray(FieldArray::from(v))),
+                proptest::collection::vec(("\\PC{0,10}", inner), 0..4).prop_map(|kv| {
+                    let mut t = FieldTable::default();
+                    for (k, v) in kv {
+                        t.insert(ShortString::from(k), v);
+                    }
+                    AMQPValue::FieldTable(t)
+                }),
+            ]
+        })
+    }
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(DELIVERIES_HEADER.to_owned()),
+            Just(EXCHANGE_HEADER.to_owned()),
+            Just(ROUTING_KEY_HEADER.to_owned()),
+            Just(USER_HEADER.to_owned()),
+            Just("x-delivery-count".to_owned()),
+            Just(claws_core::trace::TRACEPARENT.to_owned()),
+            "\\PC{0,20}",
+        ]
+    }
+
+    fn headers() -> impl Strategy<Value = FieldTable> {
+        proptest::collection::vec((key(), value()), 0..8).prop_map(|kv| {
+            let mut t = FieldTable::default();
+            for (k, v) in kv {
+                t.insert(ShortString::from(k), v);
+            }
+            t
+        })
+    }
+
+    proptest! {
+        /// Whatever the properties and headers, decoding never panics, and what only the
+        /// claw's own copies may say is believed only on such a copy.
+        #[test]
+        fn arbitrary_envelopes_decode_and_trust_only_own_copies(
+            exchange in prop_oneof![Just(String::new()), Just("xmpp_direct".to_owned()), "\\PC{0,20}"],
+            routing_key in prop_oneof![Just(QUEUE.to_owned()), "\\PC{0,30}"],
+            user_id in prop_oneof![Just(None), Just(Some(OWN.to_owned())), "\\PC{0,12}".prop_map(Some)],
+            own_user in prop_oneof![Just(None), Just(Some(OWN))],
+            headers in proptest::option::of(headers()),
+            correlation_id in proptest::option::of("\\PC{0,60}"),
+        ) {
+            let mut props = BasicProperties::default();
+            if let Some(u) = &user_id {
+                props = props.with_user_id(ShortString::from(u.as_str()));
+            }
+            if let Some(h) = headers.clone() {
+                prop_assert!(hostile::header_depth(&h, hostile::MAX_HEADER_DEPTH) <= 7);
+                props = props.with_headers(h);
+            }
+            if let Some(c) = &correlation_id {
+                props = props.with_correlation_id(ShortString::from(c.as_str()));
+            }
+            let queue = ShortString::from(QUEUE);
+            let e = Envelope::decode(
+                ShortString::from(exchange.as_str()),
+                ShortString::from(routing_key.as_str()),
+                &props,
+                &queue,
+                own_user,
+            );
+            let own_copy = exchange.is_empty() && routing_key == QUEUE;
+            let quorum = headers.as_ref().and_then(|h| header_u32(h, "x-delivery-count"));
+            if !own_copy {
+                prop_assert_eq!(e.exchange.as_str(), exchange.as_str());
+                prop_assert_eq!(e.routing_key.as_str(), routing_key.as_str());
+                prop_assert_eq!(e.previous, quorum.unwrap_or(0));
+                prop_assert_eq!(e.user, user_id.as_deref());
+            }
+            if e.user != user_id.as_deref() {
+                prop_assert!(own_copy && user_id.as_deref() == own_user && own_user.is_some());
+            }
+        }
+
+        /// Arbitrary bytes as a content header's properties, through lapin's parser (what its
+        /// I/O loop does), then claws' decoding: never a panic; the sweep's check agrees with
+        /// the parser.
+        #[test]
+        fn arbitrary_property_bytes_parse_or_are_refused(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let parsed = lapin::protocol::basic::parse_properties(&bytes[..]);
+            prop_assert_eq!(hostile::poison::decodes(bytes.clone()).is_ok(), parsed.is_ok());
+            if let Ok((_, props)) = parsed {
+                if let Some(h) = props.headers() {
+                    let _ = hostile::header_depth(h, hostile::MAX_HEADER_DEPTH);
+                }
+                let queue = ShortString::from(QUEUE);
+                let _ = Envelope::decode(ShortString::from(""), queue.clone(), &props, &queue, Some(OWN));
+            }
         }
     }
 }

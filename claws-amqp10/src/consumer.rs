@@ -584,3 +584,124 @@ impl Drop for Amqp10Acker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fe2o3_amqp::types::messaging::message::__private::Serializable;
+    use fe2o3_amqp::types::messaging::message::DecodeIntoMessage;
+    use fe2o3_amqp::types::messaging::Properties;
+    use fe2o3_amqp::types::primitives::Binary;
+    use proptest::prelude::*;
+
+    /// What the 1.0 claw reads off a decoded message, as `make_delivery` does.
+    fn read(message: Message<Body<Value>>) {
+        let _ = routing_key(message.message_annotations.as_ref());
+        if let Some(p) = message.properties {
+            if let Some(r) = &p.reply_to {
+                let _ = parse_reply_to(r);
+            }
+            if let Some(c) = p.correlation_id {
+                let _ = id_string(c);
+            }
+            if let Some(m) = p.message_id {
+                let _ = id_string(m);
+            }
+            if let Some(u) = &p.user_id {
+                let _ = std::str::from_utf8(u.as_slice());
+            }
+        }
+        let _ = payload(message.body);
+    }
+
+    fn decode(bytes: &[u8]) -> std::result::Result<Message<Body<Value>>, serde_amqp::Error> {
+        <Body<Value> as DecodeIntoMessage>::decode_message_from_reader(
+            serde_amqp::read::SliceReader::new(bytes),
+        )
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            any::<i64>().prop_map(Value::Long),
+            any::<bool>().prop_map(Value::Bool),
+            "\\PC{0,30}".prop_map(Value::String),
+            proptest::collection::vec(any::<u8>(), 0..30)
+                .prop_map(|b| Value::Binary(Binary::from(b))),
+            Just(Value::Null),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            proptest::collection::vec(inner, 0..4).prop_map(Value::List)
+        })
+    }
+
+    proptest! {
+        /// Arbitrary bytes as a transfer's payload, alone or behind a section descriptor (the
+        /// properties, application-properties, data, amqp-value sections): fe2o3's decoding
+        /// then claws' reading never panic.
+        #[test]
+        fn arbitrary_bytes_decode_or_are_refused(
+            prefix in prop_oneof![
+                Just(vec![]),
+                Just(vec![0x00, 0x53, 0x73]),
+                Just(vec![0x00, 0x53, 0x74]),
+                Just(vec![0x00, 0x53, 0x75]),
+                Just(vec![0x00, 0x53, 0x77]),
+            ],
+            bytes in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let mut all = prefix;
+            all.extend_from_slice(&bytes);
+            if let Ok(message) = decode(&all) {
+                read(message);
+            }
+        }
+
+        /// Arbitrary properties and bodies, encoded as a peer would: decoded and read; the
+        /// payload is the stanza's bytes for a data section, a string or a binary value, and
+        /// an error (dead-lettered, never an empty stanza) for any other value or a sequence.
+        #[test]
+        fn arbitrary_messages_are_read_or_refused_whole(
+            subject in proptest::option::of("\\PC{0,40}"),
+            reply_to in proptest::option::of("\\PC{0,60}"),
+            correlation in proptest::option::of("\\PC{0,60}"),
+            user in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..20)),
+            kind in 0u8..3,
+            data in proptest::collection::vec(any::<u8>(), 0..200),
+            v in value(),
+        ) {
+            let mut props = Properties::builder();
+            if let Some(s) = subject { props = props.subject(s); }
+            if let Some(r) = reply_to { props = props.reply_to(r); }
+            if let Some(c) = correlation { props = props.correlation_id(c); }
+            if let Some(u) = user { props = props.user_id(Binary::from(u)); }
+            let props = props.build();
+            let (encoded, expected) = match kind {
+                0 => {
+                    let m = Message::builder().properties(props).data(Binary::from(data.clone())).build();
+                    (serde_amqp::to_vec(&Serializable(m)), Some(data))
+                }
+                1 => {
+                    let expected = match &v {
+                        Value::String(s) => Some(s.clone().into_bytes()),
+                        Value::Binary(b) => Some(b.to_vec()),
+                        _ => None,
+                    };
+                    let m = Message::builder().properties(props).value(v).build();
+                    (serde_amqp::to_vec(&Serializable(m)), expected)
+                }
+                _ => {
+                    let m = Message::builder().properties(props).sequence(vec![v]).build();
+                    (serde_amqp::to_vec(&Serializable(m)), None)
+                }
+            };
+            let encoded = encoded.expect("encodes");
+            let message = decode(&encoded).expect("what fe2o3 encodes, it decodes");
+            let body = payload(message.body.clone());
+            match expected {
+                Some(bytes) => prop_assert_eq!(body.expect("a stanza's bytes").to_vec(), bytes),
+                None => prop_assert!(body.is_err(), "a non-data body was read as a stanza"),
+            }
+            read(message);
+        }
+    }
+}

@@ -130,7 +130,7 @@ async fn sweep_queue(uri: &AMQPUri, queue: &str, window: u32) -> std::io::Result
 
 /// Whether lapin's parser decodes these properties; why not if it does not. On a thread with
 /// a stack for the parser's recursion (headers can nest thousands deep, see `hostile`).
-fn decodes(properties: Vec<u8>) -> Result<(), String> {
+pub(crate) fn decodes(properties: Vec<u8>) -> Result<(), String> {
     let parse = move || match parse_properties(&properties[..]) {
         Ok(_) => Ok(()),
         Err(err) => Err(format!("lapin cannot decode its properties: {err}")),
