@@ -18,7 +18,8 @@ pub(crate) struct Message {
     pub(crate) exchange: &'static str,
     pub(crate) routing_key: String,
     pub(crate) id: Option<String>,
-    pub(crate) from: Option<Jid>,
+    /// Shared with the sending claw: a send copies no JID.
+    pub(crate) from: Option<Arc<Jid>>,
     /// How many times it has been delivered so far.
     pub(crate) deliveries: u32,
 }
@@ -40,6 +41,20 @@ impl Queue {
     pub(crate) fn push_front(&self, msg: Message) {
         self.items.lock().expect("queue lock").push_front(msg);
         self.notify.notify_one();
+    }
+
+    /// The next message if there is one now.
+    pub(crate) fn try_pop(&self) -> Option<Message> {
+        let (msg, more) = {
+            let mut items = self.items.lock().expect("queue lock");
+            let msg = items.pop_front();
+            (msg, !items.is_empty())
+        };
+        if more {
+            // Other consumers may be waiting for what is left.
+            self.notify.notify_one();
+        }
+        msg
     }
 
     /// Waits for the next message.
@@ -76,13 +91,17 @@ impl Queue {
     }
 }
 
+/// A bound queue: its name, and the queue itself (so that routing looks up the routing key
+/// alone).
+type Bound = (String, Arc<Queue>);
+
 #[derive(Debug, Default)]
 struct State {
     queues: HashMap<String, Arc<Queue>>,
-    /// Direct exchange: routing key -> queue names.
-    direct: HashMap<String, Vec<String>>,
-    /// Fanout exchange: bound queue names.
-    fanout: Vec<String>,
+    /// Direct exchange: routing key -> bound queues.
+    direct: HashMap<String, Vec<Bound>>,
+    /// Fanout exchange: bound queues.
+    fanout: Vec<Bound>,
 }
 
 /// An in-process broker keeping TOPOLOGY.md: the `xmpp_direct` and `xmpp_fanout` exchanges and
@@ -120,39 +139,43 @@ impl MemBroker {
             .clone()
     }
 
-    /// Binds `queue` to `exchange` with `routing_key` (idempotent).
+    /// Binds the declared `queue` to `exchange` with `routing_key` (idempotent).
     pub(crate) fn bind(&self, queue: &str, exchange: &str, routing_key: &str) {
         let mut state = self.state();
+        let Some(q) = state.queues.get(queue).cloned() else {
+            return;
+        };
         let list = if exchange == FANOUT_EXCHANGE {
             &mut state.fanout
         } else {
             state.direct.entry(routing_key.to_owned()).or_default()
         };
-        if !list.iter().any(|q| q == queue) {
-            list.push(queue.to_owned());
+        if !list.iter().any(|(name, _)| name == queue) {
+            list.push((queue.to_owned(), q));
         }
     }
 
     /// Routes a message through `exchange`; returns how many queues took it.
     pub(crate) fn route(&self, msg: Message) -> usize {
-        let targets: Vec<Arc<Queue>> = {
-            let state = self.state();
-            let names: &[String] = if msg.exchange == DIRECT_EXCHANGE {
-                state
-                    .direct
-                    .get(&msg.routing_key)
-                    .map_or(&[][..], Vec::as_slice)
-            } else {
-                &state.fanout
-            };
-            names
-                .iter()
-                .filter_map(|n| state.queues.get(n).cloned())
-                .collect()
+        // The broker's lock, then each queue's (never the other way round): a message is
+        // pushed without collecting the queues first, and the last queue takes it without a
+        // copy.
+        let state = self.state();
+        let targets: &[Bound] = if msg.exchange == DIRECT_EXCHANGE {
+            state
+                .direct
+                .get(msg.routing_key.as_str())
+                .map_or(&[][..], Vec::as_slice)
+        } else {
+            &state.fanout
         };
-        for q in &targets {
+        let Some(((_, last), rest)) = targets.split_last() else {
+            return 0;
+        };
+        for (_, q) in rest {
             q.push_back(msg.clone());
         }
+        last.push_back(msg);
         targets.len()
     }
 
@@ -188,9 +211,9 @@ impl MemBroker {
     pub fn delete_queue(&self, queue: &str) {
         let mut state = self.state();
         state.queues.remove(queue);
-        state.fanout.retain(|q| q != queue);
+        state.fanout.retain(|(q, _)| q != queue);
         for list in state.direct.values_mut() {
-            list.retain(|q| q != queue);
+            list.retain(|(q, _)| q != queue);
         }
         state.direct.retain(|_, list| !list.is_empty());
     }

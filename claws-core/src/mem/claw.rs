@@ -66,6 +66,7 @@ impl MemClawBuilder {
         Ok(MemClaw {
             life: Lifecycle::new(name.clone()),
             name,
+            from: Arc::new(self.jid.clone()),
             jid: self.jid,
             broker: self.broker,
             queues,
@@ -112,6 +113,8 @@ struct Running {
 pub struct MemClaw {
     name: Arc<str>,
     jid: Jid,
+    /// The JID every message it sends carries as its sender.
+    from: Arc<Jid>,
     broker: MemBroker,
     queues: Vec<QueueSpec>,
     in_flight: Arc<Semaphore>,
@@ -145,7 +148,7 @@ impl MemClaw {
             exchange,
             routing_key: key.to_owned(),
             id: id.map(str::to_owned),
-            from: Some(self.jid.clone()),
+            from: Some(self.from.clone()),
             deliveries: 0,
         }
     }
@@ -267,6 +270,16 @@ struct Consumer {
 }
 
 impl Consumer {
+    /// A message ready now, from the first queue at or after `start` (in turn) that has one.
+    fn try_next(&self, start: usize) -> Option<(Message, usize)> {
+        let n = self.queues.len();
+        (0..n).find_map(|k| {
+            let i = (start + k) % n;
+            self.queues[i].1.try_pop().map(|msg| (msg, i))
+        })
+    }
+
+    /// Waits for the next message of any queue.
     async fn next(&self) -> (Message, usize) {
         // `Queue::pop` takes a message only in the poll that completes it, so the losers of this
         // race lose nothing.
@@ -278,31 +291,49 @@ impl Consumer {
         futures_util::future::select_all(pops).await.0
     }
 
+    // Each step tries the ready case first and only then waits (racing the stop signal): a
+    // busy claw takes a permit, a message and a slot in the events channel without building
+    // the waiting futures (the race's boxed futures, a registration with the stop token).
     async fn run(self, events: Events, stop: CancellationToken) {
+        // Where the next look for a message starts: the queue after the last one served, so
+        // that a busy queue starves none.
+        let mut start = 0;
         loop {
-            let permit = tokio::select! {
-                biased;
-                _ = stop.cancelled() => return,
-                p = self.in_flight.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => return,
+            if stop.is_cancelled() {
+                return;
+            }
+            let permit = match self.in_flight.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(tokio::sync::TryAcquireError::Closed) => return,
+                Err(tokio::sync::TryAcquireError::NoPermits) => tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return,
+                    p = self.in_flight.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
                 },
             };
-            let (mut msg, index) = tokio::select! {
-                biased;
-                _ = stop.cancelled() => return,
-                m = self.next() => m,
+            let (mut msg, index) = match self.try_next(start) {
+                Some(m) => m,
+                None => tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return,
+                    m = self.next() => m,
+                },
             };
+            start = index + 1;
             let (spec, queue) = &self.queues[index];
             msg.deliveries += 1;
-            let via = Via::new(
+            // Filled in place (the builder methods move the whole Via each time).
+            let mut via = Via::new(
                 self.claw.clone(),
                 spec.kind.clone(),
                 msg.routing_key.clone(),
-            )
-            .with_exchange(msg.exchange)
-            .with_id(msg.id.clone())
-            .with_from(msg.from.clone());
+            );
+            via.exchange = Some(msg.exchange.to_owned());
+            via.id.clone_from(&msg.id);
+            via.from = msg.from.as_deref().cloned();
             let delivery = Delivery {
                 packet: Packet::new(msg.payload.clone()),
                 via,
@@ -316,6 +347,14 @@ impl Consumer {
                     max_deliveries: self.max_deliveries,
                     _permit: permit,
                 }),
+            };
+            let delivery = match events.try_received(delivery) {
+                Ok(()) => continue,
+                Err(d) if events.is_closed() => {
+                    drop(d); // requeues itself
+                    return;
+                }
+                Err(d) => d,
             };
             tokio::select! {
                 biased;
