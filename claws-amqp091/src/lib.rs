@@ -91,6 +91,18 @@
 //! dead-letters any message whose headers nest deeper than 64 levels without handing it to the
 //! handler. The claw warns at its first connection when neither was done.
 //!
+//! A property lapin cannot decode (a `correlation_id`, `reply_to` or header key that is not
+//! UTF-8) fails the whole connection before the claw sees the delivery, and the broker gives
+//! the message back first to the next connection. The claw notes that parse error and, before
+//! consuming again, sweeps its queues with a minimal client of its own that reads properties
+//! as raw bytes: such a message is dead-lettered after one delivery and the queue goes on
+//! (plain `amqp://` only; on `amqps://` an error log names the queue's fix: quorum queues,
+//! whose `x-delivery-limit` drops it).
+//!
+//! Every publish carries `user_id` = the URL's user (not with `auth_mechanism=external`), which
+//! RabbitMQ verifies; a delivery's [`Via::user`](claws_core::Via::user) is its publisher's.
+//! See docs/SECURITY.md for the trust model.
+//!
 //! ## Features
 //!
 //! | Name | Description | Default |
