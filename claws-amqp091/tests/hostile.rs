@@ -156,29 +156,34 @@ fn poison_py(args: &[&str]) -> Option<String> {
 /// was blocked for good. Now the claw sweeps its queues after such a death: the message is
 /// dead-lettered after one delivery and the canary behind it arrives.
 async fn undecodable_messages_are_dead_lettered_and_the_queue_goes_on() {
-    let u = uid();
-    let me = format!("poison-{u}@test/a");
-    let mut s = start(builder(&me)).await;
-    for kind in ["correlation_id", "reply_to", "header_key"] {
-        let tag = format!("{u}-{kind}");
-        poison_py(&["publish", &url(), &me, kind, &tag]).expect("published");
-        let d = next(&mut s.rx, &format!("canary {tag}")).await;
-        d.acker.ack().await.unwrap();
-        let reason = poison_py(&["find", &url(), DEAD_LETTER_QUEUE, &tag])
-            .unwrap_or_else(|| panic!("the message with a bad {kind} is not dead-lettered"));
-        assert_eq!(reason, "rejected", "{kind}");
+    use claws_core::topology::TopologyBuilder;
+    for quorum in [false, true] {
+        let u = uid();
+        let me = format!("poison-{u}@test/a");
+        let mut s = start(builder(&me).quorum_instances(quorum)).await;
+        for kind in ["correlation_id", "reply_to", "header_key"] {
+            let tag = format!("{u}-{kind}");
+            poison_py(&["publish", &url(), &me, kind, &tag]).expect("published");
+            let d = next(&mut s.rx, &format!("canary {tag}")).await;
+            d.acker.ack().await.unwrap();
+            let reason =
+                poison_py(&["find", &url(), DEAD_LETTER_QUEUE, &tag]).unwrap_or_else(|| {
+                    panic!("the message with a bad {kind} is not dead-lettered (quorum: {quorum})")
+                });
+            assert_eq!(reason, "rejected", "{kind}, quorum: {quorum}");
+        }
+        assert!(
+            nothing_more(
+                &mut s.rx,
+                &format!("poison {u}"),
+                std::time::Duration::from_millis(300)
+            )
+            .await,
+            "an undecodable message reached the handler"
+        );
+        s.claw.close().await.unwrap();
+        cleanup(&[&s.claw]).await;
     }
-    assert!(
-        nothing_more(
-            &mut s.rx,
-            &format!("poison {u}"),
-            std::time::Duration::from_millis(300)
-        )
-        .await,
-        "an undecodable message reached the handler"
-    );
-    s.claw.close().await.unwrap();
-    cleanup(&[&s.claw]).await;
 }
 
 fn user_id_py(url: &str, to: &str, claim: &str, tag: &str) -> String {
