@@ -106,6 +106,25 @@
 //!
 //! [`gateway::run`] runs a gateway until a shutdown future completes: what `claws gateway` calls.
 //!
+//! ## Latency: configure the XMPP server with Nagle's algorithm off
+//!
+//! The component claw writes with `TCP_NODELAY`, and so do lapin and RabbitMQ; Prosody does not
+//! by default (`net.server_epoll`'s `nagle = true`). With Nagle's algorithm on, Prosody holds
+//! every small write while an earlier one waits for the peer's ACK, which the peer delays (up to
+//! 40 ms on Linux): a burst of 20 messages through the gateway came back as the first echo after
+//! 4 ms and the other 19 together at 47 ms. Turn it off in Prosody's global section:
+//!
+//! ```lua
+//! network_settings = { nagle = false }
+//! ```
+//!
+//! `scripts/bench-gateway` measures round trips through Prosody, `claws gateway`, RabbitMQ and
+//! two `claws echo` workers with and without it (docs/BENCHMARKS.md). What remains in a burst
+//! is one publisher-confirm round trip per stanza and sender: the router handles one sender's
+//! stanzas in order on one lane, and the gateway's handler waits for each bus send to be
+//! confirmed (so that a failed one is answered with an error), so the n-th stanza of a burst
+//! from one user waits for the n-1 confirms before it.
+//!
 //! ## Tests
 //!
 //! `tests/state_machine.rs` drives the claw against a fake XEP-0114 server (refused handshakes,

@@ -108,6 +108,9 @@ c2s_require_encryption = false
 allow_unencrypted_plain_auth = true
 authentication = "internal_hashed"
 storage = "internal"
+-- As the component's docs recommend: Nagle's algorithm off on Prosody's sockets, so that a
+-- burst of stanzas is not held for the peer's delayed ACK (40 ms clumps).
+network_settings = {{ nagle = false }}
 
 VirtualHost "{host}"
 
