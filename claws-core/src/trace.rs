@@ -157,6 +157,13 @@ pub fn current() -> Option<TraceContext> {
 /// # });
 /// ```
 pub fn outgoing(claw: &str, to: &str) -> (tracing::Span, Option<String>) {
+    let (span, hop) = outgoing_context(claw, to);
+    (span, hop.map(|h| h.to_string()))
+}
+
+/// [`outgoing`] for a claw that carries the context itself (the mem claw): the span and the
+/// next hop's context.
+pub fn outgoing_context(claw: &str, to: &str) -> (tracing::Span, Option<TraceContext>) {
     match current() {
         Some(parent) => {
             let hop = parent.child();
@@ -168,7 +175,7 @@ pub fn outgoing(claw: &str, to: &str) -> (tracing::Span, Option<String>) {
                 span_id = %hop.span_id(),
                 parent_id = %parent.span_id(),
             );
-            (span, Some(hop.to_string()))
+            (span, Some(hop))
         }
         None => (tracing::debug_span!("claws.send", claw, to), None),
     }

@@ -339,3 +339,57 @@ async fn a_claw_that_fails_to_start_fails_the_start_and_closes_the_others() {
     let err = router.start(Echo).await.unwrap_err();
     assert!(matches!(err, Error::Closed { .. }), "{err}");
 }
+
+/// Trace context on the mem bus: a send made inside a trace arrives with it (the send's span as
+/// parent), a reply made by the handler continues it, and without one nothing is carried.
+#[tokio::test]
+async fn a_reply_continues_the_senders_trace() {
+    use claws_core::trace::{self, TraceContext};
+    let bus = MemBroker::new();
+    let server = Router::builder()
+        .claw(bus.claw("svc@d/1").unwrap())
+        .build()
+        .unwrap();
+    // The server replies from its handler: inside the delivery's trace.
+    let (tx, mut seen) = mpsc::unbounded_channel();
+    server
+        .start(handler_fn(move |p, v: Via, ctx| {
+            let tx = tx.clone();
+            async move {
+                tx.send((v.trace, trace::current()))?;
+                ctx.router().reply(&v, p).await?;
+                Ok(())
+            }
+        }))
+        .await
+        .unwrap();
+    let client = Router::builder()
+        .claw(bus.claw("cli@d/1").unwrap())
+        .build()
+        .unwrap();
+    let mut replies = collector(&client).await;
+    let svc = jid::parse("svc@d/1").unwrap();
+
+    let root = TraceContext::new_root();
+    trace::scope(root, client.send(&svc, None, Packet::from("<m/>")))
+        .await
+        .unwrap();
+    let (carried, current) = timeout(WAIT, seen.recv()).await.unwrap().unwrap();
+    let carried = carried.expect("the send carried the trace");
+    assert_eq!(carried.trace_id(), root.trace_id());
+    assert_ne!(carried.span_id(), root.span_id(), "the send's own span");
+    let current = current.expect("the handler runs inside the trace");
+    assert_eq!(current.trace_id(), root.trace_id());
+    let (_, via) = next(&mut replies).await;
+    let back = via.trace.expect("the reply carried it");
+    assert_eq!(back.trace_id(), root.trace_id());
+
+    // No trace, no subscriber: nothing is carried, nothing is current.
+    client.send(&svc, None, Packet::from("<m/>")).await.unwrap();
+    let (carried, current) = timeout(WAIT, seen.recv()).await.unwrap().unwrap();
+    assert_eq!((carried, current), (None, None));
+    let (_, via) = next(&mut replies).await;
+    assert_eq!(via.trace, None);
+    server.close().await.unwrap();
+    client.close().await.unwrap();
+}

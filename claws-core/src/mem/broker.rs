@@ -22,6 +22,8 @@ pub(crate) struct Message {
     pub(crate) from: Option<Arc<Jid>>,
     /// How many times it has been delivered so far.
     pub(crate) deliveries: u32,
+    /// The sender's trace context (see [`crate::trace`]).
+    pub(crate) trace: Option<crate::trace::TraceContext>,
 }
 
 /// One queue: messages in order, and a wake-up for competing consumers.

@@ -150,6 +150,7 @@ impl MemClaw {
             id: id.map(str::to_owned),
             from: Some(self.from.clone()),
             deliveries: 0,
+            trace: None,
         }
     }
 
@@ -219,8 +220,10 @@ impl Claw for MemClaw {
     async fn send(&self, to: &Jid, id: Option<&str>, packet: Packet) -> Result<()> {
         self.check_open()?;
         topology::check_name("routing key", to.as_str())?;
-        let msg = self.message(DIRECT_EXCHANGE, to.as_str(), id, packet);
-        if self.broker.route(msg) == 0 {
+        let mut msg = self.message(DIRECT_EXCHANGE, to.as_str(), id, packet);
+        let (span, trace) = crate::trace::outgoing_context(&self.name, to.as_str());
+        msg.trace = trace;
+        if span.in_scope(|| self.broker.route(msg)) == 0 {
             return Err(Error::NoRoute {
                 to: to.to_string(),
                 claw: self.name.to_string(),
@@ -231,8 +234,10 @@ impl Claw for MemClaw {
 
     async fn publish(&self, packet: Packet) -> Result<()> {
         self.check_open()?;
-        let msg = self.message(FANOUT_EXCHANGE, self.jid.as_str(), None, packet);
-        self.broker.route(msg);
+        let mut msg = self.message(FANOUT_EXCHANGE, self.jid.as_str(), None, packet);
+        let (span, trace) = crate::trace::outgoing_context(&self.name, "broadcast");
+        msg.trace = trace;
+        span.in_scope(|| self.broker.route(msg));
         Ok(())
     }
 
@@ -334,6 +339,7 @@ impl Consumer {
             via.exchange = Some(msg.exchange.to_owned());
             via.id.clone_from(&msg.id);
             via.from = msg.from.as_deref().cloned();
+            via.trace = msg.trace;
             let delivery = Delivery {
                 packet: Packet::new(msg.payload.clone()),
                 via,
