@@ -13,9 +13,8 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_killed_at_once_are_made_no_faster_than_the_backoff() {
-    let proxy = FaultProxy::start("127.0.0.1:5672".parse().unwrap())
-        .await
-        .unwrap();
+    let upstream = ([127, 0, 0, 1], claws_test::rabbitmq::port()).into();
+    let proxy = FaultProxy::start(upstream).await.unwrap();
     let me = format!("backoff-{}@test/a", uid());
     let claw = AmqpClaw::builder(&format!("amqp://guest:guest@{}/%2f", proxy.addr()), &me)
         .reconnect_backoff(Duration::from_millis(100), Duration::from_millis(800))
