@@ -33,6 +33,10 @@ fn main() {
                 .await
                 .unwrap();
             println!("test undecodable_messages_are_dead_lettered_and_the_queue_goes_on ... ok");
+            tokio::spawn(a_queued_undecodable_message_does_not_stop_a_start())
+                .await
+                .unwrap();
+            println!("test a_queued_undecodable_message_does_not_stop_a_start ... ok");
             tokio::spawn(the_publishing_user_is_verified_and_carried())
                 .await
                 .unwrap();
@@ -370,4 +374,24 @@ async fn the_hostile_input_suite_holds() {
     println!("{report}");
     let _ = raw.1.close(200, "done".into()).await;
     report.assert_passed();
+}
+
+/// Such a message already queued when the service starts (`claws listen` exited 3, "cannot
+/// connect", every time): `start` succeeds, the canary arrives, the message is dead-lettered.
+async fn a_queued_undecodable_message_does_not_stop_a_start() {
+    let u = uid();
+    let me = format!("poison-start-{u}@test/a");
+    // The queues exist (declared by a first run), the service is down.
+    let first = start(builder(&me)).await;
+    first.claw.close().await.unwrap();
+    poison_py(&["publish", &url(), &me, "reply_to", &u]).expect("published");
+    let mut s = start(builder(&me)).await;
+    let d = next(&mut s.rx, &format!("canary {u}")).await;
+    d.acker.ack().await.unwrap();
+    assert_eq!(
+        poison_py(&["find", &url(), DEAD_LETTER_QUEUE, &u]).as_deref(),
+        Some("rejected")
+    );
+    s.claw.close().await.unwrap();
+    cleanup(&[&s.claw]).await;
 }
