@@ -540,3 +540,62 @@ async fn thousands_of_stanzas_each_way_in_order() {
     eprintln!("{N} stanzas in: {inbound:?}; {N} sends out: {outbound:?}");
     close(&claw, server).await;
 }
+
+/// A stream the server accepts and then drops at once, again and again: the waits keep
+/// growing to the cap instead of starting over after each connect (issue 15: a connection
+/// that did not hold does not reset the backoff).
+#[tokio::test]
+async fn streams_dropped_at_once_slow_down() {
+    let (l, addr) = listener().await;
+    let claw = builder(&addr).build().unwrap();
+    let (waits_tx, mut waits) = mpsc::unbounded_channel();
+    let recorder = tokio::spawn({
+        let mut states = claw.watch_state();
+        async move {
+            while states.changed().await.is_ok() {
+                let state = states.borrow_and_update().clone();
+                if let State::Retrying { attempt, delay } = state {
+                    let _ = waits_tx.send((attempt, delay));
+                }
+            }
+        }
+    });
+    let (server, mut rx) = start(&claw, &l).await;
+    assert!(matches!(next_event(&mut rx).await, Event::Connected { .. }));
+    drop(server);
+    for i in 0..4 {
+        assert!(matches!(
+            next_event(&mut rx).await,
+            Event::Disconnected { .. }
+        ));
+        let mut s = Session::accept(&l).await;
+        assert!(s.handshake(&format!("brief-{i}"), true).await);
+        assert!(matches!(next_event(&mut rx).await, Event::Connected { .. }));
+        drop(s);
+    }
+    assert!(matches!(
+        next_event(&mut rx).await,
+        Event::Disconnected { .. }
+    ));
+    // One wait per loss, each the first attempt after it, drawn from a growing ceiling:
+    // 40, 80, 160 (the cap), 160, 160 ms.
+    let mut drawn = Vec::new();
+    while drawn.len() < 5 {
+        drawn.push(timeout(WAIT, waits.recv()).await.unwrap().unwrap());
+    }
+    for (i, (attempt, delay)) in drawn.iter().enumerate() {
+        let ceiling = Duration::from_millis((40u64 << i).min(160));
+        assert_eq!(*attempt, 1, "waits drawn: {drawn:?}");
+        assert!(
+            *delay >= ceiling / 2 && *delay <= ceiling,
+            "loss {i} waits {delay:?}, not within [{:?}, {ceiling:?}]: the backoff started \
+             over; waits drawn: {drawn:?}",
+            ceiling / 2
+        );
+    }
+    let mut s = Session::accept(&l).await;
+    assert!(s.handshake("held", true).await);
+    assert!(matches!(next_event(&mut rx).await, Event::Connected { .. }));
+    close(&claw, s).await;
+    recorder.abort();
+}
