@@ -296,3 +296,44 @@ async fn the_hostile_input_suite_holds() {
     let _ = conn.close(200, "done".into()).await;
     report.assert_passed();
 }
+
+/// Each connection cut as soon as it is reported (what an undecodable message did on every
+/// delivery, ~20 reconnections a second): the reconnections slow down to the backoff's cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_killed_at_once_are_made_no_faster_than_the_backoff() {
+    use claws_core::{Event, TimingBuilder};
+    let proxy = claws_test::fault::FaultProxy::start(common::RABBIT.parse().unwrap())
+        .await
+        .unwrap();
+    let s = unique("");
+    let c = Amqp10Claw::builder(
+        format!("amqp://guest:guest@{}", proxy.addr()).as_str(),
+        format!("killed{s}@example.com/r"),
+        AddressScheme::RabbitMq,
+    )
+    .reconnect_backoff(Duration::from_millis(100), Duration::from_millis(800))
+    .build()
+    .unwrap();
+    let (events, mut inbox) = Inbox::new();
+    c.start(events).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut connects = Vec::new();
+    while connects.len() < 7 {
+        if let Event::Connected { .. } = inbox.event().await {
+            connects.push(started.elapsed());
+            proxy.cut();
+        }
+    }
+    let floor: Duration = [100u64, 200, 400, 800, 800, 800]
+        .iter()
+        .map(|ms| Duration::from_millis(*ms) / 2)
+        .sum();
+    let span = connects[6] - connects[0];
+    assert!(
+        span >= floor,
+        "7 connections in {span:?}, under the backoff's {floor:?}: {connects:?}"
+    );
+    drop(inbox);
+    c.close().await.unwrap();
+    c.delete_queues().await.unwrap();
+}
