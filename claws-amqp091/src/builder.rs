@@ -8,7 +8,7 @@ use claws_core::topology::{self, Subscriptions, TopologyBuilder, TopologyOptions
 use claws_core::{Config, Error, Result};
 
 use crate::claw::AmqpClaw;
-use crate::config::{Amqp091Options, Endpoint, Settings};
+use crate::config::{Amqp091Options, Endpoint, Settings, UserId};
 use crate::session::Shared;
 use crate::tls;
 
@@ -28,6 +28,7 @@ pub struct AmqpClawBuilder {
     topology: TopologyOptions,
     timing: Timing,
     tls: tls::TlsFiles,
+    user_id: UserId,
 }
 
 impl AmqpClawBuilder {
@@ -46,6 +47,13 @@ impl AmqpClawBuilder {
     /// Deliveries after which a failing stanza is dead-lettered (default 5, at least 1).
     pub fn max_deliveries(mut self, n: u32) -> Self {
         self.max_deliveries = n.max(1);
+        self
+    }
+
+    /// Whether sends carry the verified `user_id` ([`UserId`]; default [`UserId::Auto`]: on
+    /// RabbitMQ 4 and later).
+    pub fn user_id(mut self, user_id: UserId) -> Self {
+        self.user_id = user_id;
         self
     }
 
@@ -114,6 +122,7 @@ impl AmqpClawBuilder {
             durable: self.topology.durable,
             timing: self.timing,
             tls,
+            user_id: self.user_id,
         };
         let shared = Shared::new(
             self.name.into(),
@@ -153,6 +162,7 @@ impl AmqpClaw {
             topology: defaults.queues,
             timing: Timing::default(),
             tls: tls::TlsFiles::default(),
+            user_id: UserId::Auto,
         }
     }
 
@@ -189,6 +199,7 @@ impl AmqpClaw {
             .max_deliveries(config.max_deliveries)
             .subscriptions(config.subscriptions)
             .topology_options(o.queues)
+            .user_id(o.user_id)
             .timing(config.timing))
     }
 

@@ -29,6 +29,7 @@ pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// # delivery_limit = 5          # x-delivery-limit (default: max_deliveries)
 /// # leader_locator = "balanced" # or "client-local"
 /// # layout = "erlang"           # mixed Erlang/claws groups (see the crate docs)
+/// # user_id = "auto"            # or "always", "never": see UserId
 /// # TLS, with an amqps:// URL and the `tls` feature:
 /// tls_ca_file = "/etc/claws/ca.pem"        # the CA that signed the broker's certificate
 /// tls_cert_file = "/etc/claws/client.pem"  # mutual TLS: the claw's certificate…
@@ -65,6 +66,27 @@ pub struct Amqp091Options {
     pub tls_cert_file: Option<PathBuf>,
     /// PEM private key of `tls_cert_file`.
     pub tls_key_file: Option<PathBuf>,
+    /// Whether the claw sets `user_id` on what it publishes ([`UserId`], default `auto`).
+    pub user_id: UserId,
+}
+
+/// Whether the claw sets the AMQP `user_id` property (its connection's user, which RabbitMQ
+/// verifies) on what it publishes, so that a receiver's [`Via::user`](claws_core::Via::user)
+/// says who sent a stanza.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UserId {
+    /// On RabbitMQ 4 and later, not on 3.x: RabbitMQ 3.x's AMQP 1.0 plugin hands a 0-9-1
+    /// `user_id` to AMQP 1.0 consumers as a string where AMQP 1.0 has binary, which the 1.0
+    /// client cannot decode, so every stanza from this claw to a 1.0 instance would be
+    /// dead-lettered. The version is asked of each broker once, over a short connection of
+    /// its own; over TLS, where the claw cannot ask, it is set.
+    #[default]
+    Auto,
+    /// Always (a RabbitMQ 3.x deployment with no AMQP 1.0 consumer).
+    Always,
+    /// Never.
+    Never,
 }
 
 impl Default for Amqp091Options {
@@ -79,6 +101,7 @@ impl Default for Amqp091Options {
             tls_ca_file: None,
             tls_cert_file: None,
             tls_key_file: None,
+            user_id: UserId::Auto,
         }
     }
 }
@@ -159,6 +182,8 @@ pub(crate) struct Settings {
     pub(crate) timing: Timing,
     /// What TLS trusts and presents (empty for amqp://). Holds a private key: never printed.
     pub(crate) tls: lapin::tcp::OwnedTLSConfig,
+    /// Whether sends carry `user_id`.
+    pub(crate) user_id: UserId,
 }
 
 impl std::fmt::Debug for Settings {
@@ -169,6 +194,7 @@ impl std::fmt::Debug for Settings {
             .field("max_deliveries", &self.max_deliveries)
             .field("durable", &self.durable)
             .field("timing", &self.timing)
+            .field("user_id", &self.user_id)
             .field("tls_ca", &self.tls.cert_chain.is_some())
             .field("tls_client_cert", &self.tls.identity.is_some())
             .finish()

@@ -15,7 +15,7 @@ use lapin::options::ConfirmSelectOptions;
 use lapin::types::{LongString, ShortString};
 use lapin::{Connection, ConnectionProperties};
 
-use crate::config::Endpoint;
+use crate::config::{Endpoint, UserId};
 use crate::consumer::QueueInfo;
 use crate::hostile::poison;
 use crate::session::{Session, Shared};
@@ -196,7 +196,11 @@ async fn establish_once(
     let session = Arc::new(Session {
         generation,
         endpoint: endpoint.shown.clone(),
-        user: crate::session::verified_user(&endpoint.uri),
+        user: if sets_user_id(shared, endpoint).await {
+            crate::session::verified_user(&endpoint.uri)
+        } else {
+            None
+        },
         connection,
         publish: RwLock::new(Arc::new(publish)),
         consumers: Mutex::new(Vec::new()),
@@ -259,6 +263,42 @@ async fn establish_once(
     }
     *session.consumers.lock().unwrap_or_else(|e| e.into_inner()) = handles;
     Ok(session)
+}
+
+/// Whether this session's sends carry `user_id` ([`UserId`]): with `auto`, only on RabbitMQ 4
+/// or later, asked of the broker once (a broker that cannot be asked, over TLS, gets it).
+async fn sets_user_id(shared: &Shared, endpoint: &Endpoint) -> bool {
+    match shared.settings.user_id {
+        UserId::Always => return true,
+        UserId::Never => return false,
+        _ => {}
+    }
+    let known = *shared
+        .user_id_known
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(known) = known {
+        return known;
+    }
+    let timeout = shared.settings.timing.connect_timeout;
+    let Some(version) = poison::broker_version(&endpoint.uri, timeout).await else {
+        return true;
+    };
+    let major = version
+        .split('.')
+        .next()
+        .and_then(|m| m.trim().parse::<u32>().ok());
+    let on = major.is_none_or(|m| m >= 4);
+    if !on {
+        tracing::info!(claw = &*shared.name, %endpoint, %version,
+            "not setting user_id: RabbitMQ 3.x hands it to AMQP 1.0 consumers in a form they \
+             cannot decode (amqp091.user_id = \"always\" sets it anyway)");
+    }
+    *shared
+        .user_id_known
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some(on);
+    on
 }
 
 /// Watches the current session; when it dies, reports `Disconnected` and builds another one,

@@ -127,5 +127,5 @@ pub mod topology;
 
 pub use builder::AmqpClawBuilder;
 pub use claw::AmqpClaw;
-pub use config::{Amqp091Options, DEFAULT_URL};
+pub use config::{Amqp091Options, UserId, DEFAULT_URL};
 pub use hostile::protect_parser_stack;

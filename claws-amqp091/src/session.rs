@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     /// The broker refused a transient shared queue (RabbitMQ 4.3's default): declare
     /// `durable_queues` from now on.
     transient_refused: AtomicBool,
+    /// `user_id = auto`: whether the broker takes it well (RabbitMQ 4 or later), once asked.
+    pub(crate) user_id_known: Mutex<Option<bool>>,
     /// The session that serves sends now.
     pub(crate) current: Current<Arc<Session>>,
     /// Cancelled by `close`: consumers stop taking deliveries; a dying session is not replaced.
@@ -69,6 +71,7 @@ impl Shared {
             planned,
             durable_queues,
             transient_refused: AtomicBool::new(false),
+            user_id_known: Mutex::new(None),
             closing: CancellationToken::new(),
             in_flight: InFlight::new(),
             sends: InFlight::new(),

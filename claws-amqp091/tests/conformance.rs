@@ -156,10 +156,9 @@ impl ClawFactory for Rabbit {
             })
         };
         for _ in 0..100_000 {
-            let Ok(Some(m)) = ch
-                .basic_get(DEAD_LETTER_QUEUE.into(), BasicGetOptions::default())
-                .await
-            else {
+            // Bounded: a message lapin cannot decode kills the connection under the get.
+            let get = ch.basic_get(DEAD_LETTER_QUEUE.into(), BasicGetOptions::default());
+            let Ok(Ok(Some(m))) = tokio::time::timeout(Duration::from_secs(10), get).await else {
                 break;
             };
             if mine(m.delivery.routing_key.as_str()) {

@@ -9,8 +9,16 @@ use claws_core::Claw;
 use common::*;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 
+const HOSTILE_VHOST: &str = "claws-hostile";
+
 fn main() {
     claws_amqp091::protect_parser_stack();
+    // A vhost of their own: the poison these tests publish ends in its dead-letter queue,
+    // never in the one other tests read with lapin (which cannot decode it).
+    std::env::set_var(
+        "CLAWS_AMQP_URL",
+        claws_test::rabbitmq::vhost_url(HOSTILE_VHOST, true),
+    );
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -210,14 +218,22 @@ async fn the_publishing_user_is_verified_and_carried() {
     let u = uid();
     let user = format!("claws-pub-{u}");
     assert!(ctl(&["add_user", &user, "pw"]).status.success());
-    assert!(
-        ctl(&["set_permissions", "-p", "/", &user, ".*", ".*", ".*"])
-            .status
-            .success()
-    );
+    assert!(ctl(&[
+        "set_permissions",
+        "-p",
+        HOSTILE_VHOST,
+        &user,
+        ".*",
+        ".*",
+        ".*"
+    ])
+    .status
+    .success());
     let as_user = url().replace("guest:guest", &format!("{user}:pw"));
     let me = format!("verified-{u}@test/a");
-    let mut s = start(builder(&me)).await;
+    // `always`: the claw's own copies carry its user on RabbitMQ 3.x too.
+    let always = |jid: &str| builder(jid).user_id(claws_amqp091::UserId::Always);
+    let mut s = start(always(&me)).await;
 
     // Claiming to be someone else is refused by the broker.
     let spoof = user_id_py(&as_user, &me, "guest", &u);
@@ -252,7 +268,7 @@ async fn the_publishing_user_is_verified_and_carried() {
     assert_eq!(d.via.user(), None, "the copy named the claw's own user");
     d.acker.ack().await.unwrap();
     // A claw's sends carry its connection's user.
-    let peer = start(builder(&format!("verified-peer-{u}@test/b"))).await;
+    let peer = start(always(&format!("verified-peer-{u}@test/b"))).await;
     peer.claw
         .send(
             &claws_core::jid::parse(&me).unwrap(),
@@ -264,10 +280,26 @@ async fn the_publishing_user_is_verified_and_carried() {
     let d = next(&mut s.rx, &format!("from a claw {u}")).await;
     assert_eq!(d.via.user(), Some("guest"));
     d.acker.ack().await.unwrap();
+    // `auto` (the default): on RabbitMQ 4, not on 3.x (whose AMQP 1.0 plugin would hand it to
+    // 1.0 consumers in a form they cannot decode).
+    let auto = start(builder(&format!("verified-auto-{u}@test/c"))).await;
+    auto.claw
+        .send(
+            &claws_core::jid::parse(&me).unwrap(),
+            None,
+            claws_core::Packet::from(format!("<message><body>auto {u}</body></message>")),
+        )
+        .await
+        .unwrap();
+    let d = next(&mut s.rx, &format!("auto {u}")).await;
+    let expected = claws_test::rabbitmq::on_rabbitmq4().then_some("guest");
+    assert_eq!(d.via.user(), expected);
+    d.acker.ack().await.unwrap();
 
+    auto.claw.close().await.unwrap();
     peer.claw.close().await.unwrap();
     s.claw.close().await.unwrap();
-    cleanup(&[&s.claw, &peer.claw]).await;
+    cleanup(&[&s.claw, &peer.claw, &auto.claw]).await;
     ctl(&["delete_user", &user]);
 }
 

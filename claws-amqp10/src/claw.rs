@@ -8,6 +8,7 @@ use claws_core::runtime::{CancellationToken, Current, Endpoints, InFlight, Lifec
 use claws_core::{Capabilities, Claw, Error, Events, Packet, Result};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::address::Target;
 use crate::address::{AddressScheme, Addresses, Source};
@@ -115,6 +116,7 @@ impl Amqp10Claw {
             payload: packet.into_bytes(),
             delivery_count: 0,
             durable: s.settings.queues.durable,
+            traceparent: None,
         }
     }
 }
@@ -201,9 +203,14 @@ impl Claw for Amqp10Claw {
             });
         }
         let target = self.shared.settings.scheme.direct_target(to)?;
-        let out = self.outgoing(target, id, packet);
+        let mut out = self.outgoing(target, id, packet);
+        let (span, traceparent) = claws_core::trace::outgoing(&self.shared.name, to.as_str());
+        out.traceparent = traceparent;
         let _guard = self.shared.sends.enter();
-        self.shared.send_outgoing(&out, to.as_str()).await
+        self.shared
+            .send_outgoing(&out, to.as_str())
+            .instrument(span)
+            .await
     }
 
     async fn publish(&self, packet: Packet) -> Result<()> {
@@ -216,9 +223,14 @@ impl Claw for Amqp10Claw {
                     .into(),
             });
         };
-        let out = self.outgoing(target, None, packet);
+        let mut out = self.outgoing(target, None, packet);
+        let (span, traceparent) = claws_core::trace::outgoing(&self.shared.name, "broadcast");
+        out.traceparent = traceparent;
         let _guard = self.shared.sends.enter();
-        self.shared.send_outgoing(&out, "broadcast").await
+        self.shared
+            .send_outgoing(&out, "broadcast")
+            .instrument(span)
+            .await
     }
 
     async fn close(&self) -> Result<()> {

@@ -33,8 +33,10 @@ use fe2o3_amqp::link::{CreditMode, Receiver, RecvError};
 use fe2o3_amqp::session::SessionHandle;
 use fe2o3_amqp::types::definitions::{self, AmqpError};
 use fe2o3_amqp::types::messaging::annotations::OwnedKey;
-use fe2o3_amqp::types::messaging::{AmqpValue, Body, Message, MessageAnnotations, MessageId};
-use fe2o3_amqp::types::primitives::{Symbol, Value};
+use fe2o3_amqp::types::messaging::{
+    AmqpValue, ApplicationProperties, Body, Message, MessageAnnotations, MessageId,
+};
+use fe2o3_amqp::types::primitives::{SimpleValue, Symbol, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::address::{parse_reply_to, AddressScheme, Dialect, Route, Source};
@@ -331,6 +333,17 @@ fn routing_key(annotations: Option<&MessageAnnotations>) -> Option<String> {
     }
 }
 
+/// The `traceparent` application property (a 0-9-1 publisher's header arrives as one too).
+fn traceparent(properties: Option<&ApplicationProperties>) -> Option<String> {
+    match properties?.get(claws_core::trace::TRACEPARENT)? {
+        SimpleValue::String(s) => Some(s.clone()),
+        SimpleValue::Symbol(s) => Some(s.0.clone()),
+        // RabbitMQ 3.x hands a 0-9-1 header's long string over as binary.
+        SimpleValue::Binary(b) => String::from_utf8(b.to_vec()).ok(),
+        _ => None,
+    }
+}
+
 fn id_string(id: MessageId) -> String {
     match id {
         MessageId::String(s) => s,
@@ -368,6 +381,7 @@ fn make_delivery(
     // RabbitMQ 4 gives a 0-9-1 publisher's routing key as the `x-routing-key` annotation, not
     // as `subject` (3.x did).
     let annotated = routing_key(message.message_annotations.as_ref());
+    let traceparent = traceparent(message.application_properties.as_ref());
     let jid = subject
         .as_deref()
         .filter(|s| jids.subject.parse(s).is_some())
@@ -410,7 +424,8 @@ fn make_delivery(
     let mut via = Via::new(shared.name.clone(), source.kind().clone(), jid)
         .with_id(id.clone())
         .with_from(from)
-        .with_user(user);
+        .with_user(user)
+        .with_traceparent(traceparent.as_deref());
     if scheme == AddressScheme::RabbitMq {
         via = via.with_exchange(source.spec.exchange);
     }
@@ -423,6 +438,7 @@ fn make_delivery(
         payload: bytes.clone(),
         delivery_count: attempt,
         durable: header.durable,
+        traceparent: traceparent.clone(),
     });
     let acker = Amqp10Acker {
         shared: shared.clone(),

@@ -15,9 +15,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use claws_core::trace::TRACEPARENT;
 use claws_core::{Error, Result};
-use fe2o3_amqp::types::messaging::{Header, Message, Outcome, Properties};
-use fe2o3_amqp::types::primitives::Binary;
+use fe2o3_amqp::types::messaging::{ApplicationProperties, Header, Message, Outcome, Properties};
+use fe2o3_amqp::types::primitives::{Binary, SimpleValue};
 use tokio::time::Instant;
 
 use crate::address::Route;
@@ -43,6 +44,8 @@ pub(crate) struct Outgoing {
     pub(crate) payload: Bytes,
     pub(crate) delivery_count: u32,
     pub(crate) durable: bool,
+    /// The W3C trace context, as the `traceparent` application property.
+    pub(crate) traceparent: Option<String>,
 }
 
 impl Outgoing {
@@ -72,6 +75,11 @@ impl Outgoing {
         if let Some(c) = &self.correlation_id {
             props = props.correlation_id(c.clone());
         }
+        let application_properties = self.traceparent.as_ref().map(|t| {
+            ApplicationProperties::builder()
+                .insert(TRACEPARENT.to_owned(), SimpleValue::String(t.clone()))
+                .build()
+        });
         Message::builder()
             .header(Header {
                 durable: self.durable,
@@ -79,6 +87,7 @@ impl Outgoing {
                 ..Header::default()
             })
             .properties(props.build())
+            .application_properties(application_properties)
             .data(Binary::from(self.payload.to_vec()))
             .build()
     }

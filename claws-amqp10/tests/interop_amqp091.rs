@@ -8,11 +8,16 @@ use std::time::Duration;
 use claws_amqp091::AmqpClaw;
 use claws_amqp10::{AddressScheme, Amqp10Claw};
 use claws_core::topology::{queues, Subscriptions};
+use claws_core::trace::{self, TraceContext};
 use claws_core::{Claw, Packet, QueueKind};
 use common::{unique, Inbox, URL};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqp091_and_amqp10_instances_talk_both_ways() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_default())
+        .with_test_writer()
+        .try_init();
     let s = unique("");
     let old = AmqpClaw::builder(URL, format!("old{s}@example.com/r1"))
         .send_timeout(Duration::from_secs(10))
@@ -32,12 +37,16 @@ async fn amqp091_and_amqp10_instances_talk_both_ways() {
     new.start(ev_new).await.expect("1.0 claw starts");
     in_new.until_connected().await;
 
-    // 0-9-1 -> 1.0, direct with an id.
+    // 0-9-1 -> 1.0, direct with an id, inside a trace.
     let t1 = unique("to-new-");
-    old.send(
-        new.jid(),
-        Some("q1"),
-        Packet::from(format!("<iq>{t1}</iq>")),
+    let root = TraceContext::new_root();
+    trace::scope(
+        root,
+        old.send(
+            new.jid(),
+            Some("q1"),
+            Packet::from(format!("<iq>{t1}</iq>")),
+        ),
     )
     .await
     .unwrap();
@@ -55,15 +64,23 @@ async fn amqp091_and_amqp10_instances_talk_both_ways() {
         Some(old.jid()),
         "reply_to read as the sender"
     );
+    // RabbitMQ 3.x drops 0-9-1 headers on the way to an AMQP 1.0 consumer, `traceparent`
+    // with them, and hands 1.0 application properties to 0-9-1 as an encoded 1.0 section
+    // (`x-amqp-1.0-app-properties`): no trace crosses protocols there; the delivery is
+    // unaffected. RabbitMQ 4 carries it both ways (tests/rabbitmq4.rs).
+    assert_eq!(d.via.trace, None);
     let reply_to = d.via.reply_to().unwrap();
     d.acker.ack().await.unwrap();
 
     // 1.0 -> 0-9-1: the reply goes back the way it came.
     let t2 = unique("to-old-");
-    new.send(
-        &reply_to,
-        Some("q1"),
-        Packet::from(format!("<iq>{t2}</iq>")),
+    trace::scope(
+        root,
+        new.send(
+            &reply_to,
+            Some("q1"),
+            Packet::from(format!("<iq>{t2}</iq>")),
+        ),
     )
     .await
     .unwrap();
@@ -82,6 +99,7 @@ async fn amqp091_and_amqp10_instances_talk_both_ways() {
         Some(new.jid()),
         "RabbitMQ maps /queue/J back to J"
     );
+    assert_eq!(d.via.trace, None, "3.x: no trace across protocols");
     d.acker.ack().await.unwrap();
 
     // Broadcasts both ways.

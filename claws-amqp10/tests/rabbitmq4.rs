@@ -226,10 +226,14 @@ async fn amqp091_and_amqp10_talk_both_ways_on_rabbitmq4() {
 
     // 0-9-1 -> 1.0, then the 1.0 claw replies the way it came.
     let t1 = unique("to-new-");
-    old.send(
-        new.jid(),
-        Some("q1"),
-        Packet::from(format!("<iq>{t1}</iq>")),
+    let root = claws_core::trace::TraceContext::new_root();
+    claws_core::trace::scope(
+        root,
+        old.send(
+            new.jid(),
+            Some("q1"),
+            Packet::from(format!("<iq>{t1}</iq>")),
+        ),
     )
     .await
     .unwrap();
@@ -243,13 +247,20 @@ async fn amqp091_and_amqp10_talk_both_ways_on_rabbitmq4() {
         Some(old.jid()),
         "the 0-9-1 sender read back"
     );
+    // The 0-9-1 `traceparent` header arrives as an application property (3.x dropped it).
+    let carried = d.via.trace.expect("the trace crossed protocols");
+    assert_eq!(carried.trace_id(), root.trace_id());
+    assert_ne!(carried.span_id(), root.span_id(), "parented by the send");
     let reply_to = d.via.reply_to().unwrap();
     d.acker.ack().await.unwrap();
     let t2 = unique("reply-old-");
-    new.send(
-        &reply_to,
-        Some("q1"),
-        Packet::from(format!("<iq>{t2}</iq>")),
+    claws_core::trace::scope(
+        carried,
+        new.send(
+            &reply_to,
+            Some("q1"),
+            Packet::from(format!("<iq>{t2}</iq>")),
+        ),
     )
     .await
     .unwrap();
@@ -259,6 +270,8 @@ async fn amqp091_and_amqp10_talk_both_ways_on_rabbitmq4() {
         Some(&*format!("<iq>{t2}</iq>")),
         "raw data body"
     );
+    let back = d.via.trace.expect("and back");
+    assert_eq!(back.trace_id(), root.trace_id());
     assert_eq!(d.via.jid, old.jid().as_str());
     assert_eq!(d.via.id.as_deref(), Some("q1"));
     assert_eq!(

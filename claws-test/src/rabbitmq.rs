@@ -90,6 +90,33 @@ pub async fn restart_app() -> Result<()> {
     .map_err(|e| Error::backend(format!("the rabbitmqctl task failed: {e}")))?
 }
 
+/// The URL of the vhost `vhost` of the node under test, created with guest's permissions when
+/// missing (panics with the reason when it cannot be); its `xmpp_dead_letter` queue is purged
+/// when `purge_dead_letters`. For tests whose messages must not reach other tests' queues
+/// (poison that another client would choke on).
+pub fn vhost_url(vhost: &str, purge_dead_letters: bool) -> String {
+    let _ = ctl(&["-q", "add_vhost", vhost]);
+    let out = ctl(&[
+        "-q",
+        "set_permissions",
+        "-p",
+        vhost,
+        "guest",
+        ".*",
+        ".*",
+        ".*",
+    ]);
+    assert!(
+        out.status.success(),
+        "cannot give guest the vhost {vhost}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if purge_dead_letters {
+        let _ = ctl(&["-q", "purge_queue", "-p", vhost, "xmpp_dead_letter"]);
+    }
+    format!("amqp://guest:guest@127.0.0.1:{}/{vhost}", port())
+}
+
 /// The URL of a vhost of the node under test for transient (`durable = false`) instances,
 /// whose exchanges are transient too and so cannot share the default vhost's durable ones.
 /// Created, with guest's permissions, when missing; panics with the reason when it cannot be.

@@ -165,10 +165,28 @@ fn long_str(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(s);
 }
 
+/// The broker's version (its `version` server property), asked over a short connection of its
+/// own (lapin keeps the server properties to itself). `None` over TLS (the raw client speaks
+/// plain TCP) or when the broker does not say.
+pub(crate) async fn broker_version(uri: &AMQPUri, timeout: Duration) -> Option<String> {
+    if uri.scheme == AMQPScheme::AMQPS {
+        return None;
+    }
+    let asked = async {
+        let raw = Raw::open(uri).await.ok()?;
+        let version = raw.version.clone();
+        raw.close().await;
+        version
+    };
+    tokio::time::timeout(timeout, asked).await.ok().flatten()
+}
+
 /// Just enough AMQP 0-9-1 for the sweep: open, one channel, `basic.get`, `basic.reject`.
 struct Raw {
     io: TcpStream,
     frame_max: u32,
+    /// The broker's `version` server property, from its `connection.start`.
+    version: Option<String>,
 }
 
 impl Raw {
@@ -177,9 +195,19 @@ impl Raw {
         let mut raw = Raw {
             io,
             frame_max: 131_072,
+            version: None,
         };
         raw.io.write_all(b"AMQP\x00\x00\x09\x01").await?;
-        raw.expect(0, (10, 10)).await?; // start
+        let start = raw.expect(0, (10, 10)).await?;
+        raw.version = start
+            .get(2..)
+            .and_then(|table| lapin::types::parsing::parse_field_table(table).ok())
+            .and_then(|(_, properties)| match properties.inner().get("version") {
+                Some(lapin::types::AMQPValue::LongString(v)) => {
+                    Some(String::from_utf8_lossy(v.as_bytes()).into_owned())
+                }
+                _ => None,
+            });
         let mut args = Vec::new();
         let mut props = Vec::new();
         short_str(&mut props, "connection_name");
