@@ -27,6 +27,7 @@ use claws_core::runtime::InFlightGuard;
 
 use crate::hostile;
 use crate::session::{Session, Shared};
+use crate::settle::{self, Batcher, LapinAck};
 use crate::topology::{DELIVERIES_HEADER, EXCHANGE_HEADER, ROUTING_KEY_HEADER};
 
 /// On a copy the claw re-queued after a failure: the original's broker-verified user (the
@@ -67,6 +68,8 @@ pub(crate) async fn run(
     // (normalising) a JID costs more than comparing a string.
     let mut last_from = LastJid::default();
     let mut last_user = LastUser::default();
+    // This channel's acks, sent in batches (settle.rs).
+    let batcher = settle::for_channel(shared.settings.prefetch, stop.clone());
     loop {
         let next = tokio::select! {
             biased;
@@ -98,6 +101,7 @@ pub(crate) async fn run(
                     session,
                     queue,
                     channel,
+                    &batcher,
                     d,
                     &mut last_from,
                     &mut last_user,
@@ -229,15 +233,20 @@ impl<'a> Envelope<'a> {
     }
 }
 
+// What a delivery is made of, each from where it lives (the channel's batcher among them).
+#[allow(clippy::too_many_arguments)]
 fn to_delivery(
     shared: &Arc<Shared>,
     session: &Arc<Session>,
     queue: &Arc<QueueInfo>,
     channel: &Arc<Channel>,
+    batcher: &Batcher<LapinAck>,
     d: lapin::message::Delivery,
     last_from: &mut LastJid,
     last_user: &mut LastUser,
 ) -> Delivery {
+    let tag = d.delivery_tag;
+    batcher.register(tag);
     let lapin::message::Delivery {
         exchange,
         routing_key,
@@ -301,7 +310,9 @@ fn to_delivery(
             attempt,
             max_deliveries: shared.settings.max_deliveries,
             claw: shared.name.clone(),
-            _guard: shared.in_flight.enter(),
+            guard: Some(shared.in_flight.enter()),
+            batcher: batcher.clone(),
+            tag,
         }),
     }
 }
@@ -327,7 +338,11 @@ struct AmqpAcker {
     attempt: u32,
     max_deliveries: u32,
     claw: Arc<str>,
-    _guard: InFlightGuard,
+    /// Moves into the batch on ack: the claw's close waits until the ack is written.
+    guard: Option<InFlightGuard>,
+    /// The channel's acks; every settlement of `tag` is reported to it.
+    batcher: Batcher<LapinAck>,
+    tag: u64,
 }
 
 impl AmqpAcker {
@@ -430,17 +445,40 @@ impl Acker for AmqpAcker {
         let Some(acker) = self.acker.take() else {
             return Ok(());
         };
-        if self.session.is_dead() {
+        // Its channel closed (the claw closed, or the channel failed): the broker has it back.
+        if self.session.is_dead() || !acker.usable() {
             return Err(self.gone());
         }
-        self.settle("ack", acker.ack(BasicAckOptions::default()))
-            .await
+        let batched = LapinAck {
+            acker,
+            channel: self._channel.clone(),
+            session: self.session.clone(),
+            guard: self.guard.take(),
+        };
+        match self.batcher.ack(self.tag, batched).await {
+            Ok(()) => Ok(()),
+            // Not one of the batcher's (never happens): acknowledged alone.
+            Err(LapinAck { acker, guard, .. }) => {
+                self.guard = guard;
+                self.settle("ack", acker.ack(BasicAckOptions::default()))
+                    .await
+            }
+        }
     }
 
     async fn reject(mut self: Box<Self>, reason: &Error) -> Result<()> {
         let Some(acker) = self.acker.take() else {
             return Ok(());
         };
+        let settled = self.reject_exactly(acker, reason).await;
+        // Its own frame is written (or its channel is gone): later acks may cover its tag.
+        self.batcher.settled(self.tag).await;
+        settled
+    }
+}
+
+impl AmqpAcker {
+    async fn reject_exactly(&self, acker: lapin::Acker, reason: &Error) -> Result<()> {
         if self.session.is_dead() {
             return Err(self.gone());
         }
@@ -482,6 +520,7 @@ impl Drop for AmqpAcker {
             return; // the broker requeued it with the connection
         }
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let (batcher, tag) = (self.batcher.clone(), self.tag);
             handle.spawn(async move {
                 let _ = acker
                     .nack(BasicNackOptions {
@@ -489,6 +528,7 @@ impl Drop for AmqpAcker {
                         requeue: true,
                     })
                     .await;
+                batcher.settled(tag).await;
             });
         }
     }

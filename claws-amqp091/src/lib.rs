@@ -118,8 +118,6 @@ mod consumer;
 mod hostile;
 mod publisher;
 mod session;
-// Wired into the acker by the consumer; until then only its tests use it.
-#[cfg_attr(not(test), allow(dead_code))]
 mod settle;
 mod subscription;
 mod tls;
