@@ -2,7 +2,8 @@
 //! after the handler finished.
 //!
 //! Settling (see the crate docs for the why):
-//! - **ack**: `basic.ack` on the channel that delivered it.
+//! - **ack**: on the channel that delivered it, in batches (`settle.rs`): one
+//!   `basic.ack(multiple = true)` for the contiguous run of deliveries whose handlers finished.
 //! - **reject**, attempts left: a copy is published straight to the same queue (default
 //!   exchange, routing key = queue name) with the attempt count and original exchange and
 //!   routing key in headers; once the broker confirmed the copy, the original is acked.

@@ -47,7 +47,7 @@
 //! | sender | the sender's full JID in `reply_to`; it becomes [`Via::from`](claws_core::Via::from) |
 //! | confirms | publisher confirms on; a send returns after the broker's ack; a nack is [`Error::Refused`](claws_core::Error::Refused) |
 //! | Via | `jid` = routing key, `exchange` = exchange, `claw` = claw name, `id` = `correlation_id`, `queue` = which of the four |
-//! | ack | after the handler returned `Ok`, on the channel that delivered it |
+//! | ack | after the handler returned `Ok`, on the channel that delivered it; coalesced per channel into one `basic.ack(multiple = true)` over the contiguous run of finished deliveries (sent at a quarter of the prefetch, after 2 ms, or at once on close), so `Acker::ack` returns once the ack is queued |
 //! | failed handler | attempts left: a copy goes straight back to the same queue (default exchange) with headers `x-claws-deliveries` = attempts so far, `x-claws-exchange` and `x-claws-routing-key` (so that `Via` stays the original), and once the copy is confirmed the original is acked; last attempt (`max_deliveries`, default 5): `basic.reject(requeue = false)`, dead-lettered by RabbitMQ |
 //! | dropped acker | `basic.nack(requeue = true)` |
 //! | connection name | `claws-amqp091 <claw name> <JID>` (visible in `rabbitmqctl list_connections`) |
