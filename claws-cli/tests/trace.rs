@@ -20,10 +20,13 @@ use tracing_subscriber::Layer;
 const CLAWS: &str = env!("CARGO_BIN_EXE_claws");
 const WAIT: Duration = Duration::from_secs(30);
 
+/// A span's name and fields.
+type Span = (String, HashMap<String, String>);
+
 /// Every span seen: its name and fields (later `record`s included); `changed` ticks at each.
 #[derive(Clone)]
 struct Collector {
-    spans: Arc<Mutex<HashMap<u64, (String, HashMap<String, String>)>>>,
+    spans: Arc<Mutex<HashMap<u64, Span>>>,
     changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
