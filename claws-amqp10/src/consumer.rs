@@ -449,6 +449,7 @@ fn make_delivery(
         attempt,
         undecodable: body.as_ref().err().cloned(),
         guard: Some(shared.in_flight.enter()),
+        kind: source.kind().clone(),
     };
     let undecodable = acker.undecodable.clone();
     let delivery = Delivery {
@@ -471,6 +472,8 @@ struct Amqp10Acker {
     attempt: u32,
     undecodable: Option<String>,
     guard: Option<InFlightGuard>,
+    /// The subscription that delivered it (the metrics' label).
+    kind: claws_core::QueueKind,
 }
 
 impl Amqp10Acker {
@@ -557,6 +560,9 @@ impl Acker for Amqp10Acker {
         } else {
             self.settle(Disposition::Release, true).await
         };
+        if dead && r.is_ok() {
+            claws_core::metrics::dead_lettered(&self.shared.name, &self.kind);
+        }
         self.guard.take();
         r
     }
@@ -579,6 +585,7 @@ impl Drop for Amqp10Acker {
                 attempt: self.attempt,
                 undecodable: None,
                 guard: self.guard.take(),
+                kind: self.kind.clone(),
             };
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 handle.spawn(async move {
