@@ -322,7 +322,7 @@ mod tests {
 
     const LONG: Duration = Duration::from_secs(3600);
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_full_prefix_is_one_ack_with_its_highest_tag() {
         let rig = Rig::new(4, LONG);
         for tag in 1..=8 {
@@ -342,7 +342,7 @@ mod tests {
         assert_eq!(rig.sent(), [4, 8]);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn out_of_order_completions_wait_for_the_prefix() {
         let rig = Rig::new(2, LONG);
         for tag in 1..=4 {
@@ -363,7 +363,7 @@ mod tests {
         assert_eq!(rig.batcher.counts(), (0, 0));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn an_exact_settlement_is_never_the_acks_tag() {
         let rig = Rig::new(10, LONG);
         for tag in 1..=4 {
@@ -383,7 +383,7 @@ mod tests {
         assert_eq!(rig.batcher.counts(), (0, 0));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn an_unfinished_delivery_holds_back_everything_after_it() {
         let rig = Rig::new(1, Duration::from_millis(1));
         for tag in 1..=3 {
@@ -392,6 +392,7 @@ mod tests {
         rig.ack(1).await;
         assert_eq!(rig.sent(), [1], "bound 1: sent at once");
         rig.ack(3).await;
+        // Long past the delay (virtual time: the test's clock is paused and advances itself).
         tokio::time::sleep(Duration::from_millis(50)).await;
         rig.batcher.flush().await;
         assert_eq!(rig.sent(), [1], "2 still running, so 3 waits");
@@ -410,7 +411,7 @@ mod tests {
         panic!("sent {:?}, not {want:?}", rig.sent());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_partial_batch_goes_after_the_delay() {
         let rig = Rig::new(100, Duration::from_millis(5));
         for tag in 1..=3 {
@@ -424,7 +425,7 @@ mod tests {
         assert_eq!(rig.alive.load(Ordering::SeqCst), 0);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn closing_sends_at_once() {
         let rig = Rig::new(100, LONG);
         rig.batcher.register(7);
@@ -437,7 +438,7 @@ mod tests {
         assert_eq!(rig.alive.load(Ordering::SeqCst), 0);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn unknown_or_finished_tags_are_given_back() {
         let rig = Rig::new(10, LONG);
         rig.batcher.register(2);
@@ -450,7 +451,7 @@ mod tests {
         assert_eq!(rig.sent(), [2]);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn tags_with_gaps_batch_as_well() {
         // A delivery rejected before it was handed over (hostile headers) is never
         // registered: its tag is a gap.
@@ -464,7 +465,7 @@ mod tests {
         assert_eq!(rig.sent(), [4]);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn concurrent_batches_go_out_in_tag_order() {
         let rig = Rig::new(1, LONG);
         let n = 200;

@@ -227,24 +227,9 @@ async fn transient_mode_works_on_rabbitmq4_with_expiring_durable_queues() {
         .await
         .expect("the RabbitMQ 4 node (scripts/provision)");
     // A vhost of its own: transient exchanges cannot share the default vhost's durable ones.
-    for args in [
-        &["add_vhost", "claws-transient"][..],
-        &[
-            "set_permissions",
-            "-p",
-            "claws-transient",
-            "guest",
-            ".*",
-            ".*",
-            ".*",
-        ][..],
-    ] {
-        let _ = claws_test::rabbitmq4::ctl(args).await;
-    }
-    let url = format!(
-        "amqp://guest:guest@127.0.0.1:{}/claws-transient",
-        claws_test::rabbitmq4::PORT
-    );
+    let url = claws_test::rabbitmq4::vhost_url("claws-transient")
+        .await
+        .expect("a vhost on the RabbitMQ 4 node");
     let u = common::uid();
     let transient = |jid: &str| {
         AmqpClaw::builder(&url, jid)

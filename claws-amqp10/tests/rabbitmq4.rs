@@ -366,24 +366,9 @@ async fn transient_mode_declares_expiring_durable_queues_on_rabbitmq4() {
     use claws_core::TopologyBuilder;
     node().await;
     // Transient exchanges cannot share the default vhost's durable ones.
-    for args in [
-        &["add_vhost", "claws-transient"][..],
-        &[
-            "set_permissions",
-            "-p",
-            "claws-transient",
-            "guest",
-            ".*",
-            ".*",
-            ".*",
-        ][..],
-    ] {
-        let _ = rabbitmq4::ctl(args).await;
-    }
-    let url = format!(
-        "amqp://guest:guest@127.0.0.1:{}/claws-transient",
-        rabbitmq4::PORT
-    );
+    let url = rabbitmq4::vhost_url("claws-transient")
+        .await
+        .expect("a vhost on the RabbitMQ 4 node");
     let s = unique("");
     let b = Amqp10Claw::builder(
         &url,

@@ -121,22 +121,5 @@ pub fn vhost_url(vhost: &str, purge_dead_letters: bool) -> String {
 /// whose exchanges are transient too and so cannot share the default vhost's durable ones.
 /// Created, with guest's permissions, when missing; panics with the reason when it cannot be.
 pub fn transient_url() -> String {
-    const VHOST: &str = "claws-transient";
-    let _ = ctl(&["-q", "add_vhost", VHOST]);
-    let out = ctl(&[
-        "-q",
-        "set_permissions",
-        "-p",
-        VHOST,
-        "guest",
-        ".*",
-        ".*",
-        ".*",
-    ]);
-    assert!(
-        out.status.success(),
-        "cannot give guest the vhost {VHOST}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    format!("amqp://guest:guest@127.0.0.1:{}/{VHOST}", port())
+    vhost_url("claws-transient", false)
 }

@@ -49,6 +49,14 @@ pub async fn ctl(args: &[&str]) -> Result<String> {
     run(&all).await
 }
 
+/// The URL of the vhost `vhost` of this node (guest/guest), created with guest's permissions
+/// when missing.
+pub async fn vhost_url(vhost: &str) -> Result<String> {
+    let _ = ctl(&["add_vhost", vhost]).await;
+    ctl(&["set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]).await?;
+    Ok(format!("amqp://guest:guest@127.0.0.1:{PORT}/{vhost}"))
+}
+
 /// Restarts the node's application (`rabbitmqctl stop_app`, `start_app`, then `await_startup`)
 /// and returns once it accepts connections again. Every connection is closed; durable queues and
 /// persistent messages stay.
