@@ -42,6 +42,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::address::{parse_reply_to, AddressScheme, Dialect, Route, Source};
 use crate::connection::{receiver_attach_error, refusal, refused_attach, Live};
 use crate::publisher::{Outgoing, ReplyTo};
+use crate::settle::{self, Accepts};
 use crate::shared::Shared;
 
 /// What an acker asks the link task to do.
@@ -158,20 +159,53 @@ pub(crate) async fn run_link(
             return;
         }
     }
+    let mut accepts = Accepts::new(settle::bound_for(credit), settle::DELAY);
+    let mut requests = Vec::with_capacity(REQUESTS_PER_WAKE);
     loop {
         tokio::select! {
             biased;
-            Some(req) = settle_rx.recv() => {
-                let ok = match req.how {
-                    Disposition::Accept => receiver.accept(req.info).await.is_ok(),
-                    Disposition::Release => receiver.release(req.info).await.is_ok(),
-                    Disposition::Reject => receiver.reject(req.info, None).await.is_ok(),
-                };
-                if let Some(done) = req.done {
-                    let _ = done.send(ok);
+            n = settle_rx.recv_many(&mut requests, REQUESTS_PER_WAKE) => {
+                if n == 0 {
+                    return; // cannot happen: this task holds a sender
                 }
-                drop(req.guard);
-                unsettled = unsettled.saturating_sub(1);
+                let mut full = false;
+                for req in requests.drain(..) {
+                    match (req.how, req.done) {
+                        // Nobody waits for an accept: it joins the batch.
+                        (Disposition::Accept, None) => full |= accepts.push(req.info, req.guard),
+                        (how, done) => {
+                            let ok = match how {
+                                Disposition::Accept => receiver.accept(req.info).await.is_ok(),
+                                Disposition::Release => receiver.release(req.info).await.is_ok(),
+                                Disposition::Reject => receiver.reject(req.info, None).await.is_ok(),
+                            };
+                            if let Some(done) = done {
+                                let _ = done.send(ok);
+                            }
+                            drop(req.guard);
+                            unsettled = unsettled.saturating_sub(1);
+                        }
+                    }
+                }
+                // Out of credit, the broker sends nothing more until credit is granted, which
+                // waits for settlements: once the batch would let credit be granted, it gains
+                // nothing by waiting. Nor does it on close.
+                let pending = u32::try_from(accepts.len()).unwrap_or(u32::MAX);
+                let unblocks = receiver.credit() == 0
+                    && !accepts.is_empty()
+                    && regrant(credit, unsettled.saturating_sub(pending)).is_some();
+                if full || stopping || unblocks {
+                    unsettled = unsettled.saturating_sub(write(&receiver, &mut accepts).await);
+                }
+                if !stopping {
+                    if let Err(e) = top_up(&mut receiver, credit, unsettled).await {
+                        live.fail(e);
+                        return;
+                    }
+                }
+            }
+            () = accepts.due(), if !accepts.is_empty() => {
+                unsettled = unsettled.saturating_sub(write(&receiver, &mut accepts).await);
                 if !stopping {
                     if let Err(e) = top_up(&mut receiver, credit, unsettled).await {
                         live.fail(e);
@@ -185,6 +219,8 @@ pub(crate) async fn run_link(
                 // to 0 instead races transfers already on the wire, which fe2o3 then refuses
                 // (transfer limit exceeded) by closing the link.
                 stopping = true;
+                // The claw's close waits for these.
+                unsettled = unsettled.saturating_sub(write(&receiver, &mut accepts).await);
             }
             r = receiver.recv::<Body<Value>>() => match r {
                 Ok(delivery) => {
@@ -265,21 +301,47 @@ pub(crate) async fn run_link(
     }
 }
 
+/// Settle requests taken per wake-up of the link task.
+const REQUESTS_PER_WAKE: usize = 256;
+
+/// Writes the waiting accepts as ranges (one disposition per run of consecutive delivery
+/// ids), then releases their in-flight guards; returns how many were settled. A link that is
+/// gone settles nothing, and the broker redelivers them.
+async fn write(receiver: &Receiver, accepts: &mut Accepts<DeliveryInfo>) -> u32 {
+    if accepts.is_empty() {
+        return 0;
+    }
+    let batch = accepts.take();
+    let n = u32::try_from(batch.infos.len()).unwrap_or(u32::MAX);
+    if let Err(e) = receiver.accept_all(batch.infos).await {
+        tracing::debug!(error = %e, "accepting a batch failed; the broker redelivers it");
+    }
+    drop(batch.guards);
+    n
+}
+
 /// Grants credit up to `credit - unsettled`, only once the granted credit is used up: then no
 /// transfer is in flight, so the new credit cannot be misread (RabbitMQ 3.10's plugin counts a
 /// flow's credit from its own delivery count, and transfers in flight made fe2o3 see more
 /// transfers than allowed).
 async fn top_up(receiver: &mut Receiver, credit: u32, unsettled: u32) -> Result<(), String> {
-    let want = credit.saturating_sub(unsettled);
-    // Batch: wait until half the window is free (or everything is settled), so that a busy
-    // link does not send one flow frame per delivery.
-    if receiver.credit() == 0 && want > 0 && (want >= credit.div_ceil(2) || unsettled == 0) {
-        receiver
-            .set_credit(want)
-            .await
-            .map_err(|e| format!("granting credit: {e}"))?;
+    if receiver.credit() == 0 {
+        if let Some(want) = regrant(credit, unsettled) {
+            receiver
+                .set_credit(want)
+                .await
+                .map_err(|e| format!("granting credit: {e}"))?;
+        }
     }
     Ok(())
+}
+
+/// The credit to grant again with `unsettled` deliveries unsettled, once the granted credit is
+/// used up: `credit - unsettled`, only when half the window is free (or everything is
+/// settled), so that a busy link does not send one flow frame per delivery.
+fn regrant(credit: u32, unsettled: u32) -> Option<u32> {
+    let want = credit.saturating_sub(unsettled);
+    (want > 0 && (want >= credit.div_ceil(2) || unsettled == 0)).then_some(want)
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -293,12 +355,16 @@ impl Drop for AbortOnDrop {
 fn payload(body: Body<Value>) -> std::result::Result<Bytes, String> {
     match body {
         Body::Data(batch) => {
-            let mut parts: Vec<Vec<u8>> = batch.into_iter().map(|d| d.0.into_vec()).collect();
-            if parts.len() == 1 {
-                Ok(Bytes::from(parts.pop().unwrap_or_default()))
-            } else {
-                Ok(Bytes::from(parts.concat()))
+            if batch.len() == 1 {
+                // One data section (the common case): its bytes, not copied.
+                return Ok(batch
+                    .into_iter()
+                    .next()
+                    .map(|d| Bytes::from(d.0.into_vec()))
+                    .unwrap_or_default());
             }
+            let parts: Vec<Vec<u8>> = batch.into_iter().map(|d| d.0.into_vec()).collect();
+            Ok(Bytes::from(parts.concat()))
         }
         Body::Value(AmqpValue(Value::Binary(b))) => Ok(Bytes::from(b.into_vec())),
         Body::Value(AmqpValue(Value::String(s))) => Ok(Bytes::from(s)),
@@ -362,8 +428,7 @@ fn make_delivery(
 ) -> (Delivery, Option<String>) {
     let source = &shared.sources[index];
     let scheme = shared.settings.scheme;
-    let info = DeliveryInfo::from(&delivery);
-    let message: Message<Body<Value>> = delivery.into_message();
+    let (info, message): (DeliveryInfo, Message<Body<Value>>) = delivery.into_parts();
     let redelivered = message.header.as_ref().is_some_and(|h| !h.first_acquirer);
     let header = message.header.unwrap_or_default();
     let props = message.properties.unwrap_or_default();
@@ -378,20 +443,18 @@ fn make_delivery(
     };
     let body = payload(message.body);
     let subject = props.subject.clone();
-    // RabbitMQ 4 gives a 0-9-1 publisher's routing key as the `x-routing-key` annotation, not
-    // as `subject` (3.x did).
-    let annotated = routing_key(message.message_annotations.as_ref());
     let traceparent = traceparent(message.application_properties.as_ref());
-    let jid = subject
+    let jid = match subject
         .as_deref()
         .filter(|s| jids.subject.parse(s).is_some())
-        .or_else(|| {
-            annotated
-                .as_deref()
-                .filter(|s| jids.subject.parse(s).is_some())
-        })
-        .unwrap_or(source.default_jid())
-        .to_owned();
+    {
+        Some(jid) => jid.to_owned(),
+        // RabbitMQ 4 gives a 0-9-1 publisher's routing key as the `x-routing-key` annotation,
+        // not as `subject` (3.x did). Looked up only then (its key is built per lookup).
+        None => routing_key(message.message_annotations.as_ref())
+            .filter(|s| jids.subject.parse(s).is_some())
+            .unwrap_or_else(|| source.default_jid().to_owned()),
+    };
     let id = props.correlation_id.clone().map(id_string);
     let from = props
         .reply_to
@@ -400,7 +463,10 @@ fn make_delivery(
     let message_id = props.message_id.clone().map(id_string);
     let bytes = body.clone().unwrap_or_default();
 
-    let key = {
+    // The claw counts attempts itself only for RabbitMQ's redeliveries without a count (a
+    // first delivery is attempt 1 and never stored): only those need the message's key.
+    let counted = scheme == AddressScheme::RabbitMq && header.delivery_count == 0 && redelivered;
+    let key = counted.then(|| {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         match &message_id {
             Some(m) => m.hash(&mut h),
@@ -412,13 +478,11 @@ fn make_delivery(
         }
         index.hash(&mut h);
         h.finish()
-    };
-    let attempt = match scheme {
-        AddressScheme::Queue => header.delivery_count.saturating_add(1),
-        AddressScheme::RabbitMq if header.delivery_count > 0 => {
-            header.delivery_count.saturating_add(1)
-        }
-        AddressScheme::RabbitMq => shared.attempts.next(key, redelivered),
+    });
+    let attempt = match key {
+        Some(key) => shared.attempts.next(key, true),
+        None if scheme == AddressScheme::RabbitMq && header.delivery_count == 0 => 1,
+        None => header.delivery_count.saturating_add(1),
     };
 
     let mut via = Via::new(shared.name.clone(), source.kind().clone(), jid)
@@ -468,7 +532,8 @@ struct Amqp10Acker {
     settle: mpsc::UnboundedSender<SettleRequest>,
     /// Queue scheme: the copy to send back instead of requeueing.
     resend: Option<Outgoing>,
-    key: u64,
+    /// The message's key in the claw's attempt counts, when it is counted there.
+    key: Option<u64>,
     attempt: u32,
     undecodable: Option<String>,
     guard: Option<InFlightGuard>,
@@ -534,7 +599,9 @@ impl Amqp10Acker {
 impl Acker for Amqp10Acker {
     async fn ack(mut self: Box<Self>) -> Result<()> {
         self.resend = None;
-        self.shared.attempts.forget(self.key, self.attempt);
+        if let Some(key) = self.key {
+            self.shared.attempts.forget(key, self.attempt);
+        }
         // Not waited for: the link task settles requests in order, and the in-flight guard
         // goes with the request, so `close` still waits until the accept is on its way.
         self.settle(Disposition::Accept, false).await
@@ -551,7 +618,9 @@ impl Acker for Amqp10Acker {
                 undecodable = self.undecodable.as_deref().unwrap_or(""),
                 "dead-lettering a stanza"
             );
-            self.shared.attempts.forget(self.key, self.attempt);
+            if let Some(key) = self.key {
+                self.shared.attempts.forget(key, self.attempt);
+            }
         }
         let r = if self.resend.is_some() {
             self.send_back(dead, true).await
@@ -655,6 +724,17 @@ mod tests {
         leaf.prop_recursive(3, 16, 4, |inner| {
             proptest::collection::vec(inner, 0..4).prop_map(Value::List)
         })
+    }
+
+    #[test]
+    fn credit_is_granted_again_once_half_the_window_is_free() {
+        assert_eq!(regrant(1000, 1000), None, "nothing settled");
+        assert_eq!(regrant(1000, 501), None, "less than half free");
+        assert_eq!(regrant(1000, 500), Some(500));
+        assert_eq!(regrant(1000, 0), Some(1000));
+        assert_eq!(regrant(1, 0), Some(1));
+        assert_eq!(regrant(1, 1), None);
+        assert_eq!(regrant(0, 0), None, "no credit configured, none granted");
     }
 
     proptest! {

@@ -248,6 +248,7 @@ mod connection;
 mod consumer;
 mod declare;
 mod publisher;
+mod settle;
 mod shared;
 mod supervisor;
 
