@@ -3,14 +3,22 @@
 //!
 //! Two AMQP 1.0 connections (a sender and a receiver, as the claws run has two instances), a
 //! durable queue of its own bound to `xmpp_direct` (declared over 0-9-1, as the claw's
-//! queues are), durable messages sent unsettled to `/exchange/xmpp_direct` with the routing
-//! key as `subject` (up to `in_flight` awaiting their `accepted` outcome), a receiving link on
-//! `/amq/queue/Q` with the config's prefetch as credit (granted again once used up, as the claw
-//! does) that accepts each delivery. The addresses are RabbitMQ 3.x's (v1).
+//! queues are), durable messages sent unsettled to `xmpp_direct` with the routing key (up to
+//! `in_flight` awaiting their `accepted` outcome), a receiving link on the queue with the
+//! config's prefetch as credit (granted again once used up, as the claw does) that accepts
+//! each delivery.
+//!
+//! The addresses are RabbitMQ's, in the form the claw would use (`[amqp10] addresses`):
+//! v1 (3.x: `/amq/queue/Q`, `/exchange/xmpp_direct` with the routing key as `subject`) or v2
+//! (4.x: `/queues/Q`, `/exchanges/xmpp_direct/KEY`; RabbitMQ 4.3 refuses v1). With `auto`
+//! (the default) the receiving link tries v2 first and falls back to v1 when the broker
+//! refuses it, as RabbitMQ 3.x does (the claw reads the broker's version instead, which
+//! fe2o3 does not show).
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use claws::amqp10::{Addresses, Amqp10Options};
 use claws::Config;
 use fe2o3_amqp::link::CreditMode;
 use fe2o3_amqp::types::messaging::{Body, Header, Message, Outcome, Properties};
@@ -70,6 +78,97 @@ async fn connect(
         .map_err(err("open"))
 }
 
+/// RabbitMQ's AMQP 1.0 address forms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// RabbitMQ 3.x's.
+    V1,
+    /// RabbitMQ 4.x's.
+    V2,
+}
+
+impl Form {
+    /// The source address of `queue`.
+    fn source(self, queue: &str) -> String {
+        match self {
+            Form::V1 => format!(
+                "/amq/queue/{}",
+                queue.replace('%', "%25").replace('/', "%2F")
+            ),
+            Form::V2 => format!("/queues/{}", segment(queue)),
+        }
+    }
+
+    /// The sending link's target for `key` on `xmpp_direct` (v1: the key goes as `subject`).
+    fn target(self, key: &str) -> String {
+        let exchange = claws::topology::DIRECT_EXCHANGE;
+        match self {
+            Form::V1 => format!("/exchange/{exchange}"),
+            Form::V2 => format!("/exchanges/{exchange}/{}", segment(key)),
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Form::V1 => "v1",
+            Form::V2 => "v2",
+        }
+    }
+}
+
+/// One segment of a v2 address: RFC 3986's unreserved characters, `:` and `@` stay, every
+/// other byte is percent-encoded (as the claw spells it).
+fn segment(name: &str) -> String {
+    const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~')
+        .remove(b':')
+        .remove(b'@');
+    percent_encoding::utf8_percent_encode(name, KEEP).to_string()
+}
+
+type Attached = (
+    Form,
+    fe2o3_amqp::connection::ConnectionHandle<()>,
+    fe2o3_amqp::session::SessionHandle<()>,
+    Receiver,
+);
+
+/// Connects and attaches the receiving link on `queue` in the first of `forms` the broker
+/// accepts (a refused attach may end the session, so each form gets a connection of its own).
+async fn attach_receiver(
+    url: &url::Url,
+    id: &str,
+    queue: &str,
+    forms: &[Form],
+) -> Result<Attached, Failure> {
+    let mut refused = Vec::new();
+    for &form in forms {
+        let mut conn = connect(url, &format!("bench-raw-rx-{id}")).await?;
+        let mut session = Session::begin(&mut conn).await.map_err(err("begin"))?;
+        let source = form.source(queue);
+        let attached = Receiver::builder()
+            .name("bench-raw-rx")
+            .source(source.clone())
+            .credit_mode(CreditMode::Manual)
+            .attach(&mut session)
+            .await;
+        match attached {
+            Ok(receiver) => return Ok((form, conn, session, receiver)),
+            Err(e) => {
+                refused.push(format!("{} address `{source}`: {e}", form.as_str()));
+                let _ = conn.close().await;
+            }
+        }
+    }
+    Err(Failure::other(format!(
+        "fe2o3 attach receiver failed: {}",
+        refused.join("; ")
+    )))
+}
+
 pub(super) async fn run(config: &Config, work: Work, bar: ProgressBar) -> Result<Stats, Failure> {
     let url = url(config)?;
     let id = format!("{}-{}", std::process::id(), crate::session::unique());
@@ -100,15 +199,17 @@ pub(super) async fn run(config: &Config, work: Work, bar: ProgressBar) -> Result
         .await
         .map_err(err("lapin queue_bind"))?;
 
-    let mut rconn = connect(&url, &format!("bench-raw-rx-{id}")).await?;
-    let mut rsession = Session::begin(&mut rconn).await.map_err(err("begin"))?;
-    let mut receiver = Receiver::builder()
-        .name("bench-raw-rx")
-        .source(format!("/amq/queue/{queue}"))
-        .credit_mode(CreditMode::Manual)
-        .attach(&mut rsession)
-        .await
-        .map_err(err("attach receiver"))?;
+    let forms = match config
+        .section::<Amqp10Options>("amqp10")
+        .map_err(|e| Failure::usage(e.to_string()))?
+        .addresses
+    {
+        Addresses::V1 => vec![Form::V1],
+        Addresses::V2 => vec![Form::V2],
+        Addresses::Auto => vec![Form::V2, Form::V1],
+    };
+    let (form, mut rconn, mut rsession, mut receiver) =
+        attach_receiver(&url, &id, &queue, &forms).await?;
     let credit = u32::from(config.prefetch);
     receiver
         .set_credit(credit)
@@ -117,7 +218,7 @@ pub(super) async fn run(config: &Config, work: Work, bar: ProgressBar) -> Result
     let mut tconn = connect(&url, &format!("bench-raw-tx-{id}")).await?;
     let mut tsession = Session::begin(&mut tconn).await.map_err(err("begin"))?;
     let sender = Arc::new(Mutex::new(
-        Sender::attach(&mut tsession, "bench-raw-tx", "/exchange/xmpp_direct")
+        Sender::attach(&mut tsession, "bench-raw-tx", form.target(&key))
             .await
             .map_err(err("attach sender"))?,
     ));
