@@ -4,8 +4,10 @@
 //! drain_raw fill   URL QUEUE COUNT SIZE     publish COUNT persistent SIZE-byte stanzas to QUEUE
 //!                                           (default exchange, confirms pipelined)
 //! drain_raw lapin  URL QUEUE COUNT PREFETCH consume QUEUE with raw lapin, ack each delivery
-//! drain_raw fe2o3  URL QUEUE COUNT CREDIT   consume /amq/queue/QUEUE with raw fe2o3-amqp (AMQP
-//!                                           1.0), accept each delivery
+//! drain_raw fe2o3  URL QUEUE COUNT CREDIT [v1|v2]
+//!                                           consume QUEUE with raw fe2o3-amqp (AMQP 1.0), accept
+//!                                           each delivery; at /amq/queue/QUEUE (v1, RabbitMQ
+//!                                           3.x, the default) or /queues/QUEUE (v2, RabbitMQ 4)
 //! drain_raw delete URL QUEUE...             delete the queues
 //! ```
 //!
@@ -52,18 +54,20 @@ async fn main() -> ExitCode {
             )
             .await
         }
-        ["fe2o3", url, queue, count, credit] => {
+        ["fe2o3", url, queue, count, credit, form @ ..] if form.len() <= 1 => {
             fe2o3_drain(
                 url,
                 queue,
                 count.parse().unwrap_or(0),
                 credit.parse().unwrap_or(1000),
+                form.first().is_some_and(|f| *f == "v2"),
             )
             .await
         }
         ["delete", url, queues @ ..] => delete(url, queues).await,
         _ => Err(
-            "usage: drain_raw fill|lapin|fe2o3 URL QUEUE COUNT N, or drain_raw delete URL QUEUE..."
+            "usage: drain_raw fill|lapin URL QUEUE COUNT N, drain_raw fe2o3 URL QUEUE COUNT N \
+             [v1|v2], or drain_raw delete URL QUEUE..."
                 .into(),
         ),
     };
@@ -143,7 +147,7 @@ async fn lapin_drain(url: &str, queue: &str, count: u64, prefetch: u16) -> Resul
     Ok(())
 }
 
-async fn fe2o3_drain(url: &str, queue: &str, count: u64, credit: u32) -> Result<()> {
+async fn fe2o3_drain(url: &str, queue: &str, count: u64, credit: u32, v2: bool) -> Result<()> {
     use fe2o3_amqp::link::CreditMode;
     use fe2o3_amqp::types::messaging::Body;
     use fe2o3_amqp::types::primitives::Value;
@@ -166,13 +170,29 @@ async fn fe2o3_drain(url: &str, queue: &str, count: u64, credit: u32) -> Result<
         .open_with_stream(stream)
         .await?;
     let mut session = Session::begin(&mut conn).await?;
-    let mut receiver = Receiver::builder()
-        .name("drain-raw")
+    let source = if v2 {
+        // RabbitMQ 4's address of a queue, the name percent-encoded as the claw does.
+        const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+            .remove(b'-')
+            .remove(b'.')
+            .remove(b'_')
+            .remove(b'~')
+            .remove(b':')
+            .remove(b'@');
+        format!(
+            "/queues/{}",
+            percent_encoding::utf8_percent_encode(queue, KEEP)
+        )
+    } else {
         // RabbitMQ 3.x's address of a queue; `/` and `%` in its name percent-encoded.
-        .source(format!(
+        format!(
             "/amq/queue/{}",
             queue.replace('%', "%25").replace('/', "%2F")
-        ))
+        )
+    };
+    let mut receiver = Receiver::builder()
+        .name("drain-raw")
+        .source(source)
         .credit_mode(CreditMode::Manual)
         .attach(&mut session)
         .await?;
