@@ -27,8 +27,13 @@ struct Peer {
 impl Peer {
     async fn start(url: &str, jid: &str) -> Peer {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/erlang_peer.py");
-        let mut child = Command::new("/usr/bin/python3")
-            .args([script, url, jid])
+        let mut command = Command::new("/usr/bin/python3");
+        command.args([script, url, jid]);
+        if claws_test::rabbitmq::on_rabbitmq4() {
+            // 4.3 refuses the Erlang claw's transient non-exclusive queues (see the script).
+            command.arg("exclusive");
+        }
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -223,9 +228,7 @@ async fn both_ways(claws_first: bool) {
     router.close().await.unwrap();
     peer.quit();
     for (q, _) in claw.topology().consumed() {
-        let _ = Command::new("rabbitmqctl")
-            .args(["-q", "delete_queue", "-p", "claws-transient", &q.name])
-            .output();
+        let _ = ctl(&["-q", "delete_queue", "-p", "claws-transient", &q.name]);
     }
 }
 
@@ -283,9 +286,7 @@ async fn a_mixed_group_with_the_erlang_layout_behaves_as_an_erlang_group() {
     peer.quit();
     for c in [&claw, &sender_claw] {
         for (q, _) in c.topology().consumed() {
-            let _ = Command::new("rabbitmqctl")
-                .args(["-q", "delete_queue", "-p", "claws-transient", &q.name])
-                .output();
+            let _ = ctl(&["-q", "delete_queue", "-p", "claws-transient", &q.name]);
         }
     }
 }

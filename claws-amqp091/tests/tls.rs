@@ -1,4 +1,5 @@
-//! `amqps://` against RabbitMQ's TLS listener on 127.0.0.1:5671, which `scripts/provision`
+//! `amqps://` against RabbitMQ's TLS listener on 127.0.0.1:5671 (5691 on the RabbitMQ 4 node with
+//! `TEST_RABBITMQ=4`), which `scripts/provision`
 //! (provision.d/amqp091-tls.sh) sets up with a test CA: stanzas cross between a TLS claw and a
 //! plain one, the broker sees TLS and the client certificate, the claw recovers a cut TLS
 //! connection without losing stanzas, and the usual mistakes are clear errors.
@@ -32,7 +33,17 @@ fn tls_dir() -> PathBuf {
 /// RabbitMQ's TLS listener (`CLAWS_AMQPS_URL` overrides).
 fn tls_url() -> String {
     std::env::var("CLAWS_AMQPS_URL")
-        .unwrap_or_else(|_| "amqps://guest:guest@127.0.0.1:5671/%2f".into())
+        .unwrap_or_else(|_| format!("amqps://guest:guest@{}/%2f", tls_addr()))
+}
+
+/// The node under test's TLS listener: 127.0.0.1:5671, or :5691 on the RabbitMQ 4 node.
+fn tls_addr() -> String {
+    format!("127.0.0.1:{}", claws_test::rabbitmq::tls_port())
+}
+
+/// EXTERNAL login (the client certificate) on the TLS listener.
+fn external_url() -> String {
+    format!("amqps://{}/%2f?auth_mechanism=external", tls_addr())
 }
 
 fn tls_builder(url: &str, jid: &str) -> AmqpClawBuilder {
@@ -49,7 +60,7 @@ async fn stanzas_cross_between_a_tls_claw_and_a_plain_one() {
     assert!(svc
         .claw
         .endpoint()
-        .starts_with("amqps://guest@127.0.0.1:5671"));
+        .starts_with(&format!("amqps://guest@{}", tls_addr())));
     let mut plain = start(builder(&format!("plain-{u}@test/p"))).await;
 
     // plain → TLS, to the full JID
@@ -126,14 +137,14 @@ async fn the_client_certificate_logs_in_with_external() {
     let u = uid();
     let dir = tls_dir();
     let mut svc = start(
-        tls_builder(
-            "amqps://127.0.0.1:5671/%2f?auth_mechanism=external",
-            &format!("ext-{u}@test/a"),
-        )
-        .tls_client_cert(dir.join("client.pem"), dir.join("client-key.pem")),
+        tls_builder(&external_url(), &format!("ext-{u}@test/a"))
+            .tls_client_cert(dir.join("client.pem"), dir.join("client-key.pem")),
     )
     .await;
-    assert!(svc.claw.endpoint().contains("(certificate)@127.0.0.1:5671"));
+    assert!(svc
+        .claw
+        .endpoint()
+        .contains(&format!("(certificate)@{}", tls_addr())));
     let to = svc.claw.jid().clone();
     svc.claw
         .send(&to, None, Packet::from(format!("<message>{u}</message>")))
@@ -151,13 +162,10 @@ async fn the_client_certificate_logs_in_with_external() {
     );
 
     // Without a certificate, EXTERNAL has nothing to log in with: a clear error, no hang.
-    let claw = tls_builder(
-        "amqps://127.0.0.1:5671/%2f?auth_mechanism=external",
-        &format!("ext-nocert-{u}@test/a"),
-    )
-    .connect_timeout(Duration::from_secs(5))
-    .build()
-    .unwrap();
+    let claw = tls_builder(&external_url(), &format!("ext-nocert-{u}@test/a"))
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
     let err = start_error(claw).await;
     assert!(err.contains("cannot connect"), "{err}");
 
@@ -259,7 +267,10 @@ async fn an_untrusted_broker_certificate_is_a_clear_error() {
 async fn amqps_to_the_plain_port_is_a_clear_error_not_a_hang() {
     let u = uid();
     let claw = tls_builder(
-        "amqps://guest:guest@127.0.0.1:5672/%2f",
+        &format!(
+            "amqps://guest:guest@127.0.0.1:{}/%2f",
+            claws_test::rabbitmq::port()
+        ),
         &format!("wrongport-{u}@test/a"),
     )
     .connect_timeout(Duration::from_secs(5))

@@ -17,8 +17,9 @@ use lapin::{Connection, ConnectionProperties};
 use crate::connection::Endpoint;
 use crate::shared::Shared;
 
-/// Opens the short 0-9-1 connection to `endpoint`.
-async fn open(endpoint: &Endpoint, claw: &str) -> Result<Connection> {
+/// Opens the short 0-9-1 connection to `endpoint` (declaring, and the [`poison`](crate::poison)
+/// sweep).
+pub(crate) async fn open(endpoint: &Endpoint, claw: &str) -> Result<Connection> {
     Connection::connect(&endpoint.amqp091_url(), ConnectionProperties::default())
         .await
         .map_err(|e| Error::Connect {

@@ -247,6 +247,7 @@ mod config;
 mod connection;
 mod consumer;
 mod declare;
+mod poison;
 mod publisher;
 mod settle;
 mod shared;

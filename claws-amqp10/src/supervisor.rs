@@ -33,6 +33,7 @@ use crate::address::{AddressScheme, Addresses, Dialect};
 use crate::connection::{self, Endpoint, Live};
 use crate::consumer;
 use crate::declare;
+use crate::poison;
 use crate::shared::Shared;
 
 /// A subscription as a connection attempt left it.
@@ -132,14 +133,24 @@ async fn attach(
 }
 
 /// One connection attempt to `endpoint`: declare (RabbitMQ scheme, over 0-9-1 to the same
-/// node), connect, begin the sending session, attach every subscription it can.
-async fn connect(shared: &Arc<Shared>, endpoint: Endpoint, number: u64) -> Result<Generation> {
+/// node), [`sweep`](poison::sweep) the queues first when the last connection may have died of a
+/// message the broker cannot convert (`sweep`), connect, begin the sending session, attach
+/// every subscription it can.
+async fn connect(
+    shared: &Arc<Shared>,
+    endpoint: Endpoint,
+    number: u64,
+    sweep: bool,
+) -> Result<Generation> {
     let s = &shared.settings;
     let unavailable = if s.scheme == AddressScheme::RabbitMq && s.declare {
         declare::declare(shared, &endpoint).await?.unavailable
     } else {
         Vec::new()
     };
+    if sweep && s.scheme == AddressScheme::RabbitMq {
+        poison::sweep(shared, &endpoint).await;
+    }
     let opened = connection::open(
         &endpoint,
         &format!("{}-{number}", shared.container_id),
@@ -378,11 +389,14 @@ pub(crate) async fn supervise(
             return Ok(());
         }
     };
-    let attempt = |number: &mut u64, endpoint: Endpoint| {
+    let attempt = |number: &mut u64, sweep: bool, endpoint: Endpoint| {
         *number += 1;
-        connect(&shared, endpoint, *number)
+        connect(&shared, endpoint, *number, sweep)
     };
-    let mut gen = match retry.round(|endpoint| attempt(&mut number, endpoint)).await {
+    let mut gen = match retry
+        .round(|endpoint| attempt(&mut number, false, endpoint))
+        .await
+    {
         Ok(gen) => gen,
         Err(e) => {
             let _ = first.send(Err(e));
@@ -409,6 +423,8 @@ pub(crate) async fn supervise(
             break gen.shutdown(&shared).await;
         };
         tracing::warn!(claw = &*shared.name, jid = %shared.jid, endpoint = %gen.endpoint, %reason, "disconnected; reconnecting");
+        // Ended as a message the broker cannot convert ends it: sweep first (see `poison`).
+        let sweep = poison::suspect(&reason);
         shared.current.down();
         gen.teardown(&reason).await;
         events.disconnected(&shared.name, reason).await;
@@ -417,7 +433,7 @@ pub(crate) async fn supervise(
             return Ok(());
         }
         match retry
-            .until(&stop, |endpoint| attempt(&mut number, endpoint))
+            .until(&stop, |endpoint| attempt(&mut number, sweep, endpoint))
             .await
         {
             Some(next) => gen = next,

@@ -29,7 +29,7 @@ fn build(url: &str, jid: &str, opts: &Options) -> Result<Arc<dyn Claw>> {
 }
 
 async fn raw() -> lapin::Connection {
-    lapin::Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f", Default::default())
+    lapin::Connection::connect(&common::url(), Default::default())
         .await
         .expect("RabbitMQ at 127.0.0.1:5672 (run scripts/provision)")
 }
@@ -41,11 +41,11 @@ impl ClawFactory for Rabbit {
     }
 
     async fn make(&self, jid: &str, opts: &Options) -> Result<Arc<dyn Claw>> {
-        build(common::URL, jid, opts)
+        build(&common::url(), jid, opts)
     }
 
     fn broker_addr(&self) -> Option<SocketAddr> {
-        Some(SocketAddr::from(([127, 0, 0, 1], 5672)))
+        Some(common::rabbit())
     }
 
     async fn make_at(&self, jid: &str, opts: &Options, addr: SocketAddr) -> Result<Arc<dyn Claw>> {

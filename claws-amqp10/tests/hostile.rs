@@ -9,14 +9,14 @@ use std::time::Duration;
 use claws_amqp10::{AddressScheme, Amqp10Claw};
 use claws_core::topology::DEAD_LETTER_QUEUE;
 use claws_core::Claw;
-use common::{unique, Inbox, URL};
+use common::{unique, Inbox};
 use fe2o3_amqp::types::messaging::{AmqpValue, Message, Properties};
 use fe2o3_amqp::types::primitives::{Binary, Value};
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 
 async fn started(jid: &str) -> (Arc<Amqp10Claw>, Inbox) {
     let c = Arc::new(
-        Amqp10Claw::builder(URL, jid, AddressScheme::RabbitMq)
+        Amqp10Claw::builder(&common::url(), jid, AddressScheme::RabbitMq)
             .build()
             .expect("valid claw"),
     );
@@ -35,10 +35,9 @@ async fn finish(c: Arc<Amqp10Claw>, inbox: Inbox) {
 /// Takes the message containing `needle` from the dead-letter queue (the others go back);
 /// false if it is not there.
 async fn take_dead_letter(needle: &str) -> bool {
-    let conn =
-        lapin::Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f", Default::default())
-            .await
-            .expect("0-9-1 connection");
+    let conn = lapin::Connection::connect(&common::url(), Default::default())
+        .await
+        .expect("0-9-1 connection");
     let ch = conn.create_channel().await.unwrap();
     let mut found = false;
     for _ in 0..100_000 {
@@ -70,14 +69,15 @@ async fn a_body_that_is_not_data_is_dead_lettered_not_emptied() {
     let me = format!("value{s}@example.com/r");
     let (c, mut inbox) = started(&me).await;
     let token = unique("amqp-value-");
-    let mut conn = fe2o3_amqp::Connection::open("hostile-sender", URL)
+    let mut conn = fe2o3_amqp::Connection::open("hostile-sender", &*common::url())
         .await
         .unwrap();
     let mut session = fe2o3_amqp::Session::begin(&mut conn).await.unwrap();
-    let mut tx = fe2o3_amqp::Sender::attach(&mut session, "hostile", "/exchange/xmpp_direct")
-        .await
-        .unwrap();
-    // RabbitMQ 3.x: the routing key is the subject.
+    let mut tx =
+        fe2o3_amqp::Sender::attach(&mut session, "hostile", common::direct_exchange_target(&me))
+            .await
+            .unwrap();
+    // RabbitMQ 3.x: the routing key is the subject (4.x: the target's address).
     let props = || Properties::builder().subject(me.clone()).build();
     let value = Message::builder()
         .properties(props())
@@ -144,14 +144,7 @@ async fn undecodable_sections_do_not_block_the_queue() {
         let (c, mut inbox) = started(&me).await;
         let tag = unique(kind);
         let out = std::process::Command::new("/usr/bin/python3")
-            .args([
-                script,
-                "publish",
-                "amqp://guest:guest@127.0.0.1:5672/%2f",
-                &me,
-                kind,
-                &tag,
-            ])
+            .args([script, "publish", &common::url(), &me, kind, &tag])
             .output()
             .expect("/usr/bin/python3 with pika");
         assert!(
@@ -205,7 +198,7 @@ impl claws_test::conformance::ClawFactory for Factory {
         jid: &str,
         opts: &claws_test::conformance::Options,
     ) -> claws_core::Result<Arc<dyn Claw>> {
-        let claw = Amqp10Claw::builder(URL, jid, AddressScheme::RabbitMq)
+        let claw = Amqp10Claw::builder(&common::url(), jid, AddressScheme::RabbitMq)
             .max_deliveries(opts.max_deliveries)
             .prefetch(opts.prefetch)
             .subscriptions(opts.subscriptions)
@@ -235,7 +228,7 @@ impl claws_test::conformance::ClawFactory for Factory {
 }
 
 async fn raw() -> lapin::Connection {
-    lapin::Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f", Default::default())
+    lapin::Connection::connect(&common::url(), Default::default())
         .await
         .expect("0-9-1 connection")
 }
@@ -302,7 +295,7 @@ async fn the_hostile_input_suite_holds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_killed_at_once_are_made_no_faster_than_the_backoff() {
     use claws_core::{Event, TimingBuilder};
-    let proxy = claws_test::fault::FaultProxy::start(common::RABBIT.parse().unwrap())
+    let proxy = claws_test::fault::FaultProxy::start(common::rabbit())
         .await
         .unwrap();
     let s = unique("");

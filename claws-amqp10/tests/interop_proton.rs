@@ -10,7 +10,7 @@ use std::process::Stdio;
 use claws_amqp10::{AddressScheme, Amqp10Claw};
 use claws_core::jid::parse;
 use claws_core::{Claw, Packet, QueueKind};
-use common::{unique, Inbox, URL};
+use common::{unique, Inbox};
 use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -19,7 +19,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 async fn a_python_proton_peer_sends_and_receives() {
     let s = unique("");
     let claw = Amqp10Claw::builder(
-        URL,
+        &common::url(),
         format!("claw{s}@example.com/r1"),
         AddressScheme::RabbitMq,
     )
@@ -32,10 +32,9 @@ async fn a_python_proton_peer_sends_and_receives() {
     // The peer's own queue, declared the 0-9-1 way (AMQP 1.0 cannot bind on RabbitMQ 3.10).
     let peer = format!("py{s}@example.com/py");
     let peer_queue = format!("xmpp_direct:{peer}");
-    let conn =
-        lapin::Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f", Default::default())
-            .await
-            .unwrap();
+    let conn = lapin::Connection::connect(&common::url(), Default::default())
+        .await
+        .unwrap();
     let ch = conn.create_channel().await.unwrap();
     ch.queue_declare(
         peer_queue.as_str().into(),

@@ -11,12 +11,12 @@ use claws_amqp10::{AddressScheme, Amqp10Claw};
 use claws_core::jid::parse;
 use claws_core::{Claw, Error, Event, Packet, QueueKind};
 use claws_test::fault::FaultProxy;
-use common::{unique, Inbox, RABBIT, URL, WAIT};
+use common::{unique, Inbox, WAIT};
 use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 
 fn claw(jid: &str) -> claws_amqp10::Amqp10ClawBuilder {
-    Amqp10Claw::builder(URL, jid, AddressScheme::RabbitMq)
+    Amqp10Claw::builder(&common::url(), jid, AddressScheme::RabbitMq)
 }
 
 async fn started(jid: &str) -> (Arc<Amqp10Claw>, Inbox) {
@@ -143,16 +143,17 @@ async fn broadcasts_reach_the_instance_and_the_group() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_deliveries_are_redelivered_then_dead_lettered() {
     // Watch the dead-letter exchange through a queue of our own.
-    let conn =
-        lapin::Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f", Default::default())
-            .await
-            .expect("0-9-1 connection");
+    let conn = lapin::Connection::connect(&common::url(), Default::default())
+        .await
+        .expect("0-9-1 connection");
     let ch = conn.create_channel().await.unwrap();
     let watch = unique("test-dead-letters-");
     ch.queue_declare(
         watch.as_str().into(),
+        // Exclusive: RabbitMQ 4.3 refuses transient non-exclusive queues.
         QueueDeclareOptions {
             auto_delete: true,
+            exclusive: true,
             ..Default::default()
         },
         FieldTable::default(),
@@ -330,7 +331,7 @@ async fn close_waits_for_in_flight_deliveries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovers_after_a_connection_cut_losing_nothing() {
-    let proxy = FaultProxy::start(RABBIT.parse().unwrap()).await.unwrap();
+    let proxy = FaultProxy::start(common::rabbit()).await.unwrap();
     let s = unique("");
     let via_proxy = format!("amqp://guest:guest@{}", proxy.addr());
     let b = Arc::new(
@@ -391,7 +392,7 @@ async fn recovers_after_a_connection_cut_losing_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_during_an_outage_are_bounded() {
-    let proxy = FaultProxy::start(RABBIT.parse().unwrap()).await.unwrap();
+    let proxy = FaultProxy::start(common::rabbit()).await.unwrap();
     let s = unique("");
     let url = format!("amqp://guest:guest@{}", proxy.addr());
     let b = Amqp10Claw::builder(
@@ -400,7 +401,8 @@ async fn sends_during_an_outage_are_bounded() {
         AddressScheme::RabbitMq,
     )
     .send_timeout(Duration::from_millis(600))
-    .connect_timeout(Duration::from_millis(500))
+    // Room for a loaded machine's first connect; the outage below is refused at once.
+    .connect_timeout(Duration::from_secs(2))
     .reconnect_backoff(Duration::from_millis(50), Duration::from_millis(200))
     .build()
     .unwrap();
@@ -436,7 +438,7 @@ async fn sends_during_an_outage_are_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_caught_by_a_cut_complete_on_the_next_connection() {
     const N: usize = 3000;
-    let proxy = FaultProxy::start(RABBIT.parse().unwrap()).await.unwrap();
+    let proxy = FaultProxy::start(common::rabbit()).await.unwrap();
     let s = unique("");
     let url = format!("amqp://guest:guest@{}", proxy.addr());
     // A sender only: no receiving link notices the cut before the connection does.
@@ -518,14 +520,17 @@ async fn clear_errors_for_bad_urls_credentials_and_unreachable_brokers() {
         .build()
         .unwrap_err();
     assert!(e.to_string().contains("unknown scheme `http`"), "{e}");
-    let e = Amqp10Claw::builder(URL, "a@b@c", AddressScheme::RabbitMq)
+    let e = Amqp10Claw::builder(&common::url(), "a@b@c", AddressScheme::RabbitMq)
         .build()
         .unwrap_err();
     assert!(matches!(e, Error::InvalidJid { .. }));
 
     let s = unique("");
     let bad = Amqp10Claw::builder(
-        "amqp://guest:s3cret-pw@127.0.0.1:5672",
+        &format!(
+            "amqp://guest:s3cret-pw@127.0.0.1:{}",
+            claws_test::rabbitmq::port()
+        ),
         format!("sasl{s}@example.com/r"),
         AddressScheme::RabbitMq,
     )

@@ -1357,8 +1357,13 @@ mod rabbitmq {
             env!("CARGO_MANIFEST_DIR"),
             "/../claws-amqp091/tests/interop/erlang_peer.py"
         );
-        let mut peer = Command::new("/usr/bin/python3")
-            .args([script, &url, &peer_jid])
+        let mut peer = Command::new("/usr/bin/python3");
+        peer.args([script, &url, &peer_jid]);
+        if claws_test::rabbitmq::on_rabbitmq4() {
+            // 4.3 refuses the Erlang claw's transient non-exclusive queues (see the script).
+            peer.arg("exclusive");
+        }
+        let mut peer = peer
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -1862,13 +1867,14 @@ mod rabbitmq {
             "no test CA at {ca}: run scripts/provision"
         );
         let id = unique();
+        let tls = format!("127.0.0.1:{}", claws_test::rabbitmq::tls_port());
         let listener_jid = format!("cli-tls-{id}@test.claws/l1");
         let sender_jid = format!("cli-tls-{id}-s@test.claws/s");
         let config = std::env::temp_dir().join(format!("claws-cli-tls-{id}.toml"));
         std::fs::write(
             &config,
             format!(
-                "url = \"amqps://guest:guest@127.0.0.1:5671/%2f\"\n\
+                "url = \"amqps://guest:guest@{tls}/%2f\"\n\
                  [subscriptions]\nfanout = false\ngroup_fanout = false\n\
                  [amqp091]\ntls_ca_file = \"{ca}\"\n"
             ),
@@ -1891,7 +1897,7 @@ mod rabbitmq {
             "30",
         ];
         let listener = Running::spawn(&listen);
-        assert_connected_via(&listener.next(), "amqps://guest@127.0.0.1:5671/");
+        assert_connected_via(&listener.next(), &format!("amqps://guest@{tls}/"));
         let args = amqp(
             &sender_jid,
             &["send", "--to", &listener_jid, "<message>tls</message>"],
@@ -1907,11 +1913,12 @@ mod rabbitmq {
         assert_eq!(code, Some(0), "{err}");
 
         // The same URL without the CA: the broker's certificate is not trusted.
+        let url = format!("amqps://guest:guest@{tls}/%2f");
         let out = claws(&[
             "--transport",
             "amqp091",
             "--url",
-            "amqps://guest:guest@127.0.0.1:5671/%2f",
+            &url,
             "--jid",
             &sender_jid,
             "send",

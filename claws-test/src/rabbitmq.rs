@@ -29,6 +29,16 @@ pub fn port() -> u16 {
     }
 }
 
+/// The TLS (`amqps://`) port of the node under test: 5671, or 5691 on the RabbitMQ 4 node;
+/// both use the test CA of `scripts/provision.d/amqp091-tls.sh`.
+pub fn tls_port() -> u16 {
+    if on_rabbitmq4() {
+        crate::rabbitmq4::TLS_PORT
+    } else {
+        5671
+    }
+}
+
 /// The AMQP URL of the node under test (guest/guest, vhost `/`).
 pub fn url() -> String {
     format!("amqp://guest:guest@127.0.0.1:{}/%2f", port())

@@ -23,6 +23,9 @@ use claws_core::Result;
 /// The node's AMQP port (0-9-1 and 1.0).
 pub const PORT: u16 = 5690;
 
+/// The node's TLS listener (the test CA's certificates, as on the default node's 5671).
+pub const TLS_PORT: u16 = 5691;
+
 /// The node's AMQP URL (guest/guest, vhost `/`).
 pub const URL: &str = "amqp://guest:guest@127.0.0.1:5690/%2f";
 

@@ -5,7 +5,10 @@ two transient queues per instance, direct:F and fanout:F, each bound with both F
 with routing key = destination and correlation_id = id, broadcasts with routing key = its own
 JID; never reply_to; payload bytes unchanged.
 
-Usage: erlang_peer.py URL JID
+Usage: erlang_peer.py URL JID [exclusive]
+With "exclusive", its queues are exclusive (owned by its consuming connection) instead: RabbitMQ
+4.3 refuses transient non-exclusive queues (541, transient_nonexcl_queues), so an Erlang claw on
+4.3's defaults must declare them so (or the broker must permit the deprecated feature).
 Reads commands on stdin, one per line:
   send TO ID XML        (ID "-" for none)
   publish XML
@@ -21,6 +24,7 @@ import threading
 import pika
 
 url, jid = sys.argv[1], sys.argv[2]
+exclusive = sys.argv[3:4] == ["exclusive"]
 bare = jid.split("/")[0]
 out_lock = threading.Lock()
 
@@ -37,7 +41,7 @@ def consume():
         ch.exchange_declare(exchange, kind, durable=False)
     for prefix, exchange in (("direct", "xmpp_direct"), ("fanout", "xmpp_fanout")):
         queue = f"{prefix}:{jid}"
-        ch.queue_declare(queue, durable=False)
+        ch.queue_declare(queue, durable=False, exclusive=exclusive)
         for key in (jid, bare):
             ch.queue_bind(queue, exchange, key)
 

@@ -10,10 +10,29 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use claws_core::{Delivery, Event, Events};
 use tokio::sync::mpsc;
 
-/// The RabbitMQ the tests use (scripts/provision starts it).
-pub const URL: &str = "amqp://guest:guest@127.0.0.1:5672";
-/// RabbitMQ's address.
-pub const RABBIT: &str = "127.0.0.1:5672";
+/// The RabbitMQ node under test (scripts/provision starts it): 5672, or the RabbitMQ 4 node
+/// with `TEST_RABBITMQ=4` (see `claws_test::rabbitmq`).
+pub fn url() -> String {
+    claws_test::rabbitmq::url()
+}
+/// The address of the RabbitMQ node under test.
+pub fn rabbit() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], claws_test::rabbitmq::port()))
+}
+/// The target a raw AMQP 1.0 sender attaches to so that its messages reach the direct
+/// exchange with routing key `jid`: RabbitMQ 3.x's `/exchange/xmpp_direct` (the key is the
+/// message's `subject`, which the caller sets), or RabbitMQ 4's `/exchanges/xmpp_direct/<jid>`
+/// (4.3 refuses the v1 form).
+pub fn direct_exchange_target(jid: &str) -> String {
+    if claws_test::rabbitmq::on_rabbitmq4() {
+        format!(
+            "/exchanges/xmpp_direct/{}",
+            jid.replace('%', "%25").replace('/', "%2F")
+        )
+    } else {
+        "/exchange/xmpp_direct".to_owned()
+    }
+}
 /// How long any single wait may take.
 pub const WAIT: Duration = Duration::from_secs(15);
 
