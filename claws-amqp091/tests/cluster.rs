@@ -1,5 +1,6 @@
-//! The 0-9-1 claw on a 3-node RabbitMQ cluster (`scripts/cluster`, 127.0.0.1:5681-5683): a
-//! node dies under load and the group goes on, with nothing lost.
+//! The 0-9-1 claw on a 3-node RabbitMQ cluster (`scripts/cluster`, 127.0.0.1:5681-5683; with
+//! `TEST_RABBITMQ=4` the RabbitMQ 4 cluster, `scripts/cluster4`, 127.0.0.1:5684-5686): a node dies
+//! under load and the group goes on, with nothing lost.
 //!
 //! The tests here kill and restart cluster nodes, so they run one after another (one lock).
 
@@ -26,11 +27,9 @@ struct Revive(Option<u8>);
 impl Drop for Revive {
     fn drop(&mut self) {
         if let Some(n) = self.0.take() {
-            let _ = std::process::Command::new(
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster"),
-            )
-            .args(["start", &n.to_string()])
-            .status();
+            let _ = std::process::Command::new(cluster::script())
+                .args(["start", &n.to_string()])
+                .status();
         }
     }
 }
@@ -294,6 +293,11 @@ async fn node_loss(graceful: bool) {
     let back = seen_a
         .reconnected_after_kill
         .expect("instance A never connected again");
+    // On the RabbitMQ 4 cluster (4.0.5, Mnesia) the kill -9 case fails here: the broker answers
+    // the declaration of a classic queue homed on the killed node (A's own queues) only after
+    // about 66 s (3.10: at once, NOT_FOUND "home node ... is down"), past claws' setup bound
+    // (3 x connect_timeout), so A cannot reconnect anywhere until the node is back. A claws bug on
+    // 4.x (docs/CLUSTER.md, "The RabbitMQ 4 cluster"); the bound stays.
     // kill -9: from the kill; stop_app (which first moves leaders and drains, taking seconds
     // under load): from the moment the node closed A's connection.
     let back = if graceful {

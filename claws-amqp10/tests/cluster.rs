@@ -1,6 +1,7 @@
 //! The amqp10 claw on the local 3-node RabbitMQ cluster (`scripts/cluster`: c1, c2, c3 on
-//! 127.0.0.1:5681-5683): failover when the node it is connected to dies, and connecting past
-//! a dead node. A test that kills a node brings it back, also when it fails; the tests of this
+//! 127.0.0.1:5681-5683; with `TEST_RABBITMQ=4` the RabbitMQ 4 cluster, `scripts/cluster4`: r4c1,
+//! r4c2, r4c3 on 127.0.0.1:5684-5686): failover when the node it is connected to dies, and
+//! connecting past a dead node. A test that kills a node brings it back, also when it fails; the tests of this
 //! file take a lock so that they never kill nodes at the same time.
 
 mod common;
@@ -45,10 +46,11 @@ where
         if let Err(e) = cluster::start(n).await {
             // Someone else (another test run) may be starting or stopping nodes too: `up`
             // starts whatever is not running and waits until all three are clustered.
-            eprintln!("could not bring c{n} back ({e}); trying `scripts/cluster up`");
+            let name = cluster::node_name(n);
+            eprintln!("could not bring {name} back ({e}); trying `scripts/cluster up`");
             cluster::up()
                 .await
-                .unwrap_or_else(|e| panic!("could not bring c{n} back: {e}"));
+                .unwrap_or_else(|e| panic!("could not bring {name} back: {e}"));
         }
     }
     match outcome {
@@ -245,6 +247,11 @@ async fn killing_the_connected_node_loses_no_stanza() {
             let sent_at_kill = sent.load(Ordering::SeqCst);
             let received_at_kill = seen.borrow().counts.len();
 
+            // On the RabbitMQ 4 cluster (4.0.5, Mnesia) this fails: the broker answers the
+            // declaration of a classic queue homed on the killed node (the receiver's own
+            // queues) only after about 66 s (3.10: at once, NOT_FOUND "home node ... is down"),
+            // so the claw cannot reconnect anywhere until the node is back. A claws bug on 4.x
+            // (docs/CLUSTER.md, "The RabbitMQ 4 cluster"); the bound stays.
             until(
                 &mut seen,
                 FAILOVER_BOUND + WAIT,
@@ -276,11 +283,12 @@ async fn killing_the_connected_node_loses_no_stanza() {
                 let dups: u32 = s.counts.values().map(|c| c - 1).sum();
                 (dups, s.lost.clone())
             };
+            let (dead, via) = (cluster::node_name(n), cluster::node_name(node));
             println!(
-                "failover: killed c{n} (the receiver's node; the group queue's leader was \
+                "failover: killed {dead} (the receiver's node; the group queue's leader was \
                  {leader}) after {received_at_kill} of {N} stanzas received and {sent_at_kill} \
-                 sent; reconnected to c{node} after {:?}; \
-                 first delivery through c{node} {:?} after the kill; all {N} received, \
+                 sent; reconnected to {via} after {:?}; \
+                 first delivery through {via} {:?} after the kill; all {N} received, \
                  {duplicates} duplicates; queues unavailable meanwhile: {lost_queues:?}",
                 reconnected - killed_at,
                 failover
@@ -352,7 +360,10 @@ async fn a_new_claw_connects_past_a_dead_node() {
             let took = started.elapsed();
             until(&mut seen, WAIT, "Connected", |s| !s.connected.is_empty()).await;
             let node = seen.borrow().connected[0].1;
-            println!("claw {i}: started through c{node} in {took:?}");
+            println!(
+                "claw {i}: started through {} in {took:?}",
+                cluster::node_name(node)
+            );
             assert_ne!(node, DEAD);
             // It works: a stanza to its bare JID comes back.
             let bare = parse(&format!("late{s}-{i}@example.com")).expect("bare JID");

@@ -1,8 +1,13 @@
 //! The local 3-node RabbitMQ cluster (`scripts/cluster`, provisioned by `scripts/provision`):
 //! its URLs, and the faults a cluster test needs (kill a node, stop its app, bring it back).
 //!
-//! Nodes `c1@localhost`, `c2@localhost`, `c3@localhost` listen on 127.0.0.1:5681, 5682 and 5683
-//! beside the default node (5672), which nothing here touches.
+//! Nodes `c1@localhost`, `c2@localhost`, `c3@localhost` (RabbitMQ 3.10) listen on 127.0.0.1:5681,
+//! 5682 and 5683 beside the default node (5672), which nothing here touches.
+//!
+//! `TEST_RABBITMQ=4` ([`on_rabbitmq4`]) selects the RabbitMQ 4
+//! cluster instead (`scripts/cluster4`: RabbitMQ 4.0 with 4.3's defaults, nodes `r4c1@localhost`,
+//! `r4c2@localhost`, `r4c3@localhost` on 127.0.0.1:5684, 5685 and 5686), with the same functions,
+//! so that one cluster suite runs on both.
 //!
 //! ```no_run
 //! # async fn demo() -> claws_core::Result<()> {
@@ -18,9 +23,41 @@ use std::path::PathBuf;
 
 use claws_core::{Error, Result};
 
-/// The AMQP port of node `n` (1, 2 or 3).
+use crate::rabbitmq::on_rabbitmq4;
+
+/// The AMQP port of node `n` (1, 2 or 3): 5681-5683, or 5684-5686 on the RabbitMQ 4 cluster.
 pub fn port(n: u8) -> u16 {
-    5680 + u16::from(n)
+    if on_rabbitmq4() {
+        5683 + u16::from(n)
+    } else {
+        5680 + u16::from(n)
+    }
+}
+
+/// The Erlang node name of node `n` (1, 2 or 3): `c1@localhost`, or `r4c1@localhost` on the
+/// RabbitMQ 4 cluster.
+pub fn node_name(n: u8) -> String {
+    if on_rabbitmq4() {
+        format!("r4c{n}@localhost")
+    } else {
+        format!("c{n}@localhost")
+    }
+}
+
+/// The script that runs the cluster under test: `scripts/cluster`, or `scripts/cluster4`.
+fn script_name() -> &'static str {
+    if on_rabbitmq4() {
+        "cluster4"
+    } else {
+        "cluster"
+    }
+}
+
+/// The path of that script, for the tests that run it themselves (blocking, e.g. in a `Drop`).
+pub fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../scripts")
+        .join(script_name())
 }
 
 /// The AMQP URL of node `n` (guest/guest, vhost `/`).
@@ -33,9 +70,10 @@ pub fn urls() -> Vec<String> {
     (1..=3).map(url).collect()
 }
 
-/// Runs `scripts/cluster ARGS...`; its stdout, or an error with its stderr.
+/// Runs `scripts/cluster ARGS...` (`scripts/cluster4` on RabbitMQ 4); its stdout, or an error
+/// with its stderr.
 pub async fn run(args: &[&str]) -> Result<String> {
-    crate::script::run("cluster", args).await
+    crate::script::run(script_name(), args).await
 }
 
 /// Starts what is not running and waits until all three nodes run clustered.
@@ -77,12 +115,19 @@ impl Drop for Exclusive {
     }
 }
 
-/// Waits (up to 10 minutes) until no other test holds the cluster, then holds it. A lock left
-/// by a process that died is taken over.
+/// Waits (up to 10 minutes) until no other test holds the cluster under test, then holds it. A
+/// lock left by a process that died is taken over. The two clusters have a lock each.
 pub async fn exclusive() -> Result<Exclusive> {
-    let dir = std::env::var_os("CLAWS_CLUSTER_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/claws-cluster"));
+    let dir = if on_rabbitmq4() {
+        std::env::var_os("CLAWS_RMQ4_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/tmp/claws-rmq4"))
+            .join("root/claws-cluster")
+    } else {
+        std::env::var_os("CLAWS_CLUSTER_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/tmp/claws-cluster"))
+    };
     let path = dir.join("test.lock");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
     loop {
