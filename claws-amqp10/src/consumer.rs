@@ -42,7 +42,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::address::{parse_reply_to, AddressScheme, Dialect, Route, Source};
 use crate::connection::{receiver_attach_error, refusal, refused_attach, Live};
 use crate::publisher::{Outgoing, ReplyTo};
-use crate::settle::{self, Accepts};
+use crate::settle::{self, Accepts, CloseOnDrop};
 use crate::shared::Shared;
 
 /// What an acker asks the link task to do.
@@ -117,6 +117,7 @@ pub(crate) async fn run_link(
 ) {
     let credit = shared.settings.credit;
     let (settle_tx, mut settle_rx) = mpsc::unbounded_channel::<SettleRequest>();
+    let accepts = Arc::new(Accepts::new(settle::bound_for(credit)));
     let (fwd_tx, mut fwd_rx) = mpsc::unbounded_channel::<Delivery>();
     // Deliveries given to the forwarder and not yet to the router: while there are none, the
     // link task hands a delivery straight to the router when there is room (one task hop less);
@@ -159,44 +160,49 @@ pub(crate) async fn run_link(
             return;
         }
     }
-    let mut accepts = Accepts::new(settle::bound_for(credit), settle::DELAY);
-    let mut requests = Vec::with_capacity(REQUESTS_PER_WAKE);
+    let _closes = CloseOnDrop(&accepts);
+    // The delay of the batch being gathered: armed by its first accept.
+    let mut due = Box::pin(tokio::time::sleep(settle::DELAY));
+    let mut armed = false;
     loop {
+        // When to be woken for accepts. Out of credit, the broker sends nothing more until
+        // credit is granted, which waits for settlements: once enough accepts wait for that,
+        // they gain nothing by waiting longer. Nor do they on close.
+        let wake_at = if stopping {
+            1
+        } else if receiver.credit() == 0 {
+            let needed = unsettled.saturating_sub(credit - credit.div_ceil(2));
+            match usize::try_from(needed) {
+                Ok(0) | Err(_) => accepts.bound(),
+                Ok(n) => n,
+            }
+        } else {
+            accepts.bound()
+        };
+        if accepts.wake_at(wake_at) >= wake_at {
+            armed = false;
+            unsettled = unsettled.saturating_sub(write(&receiver, &accepts).await);
+            if !stopping {
+                if let Err(e) = top_up(&mut receiver, credit, unsettled).await {
+                    live.fail(e);
+                    return;
+                }
+            }
+            continue;
+        }
         tokio::select! {
             biased;
-            n = settle_rx.recv_many(&mut requests, REQUESTS_PER_WAKE) => {
-                if n == 0 {
-                    return; // cannot happen: this task holds a sender
+            Some(req) = settle_rx.recv() => {
+                let ok = match req.how {
+                    Disposition::Accept => receiver.accept(req.info).await.is_ok(),
+                    Disposition::Release => receiver.release(req.info).await.is_ok(),
+                    Disposition::Reject => receiver.reject(req.info, None).await.is_ok(),
+                };
+                if let Some(done) = req.done {
+                    let _ = done.send(ok);
                 }
-                let mut full = false;
-                for req in requests.drain(..) {
-                    match (req.how, req.done) {
-                        // Nobody waits for an accept: it joins the batch.
-                        (Disposition::Accept, None) => full |= accepts.push(req.info, req.guard),
-                        (how, done) => {
-                            let ok = match how {
-                                Disposition::Accept => receiver.accept(req.info).await.is_ok(),
-                                Disposition::Release => receiver.release(req.info).await.is_ok(),
-                                Disposition::Reject => receiver.reject(req.info, None).await.is_ok(),
-                            };
-                            if let Some(done) = done {
-                                let _ = done.send(ok);
-                            }
-                            drop(req.guard);
-                            unsettled = unsettled.saturating_sub(1);
-                        }
-                    }
-                }
-                // Out of credit, the broker sends nothing more until credit is granted, which
-                // waits for settlements: once the batch would let credit be granted, it gains
-                // nothing by waiting. Nor does it on close.
-                let pending = u32::try_from(accepts.len()).unwrap_or(u32::MAX);
-                let unblocks = receiver.credit() == 0
-                    && !accepts.is_empty()
-                    && regrant(credit, unsettled.saturating_sub(pending)).is_some();
-                if full || stopping || unblocks {
-                    unsettled = unsettled.saturating_sub(write(&receiver, &mut accepts).await);
-                }
+                drop(req.guard);
+                unsettled = unsettled.saturating_sub(1);
                 if !stopping {
                     if let Err(e) = top_up(&mut receiver, credit, unsettled).await {
                         live.fail(e);
@@ -204,8 +210,16 @@ pub(crate) async fn run_link(
                     }
                 }
             }
-            () = accepts.due(), if !accepts.is_empty() => {
-                unsettled = unsettled.saturating_sub(write(&receiver, &mut accepts).await);
+            () = accepts.notified() => {
+                // A batch started (or reached the wake point, handled at the loop's top).
+                if !armed && accepts.len() > 0 {
+                    armed = true;
+                    due.as_mut().reset(tokio::time::Instant::now() + settle::DELAY);
+                }
+            }
+            () = due.as_mut(), if armed => {
+                armed = false;
+                unsettled = unsettled.saturating_sub(write(&receiver, &accepts).await);
                 if !stopping {
                     if let Err(e) = top_up(&mut receiver, credit, unsettled).await {
                         live.fail(e);
@@ -217,15 +231,15 @@ pub(crate) async fn run_link(
                 // No more credit is granted; what the broker still sends within the credit it
                 // has is handed back (released, or sent back to its queue). Lowering the credit
                 // to 0 instead races transfers already on the wire, which fe2o3 then refuses
-                // (transfer limit exceeded) by closing the link.
+                // (transfer limit exceeded) by closing the link. Accepts are written at once
+                // from now on (the loop's top): the claw's close waits for them.
                 stopping = true;
-                // The claw's close waits for these.
-                unsettled = unsettled.saturating_sub(write(&receiver, &mut accepts).await);
             }
             r = receiver.recv::<Body<Value>>() => match r {
                 Ok(delivery) => {
                     unsettled += 1;
-                    let (d, undecodable) = make_delivery(&shared, index, delivery, &settle_tx, &mut jids);
+                    let link = LinkSettle { requests: &settle_tx, accepts: &accepts };
+                    let (d, undecodable) = make_delivery(&shared, index, delivery, link, &mut jids);
                     if !stopping {
                         if let Err(e) = top_up(&mut receiver, credit, unsettled).await {
                             live.fail(e);
@@ -301,17 +315,14 @@ pub(crate) async fn run_link(
     }
 }
 
-/// Settle requests taken per wake-up of the link task.
-const REQUESTS_PER_WAKE: usize = 256;
-
 /// Writes the waiting accepts as ranges (one disposition per run of consecutive delivery
 /// ids), then releases their in-flight guards; returns how many were settled. A link that is
 /// gone settles nothing, and the broker redelivers them.
-async fn write(receiver: &Receiver, accepts: &mut Accepts<DeliveryInfo>) -> u32 {
-    if accepts.is_empty() {
+async fn write(receiver: &Receiver, accepts: &Accepts<DeliveryInfo>) -> u32 {
+    let batch = accepts.take();
+    if batch.infos.is_empty() {
         return 0;
     }
-    let batch = accepts.take();
     let n = u32::try_from(batch.infos.len()).unwrap_or(u32::MAX);
     if let Err(e) = receiver.accept_all(batch.infos).await {
         tracing::debug!(error = %e, "accepting a batch failed; the broker redelivers it");
@@ -423,7 +434,7 @@ fn make_delivery(
     shared: &Arc<Shared>,
     index: usize,
     delivery: fe2o3_amqp::link::delivery::Delivery<Body<Value>>,
-    settle_tx: &mpsc::UnboundedSender<SettleRequest>,
+    link: LinkSettle<'_>,
     jids: &mut JidCache,
 ) -> (Delivery, Option<String>) {
     let source = &shared.sources[index];
@@ -507,7 +518,8 @@ fn make_delivery(
     let acker = Amqp10Acker {
         shared: shared.clone(),
         info: Some(info),
-        settle: settle_tx.clone(),
+        settle: link.requests.clone(),
+        accepts: link.accepts.clone(),
         resend,
         key,
         attempt,
@@ -525,11 +537,20 @@ fn make_delivery(
     (delivery, undecodable)
 }
 
+/// Where the deliveries of one link are settled: its task's requests (exact settlements) and
+/// its accepts (written in ranges).
+struct LinkSettle<'a> {
+    requests: &'a mpsc::UnboundedSender<SettleRequest>,
+    accepts: &'a Arc<Accepts<DeliveryInfo>>,
+}
+
 /// Settles one delivery on the link that delivered it.
 struct Amqp10Acker {
     shared: Arc<Shared>,
     info: Option<DeliveryInfo>,
     settle: mpsc::UnboundedSender<SettleRequest>,
+    /// Accepts nobody waits for go here, written in ranges by the link task.
+    accepts: Arc<Accepts<DeliveryInfo>>,
     /// Queue scheme: the copy to send back instead of requeueing.
     resend: Option<Outgoing>,
     /// The message's key in the claw's attempt counts, when it is counted there.
@@ -548,6 +569,14 @@ impl Amqp10Acker {
         let Some(info) = self.info.take() else {
             return Ok(());
         };
+        if matches!(how, Disposition::Accept) && !wait {
+            // Queued for the next range; the in-flight guard goes with it.
+            return if self.accepts.push(info, self.guard.take()) {
+                Ok(())
+            } else {
+                Err(self.gone())
+            };
+        }
         let (tx, rx) = if wait {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))
@@ -570,11 +599,15 @@ impl Amqp10Acker {
         if settled {
             Ok(())
         } else {
-            Err(Error::Broker {
-                claw: self.shared.name.to_string(),
-                what: "settling a stanza".into(),
-                source: "the link that delivered it is gone; the broker redelivers it".into(),
-            })
+            Err(self.gone())
+        }
+    }
+
+    fn gone(&self) -> Error {
+        Error::Broker {
+            claw: self.shared.name.to_string(),
+            what: "settling a stanza".into(),
+            source: "the link that delivered it is gone; the broker redelivers it".into(),
         }
     }
 
@@ -649,6 +682,7 @@ impl Drop for Amqp10Acker {
                 shared: self.shared.clone(),
                 info: self.info.take(),
                 settle: self.settle.clone(),
+                accepts: self.accepts.clone(),
                 resend: self.resend.take(),
                 key: self.key,
                 attempt: self.attempt,

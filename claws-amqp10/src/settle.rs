@@ -1,26 +1,31 @@
 //! Accepting in ranges: one `disposition` frame for a run of deliveries.
 //!
-//! An AMQP 1.0 `disposition` settles the deliveries `first..=last` of a session at once. A
-//! link task keeps the accepts its ackers asked for in an [`Accepts`] batch and writes them
+//! An AMQP 1.0 `disposition` settles the deliveries `first..=last` of a session at once. The
+//! ackers of a link put their accepts in its [`Accepts`] queue and the link task writes them
 //! together (fe2o3's `accept_all`, which sends one frame per run of consecutive delivery ids):
 //!
-//! - a delivery enters the batch only once its handler finished (its acker asked to accept
-//!   it), and a range only ever names the deliveries in the batch, so nothing is settled
-//!   before its handler returned, whatever order handlers finish in;
-//! - the batch is written once it holds `bound` accepts, else `delay` after its first one,
-//!   and at once when the link has no credit left (the broker waits for the settlements that
-//!   let it be granted again) or the claw closes;
-//! - rejects (dead-lettering, with their reason) and releases (redelivery) are not batched:
-//!   each is its own disposition, written when asked for;
+//! - a delivery enters the queue only once its handler finished (its acker accepts it), and a
+//!   range only ever names the deliveries in the queue, so nothing is settled before its
+//!   handler returned, whatever order handlers finish in;
+//! - the link task is woken by the first accept of a batch (it then writes the batch
+//!   [`DELAY`] later) and by the one that makes it [`wake_at`](Accepts::wake_at) long: the
+//!   bound (a quarter of the credit), or fewer when the link is out of credit and that many
+//!   settlements let credit be granted again, or 1 once the claw closes. Other accepts wake
+//!   nobody: one task switch per batch instead of one per delivery;
+//! - rejects (dead-lettering, with their reason) and releases (redelivery) do not go through
+//!   here: each is its own disposition, written when asked for;
 //! - each accepted delivery keeps its in-flight guard until the frame that settles it was
-//!   handed to the session, so the claw's `close` waits for the batch.
+//!   handed to the session, so the claw's `close` waits for the batch. Once the link is gone
+//!   the queue is [`close`](Accepts::close)d: what waited is dropped (the broker redelivers
+//!   it) and later accepts are refused.
 
-use std::future::Future;
-use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use claws_core::runtime::InFlightGuard;
-use tokio::time::{Instant, Sleep};
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
 
 /// How long a partial batch waits for more accepts before it is written.
 pub(crate) const DELAY: Duration = Duration::from_millis(2);
@@ -33,16 +38,22 @@ pub(crate) fn bound_for(credit: u32) -> usize {
         .clamp(1, 256)
 }
 
-/// Accepts waiting to be written as ranges, in the order they were asked for. `T` is what
-/// names a delivery on the wire (fe2o3's `DeliveryInfo`).
+/// The accepts of one link waiting to be written as ranges, in the order they were asked for.
+/// `T` is what names a delivery on the wire (fe2o3's `DeliveryInfo`).
 pub(crate) struct Accepts<T> {
+    state: Mutex<State<T>>,
+    notify: Notify,
+    /// The queue length whose accept wakes the link task (besides a batch's first).
+    wake_at: AtomicUsize,
+    bound: usize,
+}
+
+struct State<T> {
     infos: Vec<T>,
     /// Released once the batch was written.
     guards: Vec<InFlightGuard>,
-    bound: usize,
-    delay: Duration,
-    /// When the batch is due; armed while the batch is not empty.
-    timer: Pin<Box<Sleep>>,
+    /// The link is gone.
+    closed: bool,
 }
 
 /// A batch taken out to be written: the deliveries, and the guards to drop once it was.
@@ -54,69 +65,115 @@ pub(crate) struct Taken<T> {
 }
 
 impl<T> Accepts<T> {
-    /// An empty batch, full at `bound` accepts (at least 1), due `delay` after its first.
-    pub(crate) fn new(bound: usize, delay: Duration) -> Self {
+    /// An empty queue whose link task is woken at `bound` accepts (at least 1).
+    pub(crate) fn new(bound: usize) -> Self {
         let bound = bound.max(1);
         Self {
-            infos: Vec::with_capacity(bound),
-            guards: Vec::with_capacity(bound),
+            state: Mutex::new(State {
+                infos: Vec::with_capacity(bound),
+                guards: Vec::with_capacity(bound),
+                closed: false,
+            }),
+            notify: Notify::new(),
+            wake_at: AtomicUsize::new(bound),
             bound,
-            delay,
-            timer: Box::pin(tokio::time::sleep(delay)),
         }
     }
 
-    /// Adds a finished delivery; true when the batch is full and should be written now.
-    pub(crate) fn push(&mut self, info: T, guard: Option<InFlightGuard>) -> bool {
-        if self.infos.is_empty() {
-            self.timer.as_mut().reset(Instant::now() + self.delay);
+    fn state(&self) -> std::sync::MutexGuard<'_, State<T>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a finished delivery's accept; false (and `guard` released) when the link is
+    /// gone, so the broker redelivers it.
+    pub(crate) fn push(&self, info: T, guard: Option<InFlightGuard>) -> bool {
+        let n = {
+            let mut state = self.state();
+            if state.closed {
+                return false;
+            }
+            state.infos.push(info);
+            state.guards.extend(guard);
+            state.infos.len()
+        };
+        if n == 1 || n == self.wake_at.load(Ordering::SeqCst) {
+            self.notify.notify_one();
         }
-        self.infos.push(info);
-        self.guards.extend(guard);
-        self.infos.len() >= self.bound
+        true
     }
 
     /// Accepts waiting.
     pub(crate) fn len(&self) -> usize {
-        self.infos.len()
+        self.state().infos.len()
     }
 
-    /// Whether nothing waits.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.infos.is_empty()
+    /// The bound a batch is written at.
+    pub(crate) fn bound(&self) -> usize {
+        self.bound
     }
 
-    /// Resolves when a non-empty batch is due (`delay` after its first accept). Poll it only
-    /// while the batch is not empty (`select!`'s `if !accepts.is_empty()`).
-    pub(crate) fn due(&mut self) -> impl Future<Output = ()> + '_ {
-        self.timer.as_mut()
+    /// Wakes the link task once `n` accepts wait (clamped to 1..=bound); returns how many
+    /// wait now (if already `n` or more, nobody will be woken for them: write them).
+    pub(crate) fn wake_at(&self, n: usize) -> usize {
+        self.wake_at.store(n.clamp(1, self.bound), Ordering::SeqCst);
+        self.len()
     }
 
-    /// Takes the batch out (empty if nothing waits), ready for the next one.
-    pub(crate) fn take(&mut self) -> Taken<T> {
+    /// Resolves when a batch started or reached [`wake_at`](Self::wake_at) (a wake-up given
+    /// while nobody waited is kept for the next call).
+    pub(crate) fn notified(&self) -> Notified<'_> {
+        self.notify.notified()
+    }
+
+    /// Takes the waiting accepts out (empty if none wait).
+    pub(crate) fn take(&self) -> Taken<T> {
+        let mut state = self.state();
         let cap = self.bound;
         Taken {
-            infos: std::mem::replace(&mut self.infos, Vec::with_capacity(cap)),
-            guards: std::mem::take(&mut self.guards),
+            infos: std::mem::replace(&mut state.infos, Vec::with_capacity(cap)),
+            guards: std::mem::take(&mut state.guards),
         }
+    }
+
+    /// The link is gone: drops what waits and refuses what comes.
+    pub(crate) fn close(&self) {
+        let taken = {
+            let mut state = self.state();
+            state.closed = true;
+            (
+                std::mem::take(&mut state.infos),
+                std::mem::take(&mut state.guards),
+            )
+        };
+        drop(taken);
+    }
+}
+
+/// Closes the accepts of a link when its task ends, however it ends (failed or aborted).
+pub(crate) struct CloseOnDrop<'a, T>(pub(crate) &'a Accepts<T>);
+
+impl<T> Drop for CloseOnDrop<'_, T> {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
 #[cfg(test)]
 mod tests {
-    //! On the real clock (this crate's tests have no paused time), without waiting: a deadline
-    //! is checked against the instants around the push, and `due` is only polled.
+    //! No clock needed: what is tested is who gets woken and what is taken.
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
     use claws_core::runtime::InFlight;
 
     use super::*;
 
-    const LONG: Duration = Duration::from_secs(3600);
-
-    /// Whether `due` resolves at once.
-    async fn is_due<T>(accepts: &mut Accepts<T>) -> bool {
-        tokio::time::timeout(Duration::ZERO, accepts.due())
-            .await
-            .is_ok()
+    /// Whether a wake-up is waiting (consumes it).
+    fn woken<T>(accepts: &Accepts<T>) -> bool {
+        let mut notified = pin!(accepts.notified());
+        let mut cx = Context::from_waker(Waker::noop());
+        notified.as_mut().poll(&mut cx) == Poll::Ready(())
     }
 
     #[test]
@@ -128,25 +185,49 @@ mod tests {
         assert_eq!(bound_for(u32::MAX), 256);
     }
 
-    #[tokio::test]
-    async fn full_at_the_bound_in_the_order_asked() {
-        let mut accepts = Accepts::new(3, LONG);
-        assert!(!accepts.push(7, None));
-        assert!(!accepts.push(5, None));
-        assert!(accepts.push(6, None), "the third fills a batch of 3");
-        assert_eq!(accepts.len(), 3);
+    #[test]
+    fn the_first_accept_and_the_bound_wake_the_link_task_nothing_between() {
+        let accepts = Accepts::new(4);
+        assert!(!woken(&accepts));
+        assert!(accepts.push(7, None));
+        assert!(woken(&accepts), "a batch started: its delay runs from now");
+        for id in [5, 6] {
+            assert!(accepts.push(id, None));
+            assert!(!woken(&accepts), "{id}: no task switch per accept");
+        }
+        assert!(accepts.push(8, None));
+        assert!(woken(&accepts), "the bound");
         let taken = accepts.take();
-        assert_eq!(taken.infos, [7, 5, 6]);
-        assert!(accepts.is_empty());
-        assert!(!accepts.push(8, None), "a new batch starts empty");
-        assert_eq!(accepts.take().infos, [8]);
-        assert!(accepts.take().infos.is_empty(), "nothing waits");
+        assert_eq!(taken.infos, [7, 5, 6, 8], "in the order asked");
+        assert_eq!(accepts.len(), 0);
+        assert!(accepts.push(9, None));
+        assert!(woken(&accepts), "the next batch's first");
     }
 
-    #[tokio::test]
-    async fn guards_are_held_until_the_taken_batch_is_dropped() {
+    #[test]
+    fn a_lowered_wake_point_wakes_sooner_and_says_what_already_waits() {
+        let accepts = Accepts::new(250);
+        accepts.push(1, None);
+        assert!(woken(&accepts));
+        accepts.push(2, None);
+        // Out of credit: 3 settlements let credit be granted again.
+        assert_eq!(accepts.wake_at(3), 2, "two wait already");
+        accepts.push(3, None);
+        assert!(woken(&accepts), "the third wakes the link task");
+        assert_eq!(
+            accepts.wake_at(2),
+            3,
+            "already past it: the caller writes them"
+        );
+        assert_eq!(accepts.wake_at(0), 3, "clamped to 1");
+        assert_eq!(accepts.wake_at(10_000), 3, "clamped to the bound");
+        assert_eq!(accepts.take().infos, [1, 2, 3]);
+    }
+
+    #[test]
+    fn guards_are_held_until_the_taken_batch_is_dropped() {
         let in_flight = InFlight::new();
-        let mut accepts = Accepts::new(10, LONG);
+        let accepts = Accepts::new(10);
         accepts.push(1, Some(in_flight.enter()));
         accepts.push(2, Some(in_flight.enter()));
         assert_eq!(in_flight.count(), 2, "waiting accepts count in flight");
@@ -156,40 +237,17 @@ mod tests {
         assert_eq!(in_flight.count(), 0);
     }
 
-    #[tokio::test]
-    async fn due_the_delay_after_the_first_accept() {
-        let delay = Duration::from_secs(60);
-        let mut accepts = Accepts::new(100, delay);
-        let before = Instant::now();
-        accepts.push(1, None);
-        let after = Instant::now();
-        let deadline = accepts.timer.deadline();
-        assert!(
-            before + delay <= deadline && deadline <= after + delay,
-            "due the delay after the first accept"
-        );
-        accepts.push(2, None);
-        assert_eq!(
-            accepts.timer.deadline(),
-            deadline,
-            "a later accept does not push the deadline back"
-        );
-        assert!(!is_due(&mut accepts).await, "not due before the delay");
-        assert_eq!(accepts.take().infos, [1, 2]);
-
-        // The next batch has its own deadline.
-        let before = Instant::now();
-        accepts.push(3, None);
-        assert!(accepts.timer.deadline() >= before + delay);
-    }
-
-    #[tokio::test]
-    async fn due_at_once_with_no_delay() {
-        let mut accepts = Accepts::new(100, Duration::ZERO);
-        accepts.push(1, None);
-        assert!(is_due(&mut accepts).await);
-        accepts.take();
-        accepts.push(2, None);
-        assert!(is_due(&mut accepts).await, "each batch is due again");
+    #[test]
+    fn a_closed_queue_drops_what_waits_and_refuses_more() {
+        let in_flight = InFlight::new();
+        let accepts = Accepts::new(10);
+        accepts.push(1, Some(in_flight.enter()));
+        {
+            let _link_task = CloseOnDrop(&accepts);
+        }
+        assert_eq!(in_flight.count(), 0, "the broker redelivers what waited");
+        assert!(!accepts.push(2, Some(in_flight.enter())), "refused");
+        assert_eq!(in_flight.count(), 0, "its guard released");
+        assert!(accepts.take().infos.is_empty());
     }
 }
