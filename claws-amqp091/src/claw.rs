@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use claws_core::jid::Jid;
 use claws_core::runtime::{drain, Lifecycle};
 use claws_core::topology::{Subscriptions, Topology};
-use claws_core::{Capabilities, Claw, Events, Packet, Result};
+use claws_core::{Capabilities, Claw, Confirmation, Events, Packet, Result};
 use tokio::task::JoinHandle;
 
 use crate::connection;
@@ -136,6 +136,15 @@ impl Claw for AmqpClaw {
 
     async fn send(&self, to: &Jid, id: Option<&str>, packet: Packet) -> Result<()> {
         publisher::publish(&self.shared, publisher::Target::Direct(to), id, packet).await
+    }
+
+    async fn send_ordered(
+        &self,
+        to: &Jid,
+        id: Option<&str>,
+        packet: Packet,
+    ) -> Result<Confirmation> {
+        publisher::publish_ordered(&self.shared, publisher::Target::Direct(to), id, packet).await
     }
 
     async fn publish(&self, packet: Packet) -> Result<()> {

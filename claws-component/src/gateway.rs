@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use claws_core::stanza::Condition;
-use claws_core::{Claw, Context, Error, Handler, HandlerResult, Jid, Packet, Result, Router, Via};
+use claws_core::{
+    Claw, Confirmation, Context, Error, Handler, HandlerResult, Jid, Packet, Result, Router, Via,
+};
 
 use crate::stream::Head;
 use crate::ComponentClaw;
@@ -119,7 +121,23 @@ impl Gateway {
         let bus = self.bus(router)?;
         match self.route(true, head.to.as_deref(), bus.jid()) {
             Route::ToBus(to) => {
-                if let Err(err) = bus.send(&to, head.id.as_deref(), packet.clone()).await {
+                // Pipelined: the stanza is published in this sender's order and the lane goes
+                // on with the next; the verdict comes later, off the lane. A failed send is
+                // answered with a stanza error then, as before, and the server's stanza counts
+                // as handled either way.
+                let sent = bus
+                    .send_ordered(&to, head.id.as_deref(), packet.clone())
+                    .await;
+                let component = self.component.clone();
+                let bounced = router.clone();
+                let answer = async move {
+                    let verdict = match sent {
+                        Ok(confirmation) => confirmation.await,
+                        Err(err) => Err(err),
+                    };
+                    let Err(err) = verdict else {
+                        return Ok(());
+                    };
                     let (condition, text) = match &err {
                         Error::NoRoute { .. } => (
                             Condition::ServiceUnavailable,
@@ -131,14 +149,21 @@ impl Gateway {
                         ),
                     };
                     tracing::warn!(to = %to, %err, "gateway: cannot pass a stanza from the XMPP server to the bus; answering with an error");
-                    self.bounce(router, &packet, &head, condition, &text)
-                        .await?;
-                }
+                    bounce(&bounced, &component, &packet, &head, condition, &text).await
+                };
+                router.settle_after(Confirmation::new(answer)).await?;
             }
             Route::ToGateway => {
                 let text = "this address is the gateway itself, which offers no service";
-                self.bounce(router, &packet, &head, Condition::ServiceUnavailable, text)
-                    .await?;
+                bounce(
+                    router,
+                    &self.component,
+                    &packet,
+                    &head,
+                    Condition::ServiceUnavailable,
+                    text,
+                )
+                .await?;
             }
             Route::ToServer(_) => unreachable!("stanzas from the server never go back to it"),
             Route::Drop(why) => {
@@ -160,13 +185,25 @@ impl Gateway {
                     .send(&to, head.id.as_deref(), packet)
                     .await?;
             }
-            Route::ToBus(to) => match bus.send(&to, head.id.as_deref(), packet).await {
-                Ok(()) => {}
-                Err(Error::NoRoute { .. }) => {
-                    tracing::warn!(to = %to, "gateway: no service consumes the stanza's `to` on the bus; dropped");
-                }
-                Err(err) => return Err(err.into()),
-            },
+            Route::ToBus(to) => {
+                // Pipelined as from the server; a failure other than "no route" fails the
+                // delivery (redelivered by the bus, or dead-lettered).
+                let sent = bus.send_ordered(&to, head.id.as_deref(), packet).await;
+                let verdict = async move {
+                    let verdict = match sent {
+                        Ok(confirmation) => confirmation.await,
+                        Err(err) => Err(err),
+                    };
+                    match verdict {
+                        Err(Error::NoRoute { .. }) => {
+                            tracing::warn!(to = %to, "gateway: no service consumes the stanza's `to` on the bus; dropped");
+                            Ok(())
+                        }
+                        other => other,
+                    }
+                };
+                router.settle_after(Confirmation::new(verdict)).await?;
+            }
             Route::ToGateway => {
                 tracing::warn!(to = ?head.to, from = ?head.from, "gateway: a stanza on the bus is addressed to the gateway itself; dropped");
             }
@@ -176,34 +213,35 @@ impl Gateway {
         }
         Ok(())
     }
+}
 
-    /// Answers a stanza from the server with a stanza error, unless it is an error or a result
-    /// itself (errors are never answered, so two services cannot bounce errors forever).
-    async fn bounce(
-        &self,
-        router: &Router,
-        packet: &Packet,
-        head: &Head,
-        condition: Condition,
-        text: &str,
-    ) -> Result<()> {
-        if matches!(head.kind.as_deref(), Some("error" | "result")) {
-            return Ok(());
-        }
-        let Some(sender) = head
-            .from
-            .as_deref()
-            .and_then(|f| claws_core::jid::parse(f).ok())
-        else {
-            return Ok(());
-        };
-        let stanza = packet.parse()?;
-        let reply = stanza.error_reply(condition, Some(text));
-        router
-            .claw(&self.component)?
-            .send(&sender, head.id.as_deref(), Packet::from(&reply))
-            .await
+/// Answers a stanza from the server with a stanza error through the component claw named
+/// `component`, unless it is an error or a result itself (errors are never answered, so two
+/// services cannot bounce errors forever).
+async fn bounce(
+    router: &Router,
+    component: &str,
+    packet: &Packet,
+    head: &Head,
+    condition: Condition,
+    text: &str,
+) -> Result<()> {
+    if matches!(head.kind.as_deref(), Some("error" | "result")) {
+        return Ok(());
     }
+    let Some(sender) = head
+        .from
+        .as_deref()
+        .and_then(|f| claws_core::jid::parse(f).ok())
+    else {
+        return Ok(());
+    };
+    let stanza = packet.parse()?;
+    let reply = stanza.error_reply(condition, Some(text));
+    router
+        .claw(component)?
+        .send(&sender, head.id.as_deref(), Packet::from(&reply))
+        .await
 }
 
 #[async_trait]

@@ -1,7 +1,10 @@
 //! The [`Claw`] transport trait, the events a claw reports, and the [`Delivery`] it hands over.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
@@ -41,6 +44,28 @@ pub trait Claw: Send + Sync + fmt::Debug + 'static {
     /// the broker has taken responsibility for it (a publisher confirm, an accepted outcome).
     async fn send(&self, to: &Jid, id: Option<&str>, packet: Packet) -> Result<()>;
 
+    /// Sends as [`send`](Claw::send) does, but returns as soon as the packet's place in this
+    /// claw's outgoing order is fixed (published on the connection, ahead of every send that
+    /// starts later), with the broker's verdict still to come in the [`Confirmation`]. The
+    /// caller may send the next packet while earlier ones wait for their confirms: one
+    /// sender's packets stay in order on the wire, and a burst does not wait one round trip
+    /// per packet.
+    ///
+    /// `Err` means the send failed before its place was fixed; an error from the confirmation
+    /// is the send's failure as [`send`](Claw::send) reports it (no route, refused, timed out).
+    /// A claw that cannot pipeline keeps the default, which awaits `send` and returns a
+    /// confirmation that is already resolved. The [`Router`](crate::Router) uses this for the
+    /// sends a handler makes, and settles the delivery once they are confirmed.
+    async fn send_ordered(
+        &self,
+        to: &Jid,
+        id: Option<&str>,
+        packet: Packet,
+    ) -> Result<Confirmation> {
+        self.send(to, id, packet).await?;
+        Ok(Confirmation::confirmed())
+    }
+
     /// Broadcasts `packet` to every instance (and every group). Returns once confirmed.
     async fn publish(&self, packet: Packet) -> Result<()>;
 
@@ -65,6 +90,14 @@ impl<C: Claw + ?Sized> Claw for Arc<C> {
     }
     async fn send(&self, to: &Jid, id: Option<&str>, packet: Packet) -> Result<()> {
         (**self).send(to, id, packet).await
+    }
+    async fn send_ordered(
+        &self,
+        to: &Jid,
+        id: Option<&str>,
+        packet: Packet,
+    ) -> Result<Confirmation> {
+        (**self).send_ordered(to, id, packet).await
     }
     async fn publish(&self, packet: Packet) -> Result<()> {
         (**self).publish(packet).await
@@ -91,11 +124,92 @@ impl<C: Claw + ?Sized> Claw for Box<C> {
     async fn send(&self, to: &Jid, id: Option<&str>, packet: Packet) -> Result<()> {
         (**self).send(to, id, packet).await
     }
+    async fn send_ordered(
+        &self,
+        to: &Jid,
+        id: Option<&str>,
+        packet: Packet,
+    ) -> Result<Confirmation> {
+        (**self).send_ordered(to, id, packet).await
+    }
     async fn publish(&self, packet: Packet) -> Result<()> {
         (**self).publish(packet).await
     }
     async fn close(&self) -> Result<()> {
         (**self).close().await
+    }
+}
+
+/// The broker's verdict on a send whose place on the wire is already fixed (see
+/// [`Claw::send_ordered`]): a future that resolves to `Ok(())` once the broker took the packet
+/// (a publisher confirm, an accepted outcome), or to the error [`Claw::send`] would have
+/// returned. It is `'static`: it may be awaited after the call that made it, on another task.
+///
+/// Dropping it unawaited gives up on learning the verdict (the packet is sent all the same).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use claws_core::claw::Confirmation;
+/// assert!(Confirmation::confirmed().await.is_ok());
+/// let later = Confirmation::new(async { Ok(()) });
+/// assert!(later.await.is_ok());
+/// # }
+/// ```
+#[must_use = "a confirmation says whether the broker took the send; await it or hand it to Router::settle_after"]
+pub struct Confirmation(Verdict);
+
+enum Verdict {
+    Ready(Option<Result<()>>),
+    Pending(Pin<Box<dyn Future<Output = Result<()>> + Send + 'static>>),
+}
+
+impl Confirmation {
+    /// The verdict `future` will give.
+    pub fn new(future: impl Future<Output = Result<()>> + Send + 'static) -> Self {
+        Self(Verdict::Pending(Box::pin(future)))
+    }
+
+    /// A verdict known already: `result`.
+    pub fn ready(result: Result<()>) -> Self {
+        Self(Verdict::Ready(Some(result)))
+    }
+
+    /// Confirmed already (a claw whose send completes when it returns).
+    pub fn confirmed() -> Self {
+        Self::ready(Ok(()))
+    }
+
+    /// Whether the verdict is known without waiting.
+    pub fn is_ready(&self) -> bool {
+        matches!(self.0, Verdict::Ready(_))
+    }
+}
+
+impl Future for Confirmation {
+    type Output = Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        match &mut self.0 {
+            // Polled again after it resolved: the verdict was given already.
+            Verdict::Ready(result) => Poll::Ready(result.take().unwrap_or(Ok(()))),
+            Verdict::Pending(future) => {
+                let result = std::task::ready!(future.as_mut().poll(cx));
+                self.0 = Verdict::Ready(None);
+                Poll::Ready(result)
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Confirmation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.0 {
+            Verdict::Ready(Some(Ok(()))) => "confirmed",
+            Verdict::Ready(Some(Err(_))) => "failed",
+            Verdict::Ready(None) => "taken",
+            Verdict::Pending(_) => "pending",
+        };
+        f.debug_tuple("Confirmation").field(&state).finish()
     }
 }
 

@@ -9,7 +9,8 @@
 //!   AMQP 1.0 in `claws-amqp10`).
 //! - [`Handler`]: what an application writes; [`Context`] lets it answer.
 //! - [`Router`]: holds claws, hands each packet and its [`Via`] to the handler, acks after the
-//!   handler finished, and sends replies back the way packets came.
+//!   handler finished and the broker confirmed its sends (pipelined: the next packet is handled
+//!   meanwhile, see [`Claw::send_ordered`]), and sends replies back the way packets came.
 //! - [`Packet`] and [`stanza::Element`]: payloads as they travelled, parsed only when asked.
 //! - [`jid`], [`topology`] (the wire contract's names and the RabbitMQ plan), [`config`], [`Error`].
 //! - [`metrics`]: what claws records through the `metrics` facade (nothing unless the
@@ -71,7 +72,7 @@ pub mod trace;
 mod via;
 
 pub use async_trait::async_trait;
-pub use claw::{Acker, Capabilities, Claw, Delivery, Event, Events};
+pub use claw::{Acker, Capabilities, Claw, Confirmation, Delivery, Event, Events};
 pub use config::{Config, Timing, TimingBuilder, Transport};
 pub use echo::Echo;
 pub use error::{BoxError, Error, Result};

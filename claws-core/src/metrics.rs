@@ -421,6 +421,43 @@ impl Claw for Metered {
         self.measured(started, &outcome);
         outcome
     }
+    async fn send_ordered(
+        &self,
+        to: &Jid,
+        id: Option<&str>,
+        packet: Packet,
+    ) -> Result<crate::claw::Confirmation> {
+        let started = Instant::now();
+        let confirmation = match self.inner.send_ordered(to, id, packet).await {
+            Ok(confirmation) => confirmation,
+            Err(err) => {
+                let outcome = Err(err);
+                self.measured(started, &outcome);
+                return outcome.map(|()| crate::claw::Confirmation::confirmed());
+            }
+        };
+        if confirmation.is_ready() {
+            let outcome = confirmation.await;
+            self.measured(started, &outcome);
+            return Ok(crate::claw::Confirmation::ready(outcome));
+        }
+        // Measured when the verdict comes: until confirmed, as a plain send is.
+        let meters = self.meters();
+        let (sent, failed, seconds) = (
+            meters.sent.clone(),
+            meters.failed.clone(),
+            meters.seconds.clone(),
+        );
+        Ok(crate::claw::Confirmation::new(async move {
+            let outcome = confirmation.await;
+            seconds.record(started.elapsed().as_secs_f64());
+            match &outcome {
+                Ok(()) => sent.increment(1),
+                Err(err) => failed[reason_index(err)].increment(1),
+            }
+            outcome
+        }))
+    }
     async fn publish(&self, packet: Packet) -> Result<()> {
         let started = Instant::now();
         let outcome = self.inner.publish(packet).await;

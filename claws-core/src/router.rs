@@ -1,6 +1,7 @@
 //! [`Router`]: holds claws, dispatches what they receive to a [`Handler`], and sends replies back
 //! the way packets came.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::panic::AssertUnwindSafe;
@@ -11,11 +12,11 @@ use tokio::time::Instant;
 
 use futures_util::FutureExt;
 use lru::LruCache;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::claw::{Claw, Delivery, Event, Events};
+use crate::claw::{Acker, Claw, Confirmation, Delivery, Event, Events};
 use crate::handler::{Context, Handler};
 use crate::jid::Jid;
 use crate::metrics::Meters;
@@ -33,6 +34,7 @@ pub struct RouterBuilder {
     route_ttl: Duration,
     close_timeout: Duration,
     allow_self_sends: bool,
+    unconfirmed: usize,
 }
 
 impl Default for RouterBuilder {
@@ -45,6 +47,7 @@ impl Default for RouterBuilder {
             route_capacity: 10_000,
             route_ttl: Duration::from_secs(600),
             close_timeout: Duration::from_secs(30),
+            unconfirmed: 64,
         }
     }
 }
@@ -92,6 +95,16 @@ impl RouterBuilder {
     /// start).
     pub fn allow_self_sends(mut self, allow: bool) -> Self {
         self.allow_self_sends = allow;
+        self
+    }
+
+    /// How many sends a lane may have waiting for their broker confirm while it goes on with
+    /// the next deliveries (default 64 per lane). A handler's sends through the router are
+    /// pipelined (see [`Router::send`]); when a lane reaches this many unconfirmed sends, it
+    /// waits for the oldest before handing the next delivery to the handler. 0 turns pipelining
+    /// off: every send is awaited where the handler makes it.
+    pub fn max_unconfirmed(mut self, n: usize) -> Self {
+        self.unconfirmed = n;
         self
     }
 
@@ -144,6 +157,7 @@ impl RouterBuilder {
                 route_ttl: self.route_ttl,
                 close_timeout: self.close_timeout,
                 allow_self_sends: self.allow_self_sends,
+                unconfirmed: self.unconfirmed,
                 routes: Mutex::new(LruCache::new(capacity)),
                 dispatcher: tokio::sync::Mutex::new(None),
             }),
@@ -179,6 +193,8 @@ struct Inner {
     route_ttl: Duration,
     close_timeout: Duration,
     allow_self_sends: bool,
+    /// The most sends a lane may have waiting for their confirm (0: none, no pipelining).
+    unconfirmed: usize,
     routes: Mutex<LruCache<String, (usize, Instant)>>,
     dispatcher: tokio::sync::Mutex<Option<JoinHandle<()>>>,
 }
@@ -251,10 +267,48 @@ impl Router {
     }
 
     /// Sends `packet` to `to` through the claw learned for `to` (see [`route`](Self::route)).
+    ///
+    /// Outside a handler call it returns once the broker took the packet. Inside one (a
+    /// handler's `ctx.send`, `ctx.reply`, or this called from `Handler::received`), the send
+    /// is **pipelined**: it returns once the packet's place on the wire is fixed
+    /// ([`Claw::send_ordered`]), and the delivery being handled is settled only once the
+    /// broker confirmed it, so the lane handles the next stanza meanwhile. A send that fails
+    /// after its place was fixed (no route, refused, timed out) fails the delivery as a
+    /// handler error would: it is redelivered (or dead-lettered), and the failure is logged
+    /// and counted. A handler that must see the verdict itself sends through the claw
+    /// ([`Router::claw`], [`Router::route`]) or awaits [`Claw::send_ordered`]'s confirmation.
     pub async fn send(&self, to: &Jid, id: Option<&str>, packet: Packet) -> Result<()> {
         let claw = self.route(to);
         self.check_not_self(claw, to)?;
-        claw.send(to, id, packet).await
+        send_within_delivery(claw, to, id, packet).await
+    }
+
+    /// Makes the delivery being handled wait for `confirmation` before it is settled: it is
+    /// acknowledged once the handler returned `Ok` and every confirmation so attached resolved
+    /// `Ok`; an error rejects it as a handler error would (redelivery, or dead-lettering at
+    /// the bound). The lane meanwhile handles the next delivery. For a handler that sends
+    /// through a claw with [`Claw::send_ordered`] and wants the verdict handled later, off the
+    /// lane (the gateway answers a failed send with an error stanza this way):
+    ///
+    /// ```
+    /// # use claws_core::{claw::Confirmation, Router};
+    /// # async fn example(router: Router, confirmation: Confirmation) -> claws_core::Result<()> {
+    /// router.settle_after(Confirmation::new(async move {
+    ///     if let Err(err) = confirmation.await {
+    ///         tracing::warn!(%err, "not sent; telling the sender");
+    ///     }
+    ///     Ok(()) // handled: the delivery is acked
+    /// })).await
+    /// # }
+    /// ```
+    ///
+    /// Outside a handler call (or with [`max_unconfirmed`](RouterBuilder::max_unconfirmed)
+    /// 0) there is no delivery to attach it to: it is awaited here, and its error returned.
+    pub async fn settle_after(&self, confirmation: Confirmation) -> Result<()> {
+        match defer(confirmation) {
+            None => Ok(()),
+            Some(confirmation) => confirmation.await,
+        }
     }
 
     /// Refuses a send to the claw's own full JID unless allowed.
@@ -274,7 +328,7 @@ impl Router {
     }
 
     /// Replies to the sender of a received packet through the claw that delivered it, with the
-    /// same correlation id.
+    /// same correlation id. Inside a handler call it is pipelined as [`send`](Self::send) is.
     ///
     /// The destination is [`Via::reply_to`]: the sender the claw carried, else the stanza's
     /// `from`, else (broadcasts only) the broadcaster; with none, [`Error::NoSender`]. A reply
@@ -286,7 +340,7 @@ impl Router {
         })?;
         let claw = self.claw(&via.claw)?;
         self.check_not_self(claw, &to)?;
-        claw.send(&to, via.id.as_deref(), packet).await
+        send_within_delivery(claw, &to, via.id.as_deref(), packet).await
     }
 
     /// The claw that sends to `to`: the one a packet from `to` last arrived through, if that route
@@ -495,12 +549,80 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
+tokio::task_local! {
+    /// The confirmations the delivery being handled on this task waits for before it is
+    /// settled (set by a pipelining lane around `Handler::received`).
+    static PENDING: RefCell<Vec<Confirmation>>;
+}
+
+/// Attaches `confirmation` to the delivery being handled on this task. Gives it back when
+/// there is none (not in a handler call, or pipelining is off) or when its verdict is known
+/// already: then the caller awaits it at once.
+fn defer(confirmation: Confirmation) -> Option<Confirmation> {
+    if confirmation.is_ready() {
+        return Some(confirmation);
+    }
+    let mut slot = Some(confirmation);
+    let _ = PENDING.try_with(|pending| {
+        if let Some(confirmation) = slot.take() {
+            pending.borrow_mut().push(confirmation);
+        }
+    });
+    slot
+}
+
+/// A send through `claw`: pipelined when a delivery is being handled on this task (the
+/// delivery waits for the confirmation), else awaited until confirmed.
+async fn send_within_delivery(
+    claw: &Arc<dyn Claw>,
+    to: &Jid,
+    id: Option<&str>,
+    packet: Packet,
+) -> Result<()> {
+    if PENDING.try_with(|_| ()).is_err() {
+        return claw.send(to, id, packet).await;
+    }
+    let confirmation = claw.send_ordered(to, id, packet).await?;
+    match defer(confirmation) {
+        None => Ok(()),
+        Some(confirmation) => confirmation.await,
+    }
+}
+
+/// Why a delivery is rejected, and the span's `outcome` for it.
+type Failure = (Error, &'static str);
+
+/// A delivery whose handler returned while sends it made wait for their confirms; settled by
+/// the lane's [`settle_in_order`] once they resolved.
+struct Unconfirmed {
+    acker: Box<dyn Acker>,
+    /// The handler's failure, if it failed.
+    failure: Option<Failure>,
+    confirmations: Vec<Confirmation>,
+    /// The lane's budget of unconfirmed sends these hold.
+    _budget: tokio::sync::OwnedSemaphorePermit,
+    claw: Arc<str>,
+    attempt: u32,
+    span: tracing::Span,
+}
+
 async fn lane(
     router: Router,
     handler: Arc<dyn Handler>,
     mut rx: mpsc::Receiver<Delivery>,
     meters: Arc<Meters>,
 ) {
+    // Deliveries waiting for their sends' confirms go, in lane order, to a task of their own
+    // that settles them, so that the lane handles the next one meanwhile; the semaphore
+    // bounds how many sends may wait.
+    let cap = router.inner.unconfirmed;
+    let budget = Arc::new(Semaphore::new(cap));
+    let (settler, settling) = if cap > 0 {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Some(tx), Some(tokio::spawn(settle_in_order(rx))))
+    } else {
+        (None, None)
+    };
     while let Some(delivery) = rx.recv().await {
         let Delivery {
             packet,
@@ -518,30 +640,57 @@ async fn lane(
         });
         let (span, trace) = delivery_span(&via, attempt);
         let work = async {
-            let outcome = AssertUnwindSafe(handler.received(packet, via, &ctx))
-                .catch_unwind()
-                .await;
+            let call = AssertUnwindSafe(handler.received(packet, via, &ctx)).catch_unwind();
+            let (outcome, confirmations) = if settler.is_some() {
+                let call = PENDING.scope(RefCell::new(Vec::new()), call);
+                tokio::pin!(call);
+                let outcome = call.as_mut().await;
+                let confirmations = call
+                    .as_mut()
+                    .take_value()
+                    .map(RefCell::into_inner)
+                    .unwrap_or_default();
+                (outcome, confirmations)
+            } else {
+                (call.await, Vec::new())
+            };
             if let Some((timer, started)) = timer {
                 timer.handled(started);
             }
-            let (settled, result) = match outcome {
-                Ok(Ok(())) => (acker.ack().await, "acked"),
+            let failure = match outcome {
+                Ok(Ok(())) => None,
                 Ok(Err(err)) => {
                     tracing::warn!(claw = &*claw, attempt, %err, "handler failed; the packet will be redelivered");
-                    (acker.reject(&Error::Handler(err)).await, "rejected")
+                    Some((Error::Handler(err), "rejected"))
                 }
                 Err(panic) => {
                     let msg = panic_message(&panic);
                     tracing::error!(claw = &*claw, attempt, panic = %msg, "handler panicked; the packet will be redelivered");
                     let err = Error::Handler(format!("handler panicked: {msg}").into());
-                    (acker.reject(&err).await, "panicked")
+                    Some((err, "panicked"))
                 }
             };
-            if let Err(err) = settled {
-                tracing::warn!(claw = &*claw, %err, "could not settle a delivery; the broker will redeliver it");
-                tracing::Span::current().record("outcome", "unsettled");
-            } else {
-                tracing::Span::current().record("outcome", result);
+            let Some(settler) = settler.as_ref().filter(|_| !confirmations.is_empty()) else {
+                settle(acker, failure, &claw).await;
+                return;
+            };
+            // Backpressure: wait until the lane's earlier sends leave room for these.
+            let wanted = u32::try_from(confirmations.len().min(cap)).unwrap_or(u32::MAX);
+            let Ok(permits) = budget.clone().acquire_many_owned(wanted).await else {
+                return; // never closed; the dropped acker would return the delivery
+            };
+            let unconfirmed = Unconfirmed {
+                acker,
+                failure,
+                confirmations,
+                _budget: permits,
+                claw: claw.clone(),
+                attempt,
+                span: tracing::Span::current(),
+            };
+            if let Err(returned) = settler.send(unconfirmed) {
+                // The settling task is gone (it never should be): settle here.
+                settle_unconfirmed(returned.0).await;
             }
         }
         .instrument(span);
@@ -549,6 +698,63 @@ async fn lane(
             Some(trace) => crate::trace::scope(trace, work).await,
             None => work.await,
         }
+    }
+    // Closing: what waits for confirms is settled before the lane ends.
+    drop(settler);
+    if let Some(settling) = settling {
+        let _ = settling.await;
+    }
+}
+
+/// Settles a lane's deliveries that wait for confirms, in the order they were handled, each
+/// once every send its handler made was confirmed.
+async fn settle_in_order(mut rx: mpsc::UnboundedReceiver<Unconfirmed>) {
+    while let Some(unconfirmed) = rx.recv().await {
+        settle_unconfirmed(unconfirmed).await;
+    }
+}
+
+/// Awaits a delivery's confirmations in the order the sends were made, then settles it: acked
+/// if the handler succeeded and every send was confirmed, else rejected.
+async fn settle_unconfirmed(unconfirmed: Unconfirmed) {
+    let Unconfirmed {
+        acker,
+        mut failure,
+        confirmations,
+        _budget,
+        claw,
+        attempt,
+        span,
+    } = unconfirmed;
+    async move {
+        for confirmation in confirmations {
+            if let Err(err) = confirmation.await {
+                if failure.is_none() {
+                    tracing::warn!(claw = &*claw, attempt, %err, "a send the handler made was not confirmed; the packet will be redelivered");
+                    failure = Some((err, "unconfirmed"));
+                } else {
+                    tracing::warn!(claw = &*claw, attempt, %err, "a send the handler made was not confirmed");
+                }
+            }
+        }
+        drop(_budget);
+        settle(acker, failure, &claw).await;
+    }
+    .instrument(span)
+    .await
+}
+
+/// Acks a delivery, or rejects it for `failure`, and records the outcome on the current span.
+async fn settle(acker: Box<dyn Acker>, failure: Option<Failure>, claw: &str) {
+    let (settled, result) = match failure {
+        None => (acker.ack().await, "acked"),
+        Some((err, result)) => (acker.reject(&err).await, result),
+    };
+    if let Err(err) = settled {
+        tracing::warn!(claw, %err, "could not settle a delivery; the broker will redeliver it");
+        tracing::Span::current().record("outcome", "unsettled");
+    } else {
+        tracing::Span::current().record("outcome", result);
     }
 }
 
