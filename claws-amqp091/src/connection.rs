@@ -132,6 +132,7 @@ async fn establish_once(
             &mut declaring,
             shared.topology(),
             OnMismatch::Fail,
+            topology::answer_within(shared.settings.timing.connect_timeout),
         )
         .await?;
         let _ = declaring.close(200, ShortString::from("declared")).await;

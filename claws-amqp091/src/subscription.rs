@@ -72,6 +72,7 @@ async fn resubscribe(shared: &Shared, session: &Session, queue: &QueueInfo) -> R
         shared.topology(),
         decl,
         OnMismatch::Fail,
+        topology::answer_within(shared.settings.timing.connect_timeout),
     )
     .await;
     let _ = channel.close(200, ShortString::from("declared")).await;

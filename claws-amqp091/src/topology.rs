@@ -5,6 +5,9 @@
 //! The AMQP 1.0 claw declares through this module too (RabbitMQ 3.x's AMQP 1.0 plugin cannot
 //! bind queues), with [`OnMismatch::Adopt`].
 
+use std::future::Future;
+use std::time::Duration;
+
 use claws_core::{Error, Result};
 use lapin::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -73,13 +76,17 @@ pub struct Declared {
 /// [`OnMismatch::Adopt`] a queue is checked passively on a new channel instead and used as it
 /// is. A queue whose node is down is listed in [`Declared::unavailable`] instead of failing
 /// the whole declaration: on a cluster, one dead node must not keep an instance from its
-/// other queues. Whenever a failure closed `channel`, it is replaced by a new one.
+/// other queues. So is a queue whose declaration or binding gets no answer within
+/// `answer_within`: RabbitMQ 4.0 holds the declaration of a classic queue whose node was
+/// killed for about 66 s before it answers `NOT_FOUND` (3.x answers at once). Whenever a
+/// failure closed `channel` (or left it waiting), it is replaced by a new one.
 pub async fn declare(
     claw: &str,
     connection: &Connection,
     channel: &mut Channel,
     topology: &Topology,
     on_mismatch: OnMismatch,
+    answer_within: Duration,
 ) -> Result<Declared> {
     for e in &topology.exchanges {
         let kind = match e.kind {
@@ -125,7 +132,17 @@ pub async fn declare(
     }
     let mut declared = Declared::default();
     for q in &topology.queues {
-        if !declare_queue(claw, connection, channel, topology, q, on_mismatch).await? {
+        if !declare_queue(
+            claw,
+            connection,
+            channel,
+            topology,
+            q,
+            on_mismatch,
+            answer_within,
+        )
+        .await?
+        {
             declared.unavailable.push(q.name.clone());
         }
     }
@@ -133,7 +150,8 @@ pub async fn declare(
 }
 
 /// Declares one queue of `topology` and its bindings (see [`declare`]). `Ok(false)`: its node
-/// is down, nothing was declared, and `channel` was replaced.
+/// is down (or did not answer within `answer_within`), nothing was declared, and `channel` was
+/// replaced.
 pub async fn declare_queue(
     claw: &str,
     connection: &Connection,
@@ -141,16 +159,22 @@ pub async fn declare_queue(
     topology: &Topology,
     q: &QueueDecl,
     on_mismatch: OnMismatch,
+    answer_within: Duration,
 ) -> Result<bool> {
     let options = QueueDeclareOptions {
         durable: q.durable,
         ..QueueDeclareOptions::default()
     };
     let name = short("queue", &q.name)?;
-    if let Err(err) = channel
-        .queue_declare(name.clone(), options, table(&q.arguments))
-        .await
-    {
+    let declared = answered(
+        answer_within,
+        channel.queue_declare(name.clone(), options, table(&q.arguments)),
+    )
+    .await;
+    let Some(declared) = declared else {
+        return unanswered(claw, connection, channel, &q.name, answer_within).await;
+    };
+    if let Err(err) = declared {
         if is_unavailable(&err) {
             reopen(claw, connection, channel, &q.name).await?;
             tracing::warn!(claw, queue = %q.name, error = %err, "queue unavailable: its node is down");
@@ -185,15 +209,20 @@ pub async fn declare_queue(
         tracing::info!(claw, queue = %q.name, error = %err, "adopting an existing queue declared with other arguments");
     }
     for b in topology.bindings.iter().filter(|b| b.queue == q.name) {
-        let bound = channel
-            .queue_bind(
+        let bound = answered(
+            answer_within,
+            channel.queue_bind(
                 short("queue", &b.queue)?,
                 short("exchange", b.exchange)?,
                 short("routing key", &b.routing_key)?,
                 QueueBindOptions::default(),
                 FieldTable::default(),
-            )
-            .await;
+            ),
+        )
+        .await;
+        let Some(bound) = bound else {
+            return unanswered(claw, connection, channel, &q.name, answer_within).await;
+        };
         match bound {
             Ok(()) => {}
             Err(err) if is_unavailable(&err) => {
@@ -204,6 +233,36 @@ pub async fn declare_queue(
         }
     }
     Ok(true)
+}
+
+/// How long [`declare`] waits for the answer to one queue's declaration or binding, for a claw
+/// whose connection attempts are bounded by `connect_timeout`: half of it (the claw's whole
+/// setup, several queues included, is bounded by three times `connect_timeout`).
+pub fn answer_within(connect_timeout: Duration) -> Duration {
+    connect_timeout / 2
+}
+
+/// `op`'s outcome, or `None` when the broker did not answer within `answer_within`.
+async fn answered<T>(
+    answer_within: Duration,
+    op: impl Future<Output = lapin::Result<T>>,
+) -> Option<lapin::Result<T>> {
+    tokio::time::timeout(answer_within, op).await.ok()
+}
+
+/// A queue operation the broker did not answer: the queue counts as unavailable (its node is
+/// most likely down), and the channel still waiting for the answer is replaced.
+async fn unanswered(
+    claw: &str,
+    connection: &Connection,
+    channel: &mut Channel,
+    queue: &str,
+    answer_within: Duration,
+) -> Result<bool> {
+    tracing::warn!(claw, %queue, ?answer_within,
+        "queue unavailable: the broker did not answer its declaration (its node is likely down)");
+    reopen(claw, connection, channel, queue).await?;
+    Ok(false)
 }
 
 /// Whether `err` says the queue's node is down (or the queue is gone): `NOT_FOUND`, which a

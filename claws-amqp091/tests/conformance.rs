@@ -365,11 +365,7 @@ async fn delivery_limit_is_max_deliveries(url: &str, ctl: impl AsyncFn(&[&str]) 
 #[tokio::test]
 async fn delivery_limit_is_max_deliveries_on_rabbitmq() {
     delivery_limit_is_max_deliveries(&common::url(), async |args: &[&str]| {
-        let out = std::process::Command::new("rabbitmqctl")
-            .args(args)
-            .output()
-            .expect("rabbitmqctl (scripts/provision)");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        String::from_utf8_lossy(&common::ctl(args).stdout).into_owned()
     })
     .await;
 }

@@ -9,6 +9,8 @@
 //! defaults: durable, `x-dead-letter-exchange = xmpp_dead_letter`, and `x-expires` on
 //! per-instance queues.
 
+use std::time::Duration;
+
 use claws_amqp091::topology::{self as declarer, Declared, OnMismatch};
 use claws_core::topology::{plan, Topology};
 use claws_core::{Error, Result};
@@ -53,40 +55,48 @@ async fn declare_plan(
     endpoint: &Endpoint,
     topology: &Topology,
 ) -> Result<Declared> {
-    let s = &shared.settings;
-    let work = async {
-        let conn = open(endpoint, &shared.name).await?;
-        let broker = |what: &str, e: lapin::Error| Error::Broker {
-            claw: shared.name.to_string(),
-            what: what.to_owned(),
-            source: e.into(),
-        };
-        let result = async {
-            let mut ch = conn
-                .create_channel()
-                .await
-                .map_err(|e| broker("opening a declaring channel", e))?;
-            let declared =
-                declarer::declare(&shared.name, &conn, &mut ch, topology, OnMismatch::Adopt)
-                    .await?;
-            // Closed before the connection: a channel dropped open races the connection's
-            // close, and lapin logs that race as an error.
-            let _ = ch.close(200, "declared".into()).await;
-            Ok(declared)
-        }
-        .await;
-        let _ = conn.close(200, "declared".into()).await;
-        result
+    let connect_timeout = shared.settings.timing.connect_timeout;
+    let unanswered = |what: &str, after: Duration| Error::Connect {
+        claw: shared.name.to_string(),
+        endpoint: endpoint.to_string(),
+        reason: format!("declaring the topology over AMQP 0-9-1: {what} within {after:?}"),
     };
-    let timeout = s.timing.connect_timeout;
-    match tokio::time::timeout(timeout, work).await {
-        Ok(r) => r,
-        Err(_) => Err(Error::Connect {
-            claw: shared.name.to_string(),
-            endpoint: endpoint.to_string(),
-            reason: format!("declaring the topology over AMQP 0-9-1: no answer within {timeout:?}"),
-        }),
-    }
+    let conn = tokio::time::timeout(connect_timeout, open(endpoint, &shared.name))
+        .await
+        .map_err(|_| unanswered("no connection", connect_timeout))??;
+    let broker = |what: &str, e: lapin::Error| Error::Broker {
+        claw: shared.name.to_string(),
+        what: what.to_owned(),
+        source: e.into(),
+    };
+    // As the 0-9-1 claw's setup: each queue's answer within half the connect time-out (a
+    // queue whose node is down may not answer for a minute), the whole within three.
+    let bound = connect_timeout * 3;
+    let work = async {
+        let mut ch = conn
+            .create_channel()
+            .await
+            .map_err(|e| broker("opening a declaring channel", e))?;
+        let declared = declarer::declare(
+            &shared.name,
+            &conn,
+            &mut ch,
+            topology,
+            OnMismatch::Adopt,
+            declarer::answer_within(connect_timeout),
+        )
+        .await?;
+        // Closed before the connection: a channel dropped open races the connection's
+        // close, and lapin logs that race as an error.
+        let _ = ch.close(200, "declared".into()).await;
+        Ok(declared)
+    };
+    let result = tokio::time::timeout(bound, work)
+        .await
+        .unwrap_or_else(|_| Err(unanswered("no answer", bound)));
+    // Closed whatever happened: a connection left open would outlive this attempt.
+    let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "declared".into())).await;
+    result
 }
 
 /// Deletes queues (for tests and tools): a short 0-9-1 connection.

@@ -137,6 +137,7 @@ async fn apply(config: &Config) -> Result<(), Failure> {
                 &mut channel,
                 claw.topology(),
                 claws::amqp091::topology::OnMismatch::Fail,
+                claws::amqp091::topology::answer_within(crate::session::CONNECT_TIMEOUT),
             )
             .await?;
             let _ = channel.close(200, "declared".into()).await;

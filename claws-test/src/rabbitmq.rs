@@ -3,8 +3,9 @@
 //! [`ClawFactory::restart_broker`](crate::conformance::ClawFactory::restart_broker).
 //!
 //! `TEST_RABBITMQ=4` points [`url`], [`port`], [`ctl`], [`transient_url`] and
-//! [`restart_app`] at the RabbitMQ 4 node ([`crate::rabbitmq4`]) instead of the default 3.x node
-//! on 5672, so that one test suite runs on both (`scripts/test` runs the broker suites twice).
+//! [`restart_app`] at the RabbitMQ 4 node ([`crate::rabbitmq4`], 4.0.5 with 4.3's defaults)
+//! instead of the default 3.x node on 5672, `TEST_RABBITMQ=4.3` at the RabbitMQ 4.3 node, so
+//! that one test suite runs on each (`scripts/test` runs the broker suites three times).
 //!
 //! ```no_run
 //! # async fn demo() -> claws_core::Result<()> {
@@ -15,28 +16,31 @@
 
 use claws_core::{Error, Result};
 
-/// Whether the broker tests run against the RabbitMQ 4 node (`TEST_RABBITMQ=4`).
+/// The RabbitMQ 4 node the broker tests run against: `TEST_RABBITMQ=4` (4.0) or `4.3`;
+/// `None` for the default 3.x node.
+pub fn rabbitmq4_release() -> Option<crate::rabbitmq4::Release> {
+    use crate::rabbitmq4::Release;
+    match std::env::var("TEST_RABBITMQ").ok()?.trim() {
+        "4" | "4.0" => Some(Release::V4_0),
+        "4.3" => Some(Release::V4_3),
+        _ => None,
+    }
+}
+
+/// Whether the broker tests run against a RabbitMQ 4 node (`TEST_RABBITMQ=4` or `4.3`).
 pub fn on_rabbitmq4() -> bool {
-    std::env::var("TEST_RABBITMQ").is_ok_and(|v| v.trim() == "4")
+    rabbitmq4_release().is_some()
 }
 
-/// The AMQP port of the node under test: 5672, or [`rabbitmq4::PORT`](crate::rabbitmq4::PORT).
+/// The AMQP port of the node under test: 5672, or the RabbitMQ 4 node's.
 pub fn port() -> u16 {
-    if on_rabbitmq4() {
-        crate::rabbitmq4::PORT
-    } else {
-        5672
-    }
+    rabbitmq4_release().map_or(5672, |r| r.port())
 }
 
-/// The TLS (`amqps://`) port of the node under test: 5671, or 5691 on the RabbitMQ 4 node;
-/// both use the test CA of `scripts/provision.d/amqp091-tls.sh`.
+/// The TLS (`amqps://`) port of the node under test: 5671, or the RabbitMQ 4 node's (5691,
+/// 5695); all use the test CA of `scripts/provision.d/amqp091-tls.sh`.
 pub fn tls_port() -> u16 {
-    if on_rabbitmq4() {
-        crate::rabbitmq4::TLS_PORT
-    } else {
-        5671
-    }
+    rabbitmq4_release().map_or(5671, |r| r.tls_port())
 }
 
 /// The AMQP URL of the node under test (guest/guest, vhost `/`).
@@ -47,11 +51,11 @@ pub fn url() -> String {
 /// `rabbitmqctl ARGS...` against the node under test, blocking (tests call it from plain
 /// threads and `Drop`s too). Panics when the command cannot run at all.
 pub fn ctl(args: &[&str]) -> std::process::Output {
-    let mut command = if on_rabbitmq4() {
+    let mut command = if let Some(release) = rabbitmq4_release() {
         let mut c = std::process::Command::new(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/rabbitmq4"),
         );
-        c.arg("ctl");
+        c.env("RMQ4_RELEASE", release.as_str()).arg("ctl");
         c
     } else {
         std::process::Command::new("rabbitmqctl")
@@ -69,8 +73,10 @@ pub fn ctl(args: &[&str]) -> std::process::Output {
 /// The whole broker restarts: run it only where no other test uses RabbitMQ at the same time
 /// (a conformance run is sequential; cargo runs test binaries one after another).
 pub async fn restart_app() -> Result<()> {
-    if on_rabbitmq4() {
-        return crate::rabbitmq4::restart_app().await;
+    if let Some(release) = rabbitmq4_release() {
+        return crate::rabbitmq4::run_on(release, &["restart_app"])
+            .await
+            .map(drop);
     }
     tokio::task::spawn_blocking(|| {
         for args in [

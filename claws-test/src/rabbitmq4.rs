@@ -34,9 +34,54 @@ pub fn url() -> String {
     URL.to_owned()
 }
 
-/// Runs `scripts/rabbitmq4 ARGS...`; its stdout, or an error with its stderr.
+/// Runs `scripts/rabbitmq4 ARGS...` for this node (4.0); its stdout, or an error with its stderr.
 pub async fn run(args: &[&str]) -> Result<String> {
-    crate::script::run("rabbitmq4", args).await
+    run_on(Release::V4_0, args).await
+}
+
+/// The RabbitMQ 4 nodes `scripts/rabbitmq4` runs (its `RMQ4_RELEASE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// Debian 13's RabbitMQ 4.0.5 with 4.3's defaults: [`PORT`], [`TLS_PORT`] (this module).
+    V4_0,
+    /// Debian unstable's RabbitMQ 4.3: [`PORT_4_3`], [`TLS_PORT_4_3`].
+    V4_3,
+}
+
+impl Release {
+    /// The script's `RMQ4_RELEASE` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Release::V4_0 => "4.0",
+            Release::V4_3 => "4.3",
+        }
+    }
+
+    /// The node's AMQP port.
+    pub fn port(self) -> u16 {
+        match self {
+            Release::V4_0 => PORT,
+            Release::V4_3 => PORT_4_3,
+        }
+    }
+
+    /// The node's TLS port.
+    pub fn tls_port(self) -> u16 {
+        match self {
+            Release::V4_0 => TLS_PORT,
+            Release::V4_3 => TLS_PORT_4_3,
+        }
+    }
+}
+
+/// The RabbitMQ 4.3 node's AMQP port (`RMQ4_RELEASE=4.3 scripts/rabbitmq4`).
+pub const PORT_4_3: u16 = 5694;
+/// The RabbitMQ 4.3 node's TLS port.
+pub const TLS_PORT_4_3: u16 = 5695;
+
+/// Runs `scripts/rabbitmq4 ARGS...` for the node `release`.
+pub async fn run_on(release: Release, args: &[&str]) -> Result<String> {
+    crate::script::run_with("rabbitmq4", args, &[("RMQ4_RELEASE", release.as_str())]).await
 }
 
 /// Creates the chroot if it is missing, starts the node if it is not running, and waits until

@@ -6,6 +6,19 @@ use claws_core::{Error, Result};
 
 /// Runs `scripts/NAME ARGS...`; its stdout, or an error with its stderr.
 pub(crate) async fn run(name: &'static str, args: &[&str]) -> Result<String> {
+    run_with(name, args, &[]).await
+}
+
+/// [`run`] with environment variables `envs` set for the script.
+pub(crate) async fn run_with(
+    name: &'static str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Result<String> {
+    let envs: Vec<(String, String)> = envs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../scripts")
         .join(name);
@@ -13,6 +26,7 @@ pub(crate) async fn run(name: &'static str, args: &[&str]) -> Result<String> {
     tokio::task::spawn_blocking(move || {
         let out = std::process::Command::new(&path)
             .args(&args)
+            .envs(envs)
             .output()
             .map_err(|e| {
                 Error::backend(format!(
