@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use claws_core::jid::Jid;
 use claws_core::runtime::{CancellationToken, Current, Endpoints, InFlight, Lifecycle, Reconnect};
-use claws_core::{Capabilities, Claw, Error, Events, Packet, Result};
+use claws_core::{Capabilities, Claw, Confirmation, Error, Events, Packet, Result};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -105,6 +105,21 @@ impl Amqp10Claw {
             .await
     }
 
+    /// A direct send to `to`, checked.
+    fn direct(&self, to: &Jid, id: Option<&str>, packet: Packet) -> Result<Outgoing> {
+        // A 0-9-1 recipient's broker closes its connection over a correlation id longer than
+        // an AMQP short string (255 bytes): refused here, as the 0-9-1 claw does.
+        if let Some(id) = id.filter(|id| id.len() > 255) {
+            return Err(Error::NameTooLong {
+                kind: "correlation id",
+                name: id.chars().take(60).collect::<String>() + "...",
+                len: id.len(),
+            });
+        }
+        let target = self.shared.settings.scheme.direct_target(to)?;
+        Ok(self.outgoing(target, id, packet))
+    }
+
     fn outgoing(&self, target: Target, id: Option<&str>, packet: Packet) -> Outgoing {
         let s = &self.shared;
         Outgoing {
@@ -193,24 +208,50 @@ impl Claw for Amqp10Claw {
     }
 
     async fn send(&self, to: &Jid, id: Option<&str>, packet: Packet) -> Result<()> {
-        // A 0-9-1 recipient's broker closes its connection over a correlation id longer than
-        // an AMQP short string (255 bytes): refused here, as the 0-9-1 claw does.
-        if let Some(id) = id.filter(|id| id.len() > 255) {
-            return Err(Error::NameTooLong {
-                kind: "correlation id",
-                name: id.chars().take(60).collect::<String>() + "...",
-                len: id.len(),
-            });
-        }
-        let target = self.shared.settings.scheme.direct_target(to)?;
-        let mut out = self.outgoing(target, id, packet);
+        let out = self.direct(to, id, packet)?;
         let (span, traceparent) = claws_core::trace::outgoing(&self.shared.name, to.as_str());
-        out.traceparent = traceparent;
+        let out = Outgoing { traceparent, ..out };
         let _guard = self.shared.sends.enter();
         self.shared
             .send_outgoing(&out, to.as_str())
             .instrument(span)
             .await
+    }
+
+    async fn send_ordered(
+        &self,
+        to: &Jid,
+        id: Option<&str>,
+        packet: Packet,
+    ) -> Result<Confirmation> {
+        let out = self.direct(to, id, packet)?;
+        let (span, traceparent) = claws_core::trace::outgoing(&self.shared.name, to.as_str());
+        let out = Outgoing { traceparent, ..out };
+        let guard = self.shared.sends.enter();
+        let started = tokio::time::Instant::now();
+        let to = to.to_string();
+        let shared = self.shared.clone();
+        let handed = shared
+            .hand_over(&out, &to, started)
+            .instrument(span.clone())
+            .await?;
+        if handed.is_none() {
+            // The generation failed under the transfer: sent again here, so that it keeps
+            // its place.
+            let result = shared
+                .deliver(&out, &to, started, None)
+                .instrument(span)
+                .await;
+            drop(guard);
+            return result.map(|()| Confirmation::confirmed());
+        }
+        Ok(Confirmation::new(
+            async move {
+                let _guard = guard;
+                shared.deliver(&out, &to, started, handed).await
+            }
+            .instrument(span),
+        ))
     }
 
     async fn publish(&self, packet: Packet) -> Result<()> {

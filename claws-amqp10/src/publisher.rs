@@ -7,21 +7,27 @@
 //! On RabbitMQ 4 (v2 addresses) every exchange send goes through one anonymous link, each
 //! message naming its destination in `to` (`/exchanges/xmpp_direct/J`): one attach per
 //! generation instead of one per destination, and no cache of links to evict. Transfers are pipelined: the link is locked only while a
-//! transfer is handed over, and each send awaits its own outcome. A send whose link or
+//! transfer is handed over, and each send awaits its own outcome; `send_ordered` returns once
+//! the transfer is handed over (in order on its link), its outcome awaited by the
+//! confirmation. A send whose link or
 //! connection fails is retried on the next generation (see [`connection`](crate::connection)),
 //! bounded by `send_timeout`: the stanza may arrive twice, but is not lost.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use claws_core::trace::TRACEPARENT;
 use claws_core::{Error, Result};
+use fe2o3_amqp::link::delivery::DeliveryFut;
+use fe2o3_amqp::link::SendError;
 use fe2o3_amqp::types::messaging::{ApplicationProperties, Header, Message, Outcome, Properties};
 use fe2o3_amqp::types::primitives::{Binary, SimpleValue};
 use tokio::time::Instant;
 
 use crate::address::Route;
+use crate::connection::Live;
 use crate::shared::Shared;
 
 /// The `reply-to` of an outgoing message.
@@ -124,57 +130,142 @@ fn describe(outcome: &Outcome) -> String {
     }
 }
 
+/// The outcome of a transfer handed to its link.
+type OutcomeFut = DeliveryFut<std::result::Result<Outcome, SendError>>;
+
+/// A transfer handed to its link (so in order with every later transfer on it), on the
+/// generation `live`, and its outcome to come.
+pub(crate) struct HandedOver {
+    live: Arc<Live>,
+    outcome: OutcomeFut,
+}
+
 impl Shared {
     /// Sends `out` and waits for the broker's outcome, across reconnections, within
     /// `send_timeout`. `to` names the destination in errors.
     pub(crate) async fn send_outgoing(&self, out: &Outgoing, to: &str) -> Result<()> {
-        let started = Instant::now();
+        self.deliver(out, to, Instant::now(), None).await
+    }
+
+    /// Hands `out` to its link and returns without waiting for the outcome (`Some`), or
+    /// `None` when the generation failed under it (then [`deliver`](Self::deliver) sends it
+    /// again on the next one). `started` is when the send began (`send_timeout` counts from
+    /// it).
+    pub(crate) async fn hand_over(
+        &self,
+        out: &Outgoing,
+        to: &str,
+        started: Instant,
+    ) -> Result<Option<HandedOver>> {
+        let deadline = started + self.settings.timing.send_timeout;
+        let live = self
+            .current
+            .wait_live(started, self.settings.timing.send_timeout)
+            .await?;
+        match self.transfer(&live, out, to, deadline).await {
+            Ok(Ok(outcome)) => Ok(Some(HandedOver { live, outcome })),
+            Err(e @ (Error::Timeout { .. } | Error::Config(_))) => Err(e),
+            Ok(Err(e)) if e.recovery().link_is_usable() => Err(Error::Broker {
+                claw: self.name.to_string(),
+                what: format!("sending to `{to}`"),
+                source: Box::new(e),
+            }),
+            Ok(Err(e)) => {
+                live.fail(format!("sending to `{to}`: {e}"));
+                Ok(None)
+            }
+            Err(e) if !live.is_failed() => Err(e),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Hands the message to its link (attaching it on first use), bounded by `deadline` and
+    /// by the generation's life.
+    async fn transfer(
+        &self,
+        live: &Arc<Live>,
+        out: &Outgoing,
+        to: &str,
+        deadline: Instant,
+    ) -> Result<std::result::Result<OutcomeFut, SendError>> {
+        let spelt = out.route.spell(live.dialect);
+        let reply_to = match &out.reply_to {
+            ReplyTo::Me => Some(self.settings.scheme.reply_to(&self.jid, live.dialect)),
+            ReplyTo::Copy(r) => r.clone(),
+        };
+        let message = out.to_message(spelt.to.as_deref(), reply_to, live.user.as_deref());
+        let attempt = async {
+            let link = live.sender(spelt.link.as_deref(), &self.name).await?;
+            let mut sender = link.lock().await;
+            Ok(sender.send_batchable(message).await)
+        };
+        self.bounded(live, to, deadline, attempt).await
+    }
+
+    /// `attempt`, unless the generation fails first (credit, an attach or an outcome awaited
+    /// on a dead connection never comes) or `deadline` passes.
+    async fn bounded<T>(
+        &self,
+        live: &Live,
+        to: &str,
+        deadline: Instant,
+        attempt: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let attempt = async {
+            tokio::select! {
+                biased; // an outcome that has arrived wins over the failure that followed it
+                r = attempt => r,
+                reason = live.failed() => Err(Error::Broker {
+                    claw: self.name.to_string(),
+                    what: format!("sending to `{to}`"),
+                    source: reason.into(),
+                }),
+            }
+        };
+        match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout {
+                what: format!(
+                    "claw `{}` waiting for the broker's outcome for a stanza to `{to}`",
+                    self.name
+                ),
+                after: self.settings.timing.send_timeout,
+            }),
+        }
+    }
+
+    /// Waits for the outcome of `handed` (or sends `out` first), sending again on the next
+    /// generation when this one fails, until `send_timeout` has passed since `started`.
+    pub(crate) async fn deliver(
+        &self,
+        out: &Outgoing,
+        to: &str,
+        started: Instant,
+        mut handed: Option<HandedOver>,
+    ) -> Result<()> {
         let deadline = started + self.settings.timing.send_timeout;
         loop {
-            let live = self
-                .current
-                .wait_live(started, self.settings.timing.send_timeout)
-                .await?;
-            let spelt = out.route.spell(live.dialect);
-            let reply_to = match &out.reply_to {
-                ReplyTo::Me => Some(self.settings.scheme.reply_to(&self.jid, live.dialect)),
-                ReplyTo::Copy(r) => r.clone(),
-            };
-            let message = out.to_message(spelt.to.as_deref(), reply_to, live.user.as_deref());
-            let attempt = async {
-                let link = live.sender(spelt.link.as_deref(), &self.name).await?;
-                let fut = {
-                    let mut sender = link.lock().await;
-                    sender.send_batchable(message).await
-                };
-                match fut {
-                    Ok(fut) => Ok(fut.await),
-                    Err(e) => Ok(Err(e)),
+            let (live, result) = match handed.take() {
+                Some(HandedOver { live, outcome }) => {
+                    let result = self
+                        .bounded(&live, to, deadline, async { Ok(outcome.await) })
+                        .await;
+                    (live, result)
                 }
-            };
-            // Credit, an attach or an outcome awaited on a dead connection never comes: once
-            // the generation has failed, send again on the next one.
-            let attempt = async {
-                tokio::select! {
-                    biased; // an outcome that has arrived wins over the failure that followed it
-                    r = attempt => r,
-                    reason = live.failed() => Err(Error::Broker {
-                        claw: self.name.to_string(),
-                        what: format!("sending to `{to}`"),
-                        source: reason.into(),
-                    }),
-                }
-            };
-            let result: Result<_> = match tokio::time::timeout_at(deadline, attempt).await {
-                Ok(r) => r,
-                Err(_) => {
-                    return Err(Error::Timeout {
-                        what: format!(
-                            "claw `{}` waiting for the broker's outcome for a stanza to `{to}`",
-                            self.name
-                        ),
-                        after: self.settings.timing.send_timeout,
-                    })
+                None => {
+                    let live = self
+                        .current
+                        .wait_live(started, self.settings.timing.send_timeout)
+                        .await?;
+                    let result = match self.transfer(&live, out, to, deadline).await {
+                        Ok(Ok(outcome)) => {
+                            self.bounded(&live, to, deadline, async { Ok(outcome.await) })
+                                .await
+                        }
+                        Ok(Err(e)) => Ok(Err(e)),
+                        Err(e) => Err(e),
+                    };
+                    (live, result)
                 }
             };
             match result {
@@ -210,6 +301,7 @@ impl Shared {
                     // The link or connection failed: a new generation retries the send.
                     live.fail(format!("sending to `{to}`: {e}"));
                 }
+                Err(e @ Error::Timeout { .. }) => return Err(e),
                 // A refused attach is not retried: every generation would be refused alike.
                 Err(e @ Error::Config(_)) => return Err(e),
                 Err(e) => {
