@@ -93,6 +93,12 @@ impl Context {
     }
 
     /// Sends directly to `to`, through the claw the router learned for it (or the default claw).
+    ///
+    /// Inside [`Handler::received`] the send is pipelined: this returns once its place on the
+    /// wire is fixed ([`Claw::send_ordered`](crate::Claw::send_ordered)), and the delivery being
+    /// handled is settled only after the broker confirmed it; a failure the broker reports
+    /// later fails that delivery (retried or dead-lettered as a handler error) instead of
+    /// returning here. Outside a handler it returns once the broker confirmed.
     pub async fn send(&self, to: &Jid, packet: impl Into<Packet>) -> Result<()> {
         self.router.send(to, None, packet.into()).await
     }
@@ -108,7 +114,7 @@ impl Context {
     }
 
     /// Replies to the sender of a received packet, through the claw that delivered it, with the
-    /// same correlation id.
+    /// same correlation id. Pipelined inside a handler, as [`send`](Self::send).
     pub async fn reply(&self, via: &Via, packet: impl Into<Packet>) -> Result<()> {
         self.router.reply(via, packet.into()).await
     }
