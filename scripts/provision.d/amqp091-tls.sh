@@ -70,7 +70,9 @@ if [ "$(cat "$tls_conf" 2>/dev/null)" != "$tls_wanted" ]; then
   await_rabbitmq "come back after enabling TLS"
 fi
 # The user the client certificate logs in as (EXTERNAL): no password, rights on the default vhost.
-if ! rabbitmqctl -q list_users 2>/dev/null | grep -q '^claws-test-client'; then
+# (the list read whole first: `grep -q` leaving a pipe early fails it under pipefail)
+users=$(rabbitmqctl -q list_users 2>/dev/null || true)
+if ! grep -q '^claws-test-client' <<<"$users"; then
   log "adding the RabbitMQ user claws-test-client (certificate login only)"
   rabbitmqctl -q add_user claws-test-client "$(openssl rand -hex 16)" >/dev/null
   rabbitmqctl -q clear_password claws-test-client >/dev/null

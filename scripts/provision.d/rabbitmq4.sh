@@ -17,7 +17,9 @@ for release in 4.0 4.3; do
   log "RabbitMQ $release ready at 127.0.0.1:$amqp (RMQ4_RELEASE=$release scripts/rabbitmq4 status)"
   # The user the test client certificate logs in as (EXTERNAL) on the node's TLS listener, as
   # amqp091-tls.sh adds it on the default node.
-  if ! "${r4[@]}" ctl -q list_users 2>/dev/null | grep -q '^claws-test-client'; then
+  # (the list read whole first: `grep -q` leaving a pipe early fails it under pipefail)
+  users=$("${r4[@]}" ctl -q list_users 2>/dev/null || true)
+  if ! grep -q '^claws-test-client' <<<"$users"; then
     log "adding the RabbitMQ $release user claws-test-client (certificate login only)"
     "${r4[@]}" ctl -q add_user claws-test-client "$(openssl rand -hex 16)" >/dev/null
     "${r4[@]}" ctl -q clear_password claws-test-client >/dev/null
