@@ -4,7 +4,8 @@
 //!
 //! The gateway survives Prosody restarting and RabbitMQ dropping its connection.
 //!
-//! Needs Prosody, python3-slixmpp and RabbitMQ at 127.0.0.1:5672 (or `CLAWS_AMQP_URL`); run
+//! Needs Prosody, python3-slixmpp and RabbitMQ at 127.0.0.1:5672 (the node `TEST_RABBITMQ`
+//! selects, or `CLAWS_AMQP_URL`); run
 //! `scripts/provision`. Missing, they fail the test.
 
 mod common;
@@ -21,7 +22,7 @@ use lapin::options::QueueDeleteOptions;
 use tokio::sync::mpsc;
 
 fn amqp_url() -> String {
-    std::env::var("CLAWS_AMQP_URL").unwrap_or_else(|_| claws_amqp091::DEFAULT_URL.to_owned())
+    std::env::var("CLAWS_AMQP_URL").unwrap_or_else(|_| claws_test::rabbitmq::url())
 }
 
 /// The gateway's handler, also telling the test about connection events.
@@ -179,24 +180,26 @@ async fn the_gateway_survives_prosody_restarting() {
 
 /// Closes, from RabbitMQ's side, the connection whose client properties mention `needle`.
 async fn close_amqp_connection(needle: &str) {
-    let out = tokio::process::Command::new("rabbitmqctl")
-        .args(["-q", "list_connections", "pid", "client_properties"])
-        .output()
-        .await
-        .expect("rabbitmqctl must be installed (scripts/provision)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let pid = text
-        .lines()
-        .find(|l| l.contains(needle))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no connection like `{needle}` in:\n{text}"))
-        .to_owned();
-    let status = tokio::process::Command::new("rabbitmqctl")
-        .args(["-q", "close_connection", &pid, "claws-component test"])
-        .status()
-        .await
-        .expect("rabbitmqctl close_connection");
-    assert!(status.success(), "rabbitmqctl close_connection failed");
+    let needle = needle.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let ctl = claws_test::rabbitmq::ctl; // the node under test (TEST_RABBITMQ)
+        let out = ctl(&["-q", "list_connections", "pid", "client_properties"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let pid = text
+            .lines()
+            .find(|l| l.contains(&needle))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no connection like `{needle}` in:\n{text}"))
+            .to_owned();
+        let closed = ctl(&["-q", "close_connection", &pid, "claws-component test"]);
+        assert!(
+            closed.status.success(),
+            "rabbitmqctl close_connection failed: {}",
+            String::from_utf8_lossy(&closed.stderr)
+        );
+    })
+    .await
+    .expect("rabbitmqctl task");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
