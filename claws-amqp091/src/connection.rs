@@ -185,7 +185,7 @@ async fn establish_once(
         Ok(parts) => parts,
         Err(err) => {
             // A delivery lapin cannot decode may have killed the connection as consuming began.
-            poison::note_setup_failure(shared, &err, &mut conn_events);
+            poison::note_setup_failure(shared, &err, &mut conn_events).await;
             let _ = tokio::time::timeout(
                 Duration::from_secs(2),
                 connection.close(200, ShortString::from("claws: setup failed")),

@@ -364,12 +364,12 @@ pub(crate) const DIED_OF_ONE: &str = " (a delivery the client library cannot dec
     claw consumes again)";
 
 /// After `establish` failed with `err`: notes whether a parse error killed the connection.
-pub(crate) fn note_setup_failure(
+pub(crate) async fn note_setup_failure(
     shared: &Shared,
     err: &claws_core::Error,
     conn_events: &mut (impl futures_util::Stream<Item = lapin::Event> + Unpin),
 ) {
-    use futures_util::{FutureExt, StreamExt};
+    use futures_util::StreamExt;
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = source {
         if let Some(e) = e.downcast_ref::<lapin::Error>() {
@@ -377,11 +377,22 @@ pub(crate) fn note_setup_failure(
         }
         source = e.source();
     }
-    while let Some(Some(event)) = conn_events.next().now_or_never() {
-        if let lapin::Event::Error(e) = event {
-            shared.poison.note(&e);
-        }
+    if shared.poison.is_set() {
+        return;
     }
+    // The parse error reaches the connection's events a moment after the failure it caused
+    // (the setup may fail first with "invalid connection state"; seen on RabbitMQ 4.3, which
+    // delivers a queued message right at `basic.consume`): wait a little for it.
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        while let Some(event) = conn_events.next().await {
+            if let lapin::Event::Error(e) = event {
+                if shared.poison.note(&e) {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
 }
 
 /// Sweeps every queue `shared` consumes through `endpoint` (see the module docs), logging
