@@ -278,8 +278,13 @@ fn unescape(s: &str) -> String {
 }
 
 /// Percent-encodes one segment of a RabbitMQ v2 address: RFC 3986's unreserved characters,
-/// `:` and `@` stay; every other byte is `%XX`.
-pub(crate) fn percent_encode(segment: &str) -> String {
+/// `:` and `@` stay; every other byte is `%XX` (as the claw spells `/queues/Q` and
+/// `/exchanges/E/K`; public for tools that speak raw AMQP 1.0 to the same queues).
+///
+/// ```
+/// assert_eq!(claws_amqp10::percent_encode("a@b.c/r 1"), "a@b.c%2Fr%201");
+/// ```
+pub fn percent_encode(segment: &str) -> String {
     let mut out = String::with_capacity(segment.len() + 8);
     for &b in segment.as_bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':' | b'@') {

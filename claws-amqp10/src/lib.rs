@@ -253,7 +253,7 @@ mod settle;
 mod shared;
 mod supervisor;
 
-pub use address::{AddressScheme, Addresses};
+pub use address::{percent_encode, AddressScheme, Addresses};
 pub use builder::Amqp10ClawBuilder;
 pub use claw::Amqp10Claw;
 pub use config::Amqp10Options;

@@ -172,17 +172,7 @@ async fn fe2o3_drain(url: &str, queue: &str, count: u64, credit: u32, v2: bool) 
     let mut session = Session::begin(&mut conn).await?;
     let source = if v2 {
         // RabbitMQ 4's address of a queue, the name percent-encoded as the claw does.
-        const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-            .remove(b'-')
-            .remove(b'.')
-            .remove(b'_')
-            .remove(b'~')
-            .remove(b':')
-            .remove(b'@');
-        format!(
-            "/queues/{}",
-            percent_encoding::utf8_percent_encode(queue, KEEP)
-        )
+        format!("/queues/{}", claws::amqp10::percent_encode(queue))
     } else {
         // RabbitMQ 3.x's address of a queue; `/` and `%` in its name percent-encoded.
         format!(

@@ -27,7 +27,7 @@ pub fn direct_exchange_target(jid: &str) -> String {
     if claws_test::rabbitmq::on_rabbitmq4() {
         format!(
             "/exchanges/xmpp_direct/{}",
-            jid.replace('%', "%25").replace('/', "%2F")
+            claws_amqp10::percent_encode(jid)
         )
     } else {
         "/exchange/xmpp_direct".to_owned()

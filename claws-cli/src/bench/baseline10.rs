@@ -95,7 +95,7 @@ impl Form {
                 "/amq/queue/{}",
                 queue.replace('%', "%25").replace('/', "%2F")
             ),
-            Form::V2 => format!("/queues/{}", segment(queue)),
+            Form::V2 => format!("/queues/{}", claws::amqp10::percent_encode(queue)),
         }
     }
 
@@ -104,7 +104,10 @@ impl Form {
         let exchange = claws::topology::DIRECT_EXCHANGE;
         match self {
             Form::V1 => format!("/exchange/{exchange}"),
-            Form::V2 => format!("/exchanges/{exchange}/{}", segment(key)),
+            Form::V2 => format!(
+                "/exchanges/{exchange}/{}",
+                claws::amqp10::percent_encode(key)
+            ),
         }
     }
 
@@ -114,19 +117,6 @@ impl Form {
             Form::V2 => "v2",
         }
     }
-}
-
-/// One segment of a v2 address: RFC 3986's unreserved characters, `:` and `@` stay, every
-/// other byte is percent-encoded (as the claw spells it).
-fn segment(name: &str) -> String {
-    const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'.')
-        .remove(b'_')
-        .remove(b'~')
-        .remove(b':')
-        .remove(b'@');
-    percent_encoding::utf8_percent_encode(name, KEEP).to_string()
 }
 
 type Attached = (
