@@ -9,7 +9,10 @@
 //! while it waited: one sender's order holds while the connection and the broker take every
 //! stanza, as with any pipelining publisher.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use claws_core::jid::Jid;
 use claws_core::topology::{DIRECT_EXCHANGE, FANOUT_EXCHANGE};
@@ -112,8 +115,16 @@ struct Outgoing {
 struct Published {
     session: Arc<Session>,
     channel: Arc<Channel>,
-    confirm: PublisherConfirm,
+    write: Write,
 }
+
+/// lapin's `basic_publish` queues a publish's frames (and takes its delivery tag) when first
+/// polled, then waits for its I/O thread to write them before it returns the confirm future.
+/// The order of sends is fixed by the first poll, so a pipelined send does not wait for the
+/// write: the rest of the future is awaited with the confirm, off the sender's lane. That saves
+/// a round trip to lapin's I/O thread per stanza, and lets it write a lane's burst of publishes
+/// in one go.
+type Write = Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> + Send>>;
 
 impl Outgoing {
     fn new(
@@ -191,21 +202,39 @@ impl Outgoing {
             Some(user) => self.properties.clone().with_user_id(user.clone()),
             None => self.properties.clone(),
         };
-        let publish = channel.basic_publish(
-            ShortString::from(self.exchange),
-            self.routing_key.clone(),
-            self.options,
-            self.packet.as_bytes(),
-            properties,
-        );
-        let Ok(queued) = tokio::time::timeout_at(self.deadline, publish).await else {
-            return Err(self.timed_out(shared));
+        let mut write: Write = Box::pin({
+            let (channel, exchange, routing_key, options, packet) = (
+                channel.clone(),
+                ShortString::from(self.exchange),
+                self.routing_key.clone(),
+                self.options,
+                self.packet.clone(),
+            );
+            async move {
+                channel
+                    .basic_publish(
+                        exchange,
+                        routing_key,
+                        options,
+                        packet.as_bytes(),
+                        properties,
+                    )
+                    .await
+            }
+        });
+        let queued = match poll_once(&mut write).await {
+            Poll::Pending => Ok(()),
+            Poll::Ready(Ok(confirm)) => {
+                write = Box::pin(std::future::ready(Ok(confirm)));
+                Ok(())
+            }
+            Poll::Ready(Err(err)) => Err(err),
         };
         match queued {
-            Ok(confirm) => Ok(Some(Published {
+            Ok(()) => Ok(Some(Published {
                 session,
                 channel,
-                confirm,
+                write,
             })),
             Err(err) => {
                 // The channel or connection failed under the send: retry on the next session.
@@ -224,13 +253,23 @@ impl Outgoing {
             let Published {
                 session,
                 channel,
-                confirm,
+                write,
             } = match published.take() {
                 Some(published) => published,
                 None => match self.publish_once(shared).await? {
                     Some(published) => published,
                     None => continue,
                 },
+            };
+            let confirm = match tokio::time::timeout_at(self.deadline, write).await {
+                Err(_) => return Err(self.timed_out(shared)),
+                Ok(Ok(confirm)) => confirm,
+                Ok(Err(err)) => {
+                    // The connection failed before the frames were written: on the next one.
+                    shared.mark_dead(&session, format!("publishing failed: {err}"));
+                    tracing::debug!(claw = &*shared.name, %err, "send interrupted; retrying on the next connection");
+                    continue;
+                }
             };
             let Ok(confirmation) = tokio::time::timeout_at(self.deadline, confirm).await else {
                 return Err(self.timed_out(shared));
@@ -283,4 +322,9 @@ impl Outgoing {
             }
         }
     }
+}
+
+/// Polls `future` once, in the calling task.
+async fn poll_once<F: Future + Unpin>(future: &mut F) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *future).poll(cx))).await
 }

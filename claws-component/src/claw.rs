@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use claws_core::config::{Timing, TimingBuilder};
 use claws_core::runtime::{CancellationToken, Lifecycle};
-use claws_core::{Capabilities, Claw, Config, Error, Events, Jid, Packet, Result};
+use claws_core::{Capabilities, Claw, Config, Confirmation, Error, Events, Jid, Packet, Result};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -282,31 +282,48 @@ impl Claw for ComponentClaw {
     }
 
     async fn send(&self, to: &Jid, id: Option<&str>, packet: Packet) -> Result<()> {
+        self.send_ordered(to, id, packet).await?.await
+    }
+
+    /// Queues the stanza for the stream's writer (its place in the stream is fixed once this
+    /// returns); the confirmation resolves once the writer has written it to the socket. The
+    /// writer takes everything queued at once, so a burst goes out in one write.
+    async fn send_ordered(
+        &self,
+        to: &Jid,
+        id: Option<&str>,
+        packet: Packet,
+    ) -> Result<Confirmation> {
         self.life.check_running()?;
         let bytes = outbound::prepare(&self.shared.settings, to, id, &packet)?;
         let waited = self.shared.settings.timing.send_timeout;
-        let (done, written) = oneshot::channel();
-        let submit = async {
-            self.cmds
-                .send(Command { bytes, done })
-                .await
-                .map_err(|_| "the claw is closed".to_owned())?;
-            written
-                .await
-                .map_err(|_| "the stream broke before the stanza was written".to_owned())?
+        let deadline = tokio::time::Instant::now() + waited;
+        let name = self.shared.name.clone();
+        let to = to.to_string();
+        let failed = move |reason: &str| {
+            Error::backend(format!(
+                "component claw `{name}`: the stanza for `{to}` was not written to the XMPP \
+                 server: {reason}"
+            ))
         };
-        match tokio::time::timeout(waited, submit).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(Error::backend(format!(
-                "component claw `{}`: the stanza for `{to}` was not written to the XMPP server: \
-                 {reason}",
-                self.shared.name
-            ))),
-            Err(_) => Err(Error::Disconnected {
-                claw: self.shared.name.to_string(),
-                waited,
-            }),
+        let disconnected = {
+            let claw = self.shared.name.to_string();
+            move || Error::Disconnected { claw, waited }
+        };
+        let (done, written) = oneshot::channel();
+        match tokio::time::timeout_at(deadline, self.cmds.send(Command { bytes, done })).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(failed("the claw is closed")),
+            Err(_) => return Err(disconnected()),
         }
+        Ok(Confirmation::new(async move {
+            match tokio::time::timeout_at(deadline, written).await {
+                Ok(Ok(Ok(()))) => Ok(()),
+                Ok(Ok(Err(reason))) => Err(failed(&reason)),
+                Ok(Err(_)) => Err(failed("the stream broke before the stanza was written")),
+                Err(_) => Err(disconnected()),
+            }
+        }))
     }
 
     async fn publish(&self, _packet: Packet) -> Result<()> {

@@ -178,12 +178,15 @@ impl Gateway {
         let bus = self.bus(router)?;
         match self.route(false, head.to.as_deref(), bus.jid()) {
             Route::ToServer(to) => {
-                // An error (the server is unreachable for longer than the send timeout) makes the
-                // bus redeliver the stanza later, or dead-letter it after max_deliveries.
-                router
+                // Pipelined too: queued for the stream in this sender's order, the delivery
+                // settled once written. An error (the server is unreachable for longer than the
+                // send timeout) makes the bus redeliver the stanza later, or dead-letter it
+                // after max_deliveries.
+                let written = router
                     .claw(&self.component)?
-                    .send(&to, head.id.as_deref(), packet)
+                    .send_ordered(&to, head.id.as_deref(), packet)
                     .await?;
+                router.settle_after(written).await?;
             }
             Route::ToBus(to) => {
                 // Pipelined as from the server; a failure other than "no route" fails the
