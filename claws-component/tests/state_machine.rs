@@ -541,6 +541,49 @@ async fn thousands_of_stanzas_each_way_in_order() {
     close(&claw, server).await;
 }
 
+/// `send_ordered` returns once a stanza is queued for the stream: a burst queued without
+/// waiting reaches the server in order, and each confirmation resolves once written.
+#[tokio::test]
+async fn pipelined_sends_keep_their_order_and_confirm_once_written() {
+    const N: usize = 500;
+    let (l, addr) = listener().await;
+    let claw = builder(&addr).build().unwrap();
+    let (mut server, mut rx) = start(&claw, &l).await;
+    assert!(matches!(next_event(&mut rx).await, Event::Connected { .. }));
+    let to = claws_core::jid::parse("u@xmpp.example/r").unwrap();
+    let mut confirmations = Vec::with_capacity(N);
+    for i in 0..N {
+        let sent = claw
+            .send_ordered(
+                &to,
+                Some(&format!("p-{i}")),
+                Packet::from("<message><body>x</body></message>"),
+            )
+            .await
+            .expect("queued");
+        confirmations.push(sent);
+    }
+    for i in 0..N {
+        let s = server.stanza().await;
+        assert_eq!(s.head.id.as_deref(), Some(format!("p-{i}").as_str()));
+    }
+    for (i, c) in confirmations.into_iter().enumerate() {
+        timeout(WAIT, c)
+            .await
+            .unwrap_or_else(|_| panic!("confirmation {i} resolves"))
+            .unwrap_or_else(|e| panic!("confirmation {i}: {e}"));
+    }
+    // A stanza that is not one element is refused before it is queued, as by `send`.
+    let Err(err) = claw
+        .send_ordered(&to, None, Packet::from("<message>"))
+        .await
+    else {
+        panic!("a malformed stanza is refused");
+    };
+    assert!(matches!(err, Error::MalformedXml { .. }), "{err}");
+    close(&claw, server).await;
+}
+
 /// A stream the server accepts and then drops at once, again and again: the waits keep
 /// growing to the cap instead of starting over after each connect (issue 15: a connection
 /// that did not hold does not reset the backoff).
