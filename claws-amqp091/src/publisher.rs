@@ -12,7 +12,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 
 use claws_core::jid::Jid;
 use claws_core::topology::{DIRECT_EXCHANGE, FANOUT_EXCHANGE};
@@ -222,27 +221,20 @@ impl Outgoing {
                     .await
             }
         });
-        let queued = match poll_once(&mut write).await {
-            Poll::Pending => Ok(()),
-            Poll::Ready(Ok(confirm)) => {
-                write = Box::pin(std::future::ready(Ok(confirm)));
-                Ok(())
-            }
-            Poll::Ready(Err(err)) => Err(err),
-        };
-        match queued {
-            Ok(()) => Ok(Some(Published {
-                session,
-                channel,
-                write,
-            })),
-            Err(err) => {
-                // The channel or connection failed under the send: retry on the next session.
-                shared.mark_dead(&session, format!("publishing failed: {err}"));
-                tracing::debug!(claw = &*shared.name, %err, "send interrupted; retrying on the next connection");
-                Ok(None)
+        // Polled once here, in the sender's task: that queues the frames.
+        match futures_util::future::poll_immediate(&mut write).await {
+            None => {}
+            Some(Ok(confirm)) => write = Box::pin(std::future::ready(Ok(confirm))),
+            Some(Err(err)) => {
+                interrupted(shared, &session, &err);
+                return Ok(None);
             }
         }
+        Ok(Some(Published {
+            session,
+            channel,
+            write,
+        }))
     }
 
     /// Waits for the confirm of `published` (or publishes first), publishing again after a
@@ -266,8 +258,7 @@ impl Outgoing {
                 Ok(Ok(confirm)) => confirm,
                 Ok(Err(err)) => {
                     // The connection failed before the frames were written: on the next one.
-                    shared.mark_dead(&session, format!("publishing failed: {err}"));
-                    tracing::debug!(claw = &*shared.name, %err, "send interrupted; retrying on the next connection");
+                    interrupted(shared, &session, &err);
                     continue;
                 }
             };
@@ -313,18 +304,15 @@ impl Outgoing {
                     }
                     tokio::time::sleep(pause).await;
                 }
-                Err(err) => {
-                    // The channel or connection failed under the send: retry on the next
-                    // session.
-                    shared.mark_dead(&session, format!("publishing failed: {err}"));
-                    tracing::debug!(claw = &*shared.name, %err, "send interrupted; retrying on the next connection");
-                }
+                Err(err) => interrupted(shared, &session, &err),
             }
         }
     }
 }
 
-/// Polls `future` once, in the calling task.
-async fn poll_once<F: Future + Unpin>(future: &mut F) -> Poll<F::Output> {
-    std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *future).poll(cx))).await
+/// The channel or connection failed under a send: the session is marked dead, and the send
+/// is published again on the next one.
+fn interrupted(shared: &Shared, session: &Session, err: &lapin::Error) {
+    shared.mark_dead(session, format!("publishing failed: {err}"));
+    tracing::debug!(claw = &*shared.name, %err, "send interrupted; retrying on the next connection");
 }

@@ -165,6 +165,13 @@ pub(crate) async fn run_link(
     let mut due = Box::pin(tokio::time::sleep(settle::DELAY));
     let mut armed = false;
     loop {
+        // Credit is granted again, if the settlements since allow it, before anything else.
+        if !stopping {
+            if let Err(e) = top_up(&mut receiver, credit, unsettled).await {
+                live.fail(e);
+                return;
+            }
+        }
         // When to be woken for accepts. Out of credit, the broker sends nothing more until
         // credit is granted, which waits for settlements: once enough accepts wait for that,
         // they gain nothing by waiting longer. Nor do they on close.
@@ -182,12 +189,6 @@ pub(crate) async fn run_link(
         if accepts.wake_at(wake_at) >= wake_at {
             armed = false;
             unsettled = unsettled.saturating_sub(write(&receiver, &accepts).await);
-            if !stopping {
-                if let Err(e) = top_up(&mut receiver, credit, unsettled).await {
-                    live.fail(e);
-                    return;
-                }
-            }
             continue;
         }
         tokio::select! {
@@ -203,12 +204,6 @@ pub(crate) async fn run_link(
                 }
                 drop(req.guard);
                 unsettled = unsettled.saturating_sub(1);
-                if !stopping {
-                    if let Err(e) = top_up(&mut receiver, credit, unsettled).await {
-                        live.fail(e);
-                        return;
-                    }
-                }
             }
             () = accepts.notified() => {
                 // A batch started (or reached the wake point, handled at the loop's top).
@@ -220,12 +215,6 @@ pub(crate) async fn run_link(
             () = due.as_mut(), if armed => {
                 armed = false;
                 unsettled = unsettled.saturating_sub(write(&receiver, &accepts).await);
-                if !stopping {
-                    if let Err(e) = top_up(&mut receiver, credit, unsettled).await {
-                        live.fail(e);
-                        return;
-                    }
-                }
             }
             _ = closing.cancelled(), if !stopping => {
                 // No more credit is granted; what the broker still sends within the credit it
@@ -240,12 +229,6 @@ pub(crate) async fn run_link(
                     unsettled += 1;
                     let link = LinkSettle { requests: &settle_tx, accepts: &accepts };
                     let (d, undecodable) = make_delivery(&shared, index, delivery, link, &mut jids);
-                    if !stopping {
-                        if let Err(e) = top_up(&mut receiver, credit, unsettled).await {
-                            live.fail(e);
-                            return;
-                        }
-                    }
                     if stopping {
                         drop(d); // released (or sent back) by the acker's drop
                     } else if let Some(why) = undecodable {
@@ -294,12 +277,6 @@ pub(crate) async fn run_link(
                         return;
                     }
                     claws_core::metrics::dead_lettered(&shared.name, shared.sources[index].kind());
-                    if !stopping {
-                        if let Err(e) = top_up(&mut receiver, credit, unsettled).await {
-                            live.fail(e);
-                            return;
-                        }
-                    }
                 }
                 Err(e) => {
                     let reason = format!(

@@ -43,6 +43,7 @@ use crate::shared::Shared;
 /// ready): when RabbitMQ 3.10 took 2 s to answer (about 1 drain in 15), the claw burnt two
 /// cores for those 2 s.
 const END_ANSWER: Duration = Duration::from_millis(250);
+
 /// A subscription as a connection attempt left it.
 enum Link {
     /// Attached, on a session of its own (which must live as long as the link).

@@ -131,11 +131,7 @@ impl Gateway {
                 let component = self.component.clone();
                 let bounced = router.clone();
                 let answer = async move {
-                    let verdict = match sent {
-                        Ok(confirmation) => confirmation.await,
-                        Err(err) => Err(err),
-                    };
-                    let Err(err) = verdict else {
+                    let Err(err) = verdict(sent).await else {
                         return Ok(());
                     };
                     let (condition, text) = match &err {
@@ -192,12 +188,8 @@ impl Gateway {
                 // Pipelined as from the server; a failure other than "no route" fails the
                 // delivery (redelivered by the bus, or dead-lettered).
                 let sent = bus.send_ordered(&to, head.id.as_deref(), packet).await;
-                let verdict = async move {
-                    let verdict = match sent {
-                        Ok(confirmation) => confirmation.await,
-                        Err(err) => Err(err),
-                    };
-                    match verdict {
+                let settled = async move {
+                    match verdict(sent).await {
                         Err(Error::NoRoute { .. }) => {
                             tracing::warn!(to = %to, "gateway: no service consumes the stanza's `to` on the bus; dropped");
                             Ok(())
@@ -205,7 +197,7 @@ impl Gateway {
                         other => other,
                     }
                 };
-                router.settle_after(Confirmation::new(verdict)).await?;
+                router.settle_after(Confirmation::new(settled)).await?;
             }
             Route::ToGateway => {
                 tracing::warn!(to = ?head.to, from = ?head.from, "gateway: a stanza on the bus is addressed to the gateway itself; dropped");
@@ -216,6 +208,12 @@ impl Gateway {
         }
         Ok(())
     }
+}
+
+/// The broker's verdict on a pipelined send: its confirmation's, or the error that kept it from
+/// being sent at all.
+async fn verdict(sent: Result<Confirmation>) -> Result<()> {
+    sent?.await
 }
 
 /// Answers a stanza from the server with a stanza error through the component claw named

@@ -305,10 +305,7 @@ impl Router {
     /// Outside a handler call (or with [`max_unconfirmed`](RouterBuilder::max_unconfirmed)
     /// 0) there is no delivery to attach it to: it is awaited here, and its error returned.
     pub async fn settle_after(&self, confirmation: Confirmation) -> Result<()> {
-        match defer(confirmation) {
-            None => Ok(()),
-            Some(confirmation) => confirmation.await,
-        }
+        defer(confirmation).await
     }
 
     /// Refuses a send to the claw's own full JID unless allowed.
@@ -555,12 +552,12 @@ tokio::task_local! {
     static PENDING: RefCell<Vec<Confirmation>>;
 }
 
-/// Attaches `confirmation` to the delivery being handled on this task. Gives it back when
+/// Attaches `confirmation` to the delivery being handled on this task; awaits it here when
 /// there is none (not in a handler call, or pipelining is off) or when its verdict is known
-/// already: then the caller awaits it at once.
-fn defer(confirmation: Confirmation) -> Option<Confirmation> {
+/// already.
+async fn defer(confirmation: Confirmation) -> Result<()> {
     if confirmation.is_ready() {
-        return Some(confirmation);
+        return confirmation.await;
     }
     let mut slot = Some(confirmation);
     let _ = PENDING.try_with(|pending| {
@@ -568,7 +565,10 @@ fn defer(confirmation: Confirmation) -> Option<Confirmation> {
             pending.borrow_mut().push(confirmation);
         }
     });
-    slot
+    match slot {
+        None => Ok(()),
+        Some(confirmation) => confirmation.await,
+    }
 }
 
 /// A send through `claw`: pipelined when a delivery is being handled on this task (the
@@ -582,11 +582,7 @@ async fn send_within_delivery(
     if PENDING.try_with(|_| ()).is_err() {
         return claw.send(to, id, packet).await;
     }
-    let confirmation = claw.send_ordered(to, id, packet).await?;
-    match defer(confirmation) {
-        None => Ok(()),
-        Some(confirmation) => confirmation.await,
-    }
+    defer(claw.send_ordered(to, id, packet).await?).await
 }
 
 /// Why a delivery is rejected, and the span's `outcome` for it.
